@@ -1,0 +1,103 @@
+"""Phase 1: run the program with the target LM over the trainset and keep its mistakes.
+
+DSPy's `bootstrap_trace_data` does the running: per-example traces (every predictor's inputs and
+outputs), scores, and failed parses captured as failures instead of crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
+
+from cd_dspy.evaluation import ScoredMetric
+from cd_dspy.result import Mistake, Step
+
+logger = logging.getLogger(__name__)
+
+PARSE_FAILURE_FEEDBACK = "The output could not be parsed: it did not follow the required output format."
+
+
+def jsonable(value: Any) -> Any:
+    """`value` if JSON can hold it, else its string form."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): jsonable(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [jsonable(v) for v in value]
+        return str(value)
+
+
+def _outputs_of(prediction: Any) -> tuple[dict[str, Any], bool]:
+    if isinstance(prediction, FailedPrediction):
+        return {"unparsed_output": prediction.completion_text}, True
+    if isinstance(prediction, dspy.Prediction):
+        return jsonable(dict(prediction.items())), False
+    return {"output": jsonable(prediction)}, False
+
+
+def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], metric: ScoredMetric, *,
+                     num_threads: int, threshold: float) -> tuple[list[Mistake], float, int]:
+    """Run `program` on `trainset`; return (mistakes, train score 0-100, examples that crashed).
+
+    Pass a throwaway copy: `bootstrap_trace_data` leaves `forward` bound on the instance it ran.
+    """
+    names = {id(pred): name for name, pred in program.named_predictors()}
+    records = bootstrap_trace_data(program, list(trainset), metric=metric, num_threads=num_threads,
+                                   raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
+                                   format_failure_score=0.0, capture_crashes=True)
+    metric.raise_if_failed()
+    mistakes, total = [], 0.0
+    for record in records:
+        index, example, score = record["example_ind"], record["example"], float(record.get("score") or 0.0)
+        total += score
+        if score >= threshold:
+            continue
+        steps, any_failed = [], False
+        for predictor, inputs, outputs in record["trace"]:
+            out, failed = _outputs_of(outputs)
+            any_failed |= failed
+            steps.append(Step(predictor=names.get(id(predictor), "?"), inputs=jsonable(dict(inputs)),
+                              outputs=out, parse_failed=failed).to_dict())
+        final, failed = _outputs_of(record["prediction"])
+        feedback = metric.feedback.get(id(example))
+        mistakes.append(Mistake(
+            id=f"m{index}", example_index=index, inputs=jsonable(dict(example.inputs())),
+            gold=jsonable(dict(example.labels())), outputs=final, score=score,
+            feedback=feedback if feedback is not None else (PARSE_FAILURE_FEEDBACK if failed else None),
+            steps=steps, parse_failed=failed or any_failed, kind=_kind(example),
+        ))
+    crashed = len(trainset) - len(records)
+    train_score = 100.0 * total / max(1, len(records))
+    logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
+                len(mistakes), len(records), train_score, crashed)
+    return mistakes, train_score, crashed
+
+
+def _kind(example: dspy.Example) -> str | None:
+    kind = example.get("kind") if hasattr(example, "get") else None
+    return str(kind) if kind is not None else None
+
+
+def sample_mistakes(mistakes: list[Mistake], limit: int, seed: int) -> list[Mistake]:
+    """Up to `limit` mistakes, seeded, spread round-robin over kinds (format failures are a kind)."""
+    groups: dict[str, list[Mistake]] = defaultdict(list)
+    for mistake in mistakes:
+        groups["format" if mistake.parse_failed else (mistake.kind or "wrong")].append(mistake)
+    rng = random.Random(seed)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(groups.items())]
+    chosen: list[Mistake] = []
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop())
+    return sorted(chosen, key=lambda m: m.example_index)

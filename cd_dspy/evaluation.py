@@ -1,0 +1,122 @@
+"""Scoring: the user's metric made strict, and a valset evaluator that never pays twice.
+
+`ScoredMetric` accepts bool/int/float or a `dspy.Prediction(score=..., feedback=...)` and turns a
+metric that raises or returns something else into a clear `MetricError` (instead of the silent
+failure scores `dspy.Evaluate` would give). `CachedEvaluator` runs `dspy.Evaluate` only on the
+(prompt, example) pairs it has not scored before, and keeps those scores in the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dspy
+
+from cd_dspy.run_dir import RunDir
+from cd_dspy.usage import UsageMeter
+
+EVALUATIONS_FILE = "evaluations.jsonl"
+
+
+class MetricError(ValueError):
+    """The user's metric raised or returned something that is not a score."""
+
+
+def metric_name(metric: Callable) -> str:
+    return getattr(metric, "__name__", type(metric).__name__)
+
+
+class ScoredMetric:
+    """Wraps a user metric: returns a float score, remembers feedback, surfaces metric bugs."""
+
+    def __init__(self, metric: Callable):
+        if not callable(metric):
+            raise TypeError(f"metric must be callable as metric(example, prediction, trace=None), got {metric!r}.")
+        self.metric = metric
+        self.feedback: dict[int, str | None] = {}
+        self.error: MetricError | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+        try:
+            raw = self.metric(example, prediction, trace)
+        except Exception as exc:  # the user's metric is broken: remember it and stop after Evaluate
+            self._fail(f"metric {metric_name(self.metric)!r} raised {type(exc).__name__}: {exc}. "
+                       "Fix the metric so it returns a score for every prediction (also failed ones).")
+            return 0.0
+        score, feedback = self.split(raw)
+        with self._lock:
+            self.feedback[id(example)] = feedback
+        return score
+
+    def split(self, raw: Any) -> tuple[float, str | None]:
+        feedback = None
+        if isinstance(raw, dspy.Prediction) or (hasattr(raw, "score") and not isinstance(raw, int | float)):
+            feedback = getattr(raw, "feedback", None)
+            raw = getattr(raw, "score", None)
+        if isinstance(raw, bool):
+            return float(raw), feedback
+        if isinstance(raw, int | float) and math.isfinite(raw):
+            return float(raw), feedback
+        self._fail(f"metric {metric_name(self.metric)!r} returned {raw!r} ({type(raw).__name__}); a metric must "
+                   "return a bool, a finite number, or dspy.Prediction(score=..., feedback=...).")
+        return 0.0, feedback
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.error = self.error or MetricError(message)
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def prompt_key(program: dspy.Module) -> str:
+    """A stable hash of everything the rules change: each predictor's instructions."""
+    instructions = {name: pred.signature.instructions for name, pred in program.named_predictors()}
+    return hashlib.sha256(json.dumps(instructions, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class CachedEvaluator:
+    """Scores programs on a fixed example list; each (prompt, example) is run at most once."""
+
+    def __init__(self, examples: Sequence[dspy.Example], metric: ScoredMetric, *, run_dir: RunDir,
+                 meter: UsageMeter, num_threads: int, failure_score: float = 0.0):
+        self.examples = list(examples)
+        self.metric = metric
+        self.run_dir = run_dir
+        self.meter = meter
+        self.num_threads = num_threads
+        self.failure_score = failure_score
+        self.scores: dict[tuple[str, int], float] = {}
+        for record in run_dir.read_jsonl(EVALUATIONS_FILE):
+            self.scores[(record["key"], record["index"])] = float(record["score"])
+
+    def __call__(self, program: dspy.Module, indices: Sequence[int]) -> list[float]:
+        """Scores of `program` on the examples at `indices` (in that order)."""
+        key = prompt_key(program)
+        missing = [i for i in indices if (key, i) not in self.scores]
+        if missing:
+            self._run(program, key, missing)
+        return [self.scores[(key, i)] for i in indices]
+
+    def _run(self, program: dspy.Module, key: str, indices: list[int]) -> None:
+        devset = [self.examples[i] for i in indices]
+        evaluate = dspy.Evaluate(devset=devset, metric=self.metric, num_threads=self.num_threads,
+                                 display_progress=False, display_table=False, max_errors=len(devset) + 1,
+                                 failure_score=self.failure_score, provide_traceback=False)
+        result = evaluate(program)
+        self.metric.raise_if_failed()
+        if self.meter.exhausted:  # scores of refused calls are not real: keep none of this batch
+            from cd_dspy.usage import BudgetExhausted
+
+            raise BudgetExhausted(self.meter.exhausted)
+        for index, (_, _, score) in zip(indices, result.results, strict=True):
+            score = float(score) if score is not None else self.failure_score
+            self.scores[(key, index)] = score
+            self.run_dir.append_jsonl(EVALUATIONS_FILE, {"key": key, "index": index, "score": score})

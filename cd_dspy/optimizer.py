@@ -1,0 +1,320 @@
+"""`ConceptDistillation`: the DSPy teleprompter that runs the four phases in order.
+
+    trainset ─► collect (target) ─► mistakes ─► induce (teacher) ─► rules
+             ─► select (Optuna + target, valset) ─► chosen rules ─► integrate ─► compiled program
+
+Every phase writes its output to `run_dir` as soon as it has it; a rerun with the same run_dir
+resumes after the last finished phase (and, inside the study, after the last finished trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+
+from cd_dspy import validation
+from cd_dspy.collect import collect_mistakes, sample_mistakes
+from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.induce import build_rules, explain_mistakes
+from cd_dspy.integrate import with_rules
+from cd_dspy.progress import Progress
+from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial
+from cd_dspy.run_dir import RunDir
+from cd_dspy.select import RuleSelector, Selection
+from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
+
+logger = logging.getLogger("cd_dspy")
+
+
+@dataclass(frozen=True)
+class Preset:
+    max_mistakes: int
+    max_rules: int
+    num_trials: int
+
+
+AUTO_PRESETS = {
+    "light": Preset(max_mistakes=8, max_rules=5, num_trials=10),
+    "medium": Preset(max_mistakes=16, max_rules=8, num_trials=24),
+    "heavy": Preset(max_mistakes=32, max_rules=12, num_trials=48),
+}
+
+
+class ConceptDistillation(Teleprompter):
+    """Distil a teacher LM's rules into the instructions of a program run by a cheaper target LM.
+
+    Args:
+        metric: `metric(example, prediction, trace=None)` -> bool/float, or
+            `dspy.Prediction(score=..., feedback=...)` (the feedback is shown to the teacher).
+        teacher_lm: the strong LM that explains mistakes and writes rules (required).
+        target_lm: the LM the compiled program will run on; default the program's own LM or
+            `dspy.settings.lm`. When given, it is bound to the compiled program's predictors.
+        auto: "light" | "medium" | "heavy" preset for max_mistakes / max_rules / num_trials.
+        num_trials, max_mistakes, max_rules: override the preset.
+        mistake_threshold: an example scoring below this is a mistake (default 1.0).
+        priming: teacher priming strategy ("ground_truth", "teacher", "confidence", "none") or text.
+        consolidate: let the teacher merge the proposed rules (else only deduplicate).
+        filter_specific_rules: drop rules that copy numbers or names from their mistake.
+        minibatch_size: score trials in minibatches of this size with Optuna pruning.
+        valset_fraction: share of the trainset held out for selection when no valset is given.
+        min_improvement: the best subset must beat the baseline by more than this (points, 0-100).
+        require_significance: if set (e.g. 0.05), the best subset must also pass a paired sign test.
+        budget / max_target_calls / max_teacher_calls / max_tokens / max_cost_usd: hard caps.
+        run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
+        storage, study_name: the Optuna storage URL (default SQLite in run_dir) and study name.
+        resume: reuse finished work found in run_dir (default True).
+    """
+
+    def __init__(self, metric: Callable, *, teacher_lm: Any = None, target_lm: Any = None,
+                 auto: str | None = "light", num_trials: int | None = None, max_mistakes: int | None = None,
+                 max_rules: int | None = None, mistake_threshold: float = 1.0, priming: str | None = "ground_truth",
+                 consolidate: bool = True, filter_specific_rules: bool = True, minibatch_size: int | None = None,
+                 valset_fraction: float = 0.5, min_improvement: float = 0.0,
+                 require_significance: float | None = None, num_threads: int = 1, teacher_retries: int = 2,
+                 budget: Budget | None = None, max_target_calls: int | None = None,
+                 max_teacher_calls: int | None = None, max_tokens: int | None = None,
+                 max_cost_usd: float | None = None, seed: int = 0, run_dir: str | os.PathLike | None = None,
+                 storage: str | None = None, study_name: str = "concept-distillation", resume: bool = True,
+                 progress: bool = True):
+        super().__init__()
+        preset = validation.check_settings(metric=metric, teacher_lm=teacher_lm, auto=auto, seed=seed,
+                                           num_trials=num_trials, max_mistakes=max_mistakes, max_rules=max_rules,
+                                           valset_fraction=valset_fraction, num_threads=num_threads,
+                                           minibatch_size=minibatch_size, storage=storage, presets=AUTO_PRESETS)
+        self.metric = metric
+        self.teacher_lm = teacher_lm
+        self.target_lm = target_lm
+        self.auto = auto
+        self.num_trials = num_trials if num_trials is not None else preset.num_trials
+        self.max_mistakes = max_mistakes if max_mistakes is not None else preset.max_mistakes
+        self.max_rules = max_rules if max_rules is not None else preset.max_rules
+        self.mistake_threshold = mistake_threshold
+        self.priming = priming
+        self.consolidate = consolidate
+        self.filter_specific_rules = filter_specific_rules
+        self.minibatch_size = minibatch_size
+        self.valset_fraction = valset_fraction
+        self.min_improvement = min_improvement
+        self.require_significance = require_significance
+        self.num_threads = num_threads
+        self.teacher_retries = teacher_retries
+        self.budget = budget or Budget(max_target_calls, max_teacher_calls, max_tokens, max_cost_usd)
+        self.seed = seed
+        self.run_dir = run_dir
+        self.storage = storage
+        self.study_name = study_name
+        self.resume = resume
+        self.progress = progress
+        self.result: ConceptDistillationResult | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape the result (recorded in the result and the run directory)."""
+        keys = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
+                "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
+                "require_significance", "seed", "study_name")
+        return {k: getattr(self, k) for k in keys}
+
+    # -- compile ---------------------------------------------------------------------------------
+    def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example], teacher: Any = None,
+                valset: Sequence[dspy.Example] | None = None, **kwargs) -> dspy.Module:
+        """Return a deep copy of `student` whose instructions hold the selected rules."""
+        if kwargs:
+            raise TypeError(f"compile() got unexpected arguments {sorted(kwargs)}.")
+        if teacher is not None:  # DSPy's teacher= is a program elsewhere; here it may be the teacher LM
+            if not isinstance(teacher, dspy.BaseLM):
+                raise TypeError("compile(teacher=...) takes a teacher LM (dspy.LM); pass it as teacher_lm= instead.")
+            self.teacher_lm = teacher
+        validation.check_program(student)
+        trainset, valset = self._split(trainset, valset)
+        target = validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)
+        started = time.perf_counter()
+        run = RunDir(self.run_dir)
+        run.check_fingerprint(self._fingerprint(student, trainset, valset, target), resume=self.resume)
+        meter = UsageMeter(self.teacher_lm, self.budget)
+        result = ConceptDistillationResult(n_train=len(trainset), n_val=len(valset), settings=self.settings())
+        if run.exists("progress.json"):
+            meter.restore(ConceptDistillationResult.from_dict(run.read_json("progress.json")).usage)
+        base = student.deepcopy()  # the LM is bound only on the copies made from it (with_rules)
+        progress = Progress(enabled=self.progress)
+        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter):
+            try:
+                compiled = self._run_phases(base, trainset, valset, run, meter, result, progress)
+            finally:
+                progress.close()
+        result.usage = meter.snapshot()
+        result.phase_seconds["total"] = round(time.perf_counter() - started, 3)
+        run.write_json("result.json", result.to_dict())
+        self._save_program(compiled, run)
+        self.result = result
+        logger.info("Concept Distillation: %s", result.message)
+        return compiled
+
+    def _run_phases(self, base, trainset, valset, run, meter, result, progress) -> dspy.Module:
+        metric = ScoredMetric(self.metric)
+        checkpoint = lambda: run.write_json("progress.json", {**result.to_dict(), "usage": {  # noqa: E731
+            k: v.to_dict() for k, v in meter.snapshot().items()}})
+        try:
+            with self._phase("collect", result, progress):
+                mistakes = self._collect(base, trainset, metric, run, result)
+            checkpoint()
+            if not mistakes:
+                result.message = (f"The target made no mistakes on the {len(trainset)} training examples "
+                                  f"(threshold {self.mistake_threshold}); the program is returned unchanged.")
+                return self._bind(base)
+            with self._phase("induce", result, progress):
+                rules = self._induce(base, mistakes, run, result, progress)
+            checkpoint()
+            if not rules:
+                result.message = "The teacher proposed no usable rules; the program is returned unchanged."
+                return self._bind(base)
+            with self._phase("select", result, progress):
+                selection = self._select(base, rules, valset, metric, run, meter, result, progress, checkpoint)
+        except BudgetExhausted as exc:
+            result.stopped_early = str(exc)
+            result.message = f"Stopped early: {exc}. No rules were selected; the program is returned unchanged."
+            return self._bind(base)
+        return self._integrate(base, rules, selection, result)
+
+    def _phase(self, name: str, result: ConceptDistillationResult, progress: Progress):
+        return progress.phase(name, result.phase_seconds)
+
+    # -- phases ----------------------------------------------------------------------------------
+    def _collect(self, base, trainset, metric, run: RunDir, result) -> list[Mistake]:
+        if run.exists("mistakes.json"):
+            saved = run.read_json("mistakes.json")
+            mistakes = [Mistake.from_dict(m) for m in saved["mistakes"]]
+            result.train_score = saved["train_score"]
+            logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file("mistakes.json"))
+        else:
+            mistakes, result.train_score, _ = collect_mistakes(self._bind(base), trainset, metric, num_threads=self.num_threads,
+                                                               threshold=self.mistake_threshold)
+            run.write_json("mistakes.json", {"train_score": result.train_score,
+                                             "mistakes": [m.to_dict() for m in mistakes]})
+        result.n_mistakes = len(mistakes)
+        return mistakes
+
+    def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
+        used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
+        result.n_mistakes_used = len(used)
+        if run.exists("rules.json"):
+            rules = [Rule.from_dict(r) for r in run.read_json("rules.json")]
+            logger.info("Induce: reusing %d rules from %s.", len(rules), run.file("rules.json"))
+            return rules
+        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl("explanations.jsonl")}
+        todo = [m for m in used if m.id not in done]
+        bar = progress.bar("explain mistakes", total=len(used), initial=len(used) - len(todo))
+
+        def on_done(explanation: Explanation) -> None:
+            run.append_jsonl("explanations.jsonl", explanation.to_dict())
+            bar.update(1)
+
+        fresh = explain_mistakes(base, todo, teacher_lm=self.teacher_lm, priming=self.priming,
+                                 num_threads=self.num_threads, retries=self.teacher_retries, on_done=on_done)
+        bar.close()
+        if any(e.error == "budget" for e in fresh):
+            raise BudgetExhausted("teacher call budget reached while explaining mistakes")
+        explanations = [done.get(m.id) or next(e for e in fresh if e.mistake_id == m.id) for m in used
+                        if m.id in done or any(e.mistake_id == m.id for e in fresh)]
+        failed = sum(not e.ok for e in explanations)
+        if failed:
+            logger.warning("Induce: %d of %d teacher explanations failed and were skipped.", failed, len(explanations))
+        rules = build_rules(base, explanations, used, teacher_lm=self.teacher_lm, priming=self.priming,
+                            max_rules=self.max_rules, consolidate=self.consolidate, retries=self.teacher_retries,
+                            filter_specific=self.filter_specific_rules)
+        run.write_json("rules.json", [r.to_dict() for r in rules])
+        return rules
+
+    def _select(self, base, rules, valset, metric, run: RunDir, meter, result, progress, checkpoint) -> Selection:
+        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.num_threads)
+        storage = self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None)
+        bar = progress.bar("select rules", total=self.num_trials)
+
+        def on_trial(trial: Trial, best: float | None) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"best {best:.1f}" if best is not None else "")
+            result.trials.append(trial)
+            checkpoint()
+
+        selector = RuleSelector(base, rules, evaluator, target_lm=self.target_lm, num_trials=self.num_trials, seed=self.seed,
+                                storage=storage, study_name=self.study_name, minibatch_size=self.minibatch_size,
+                                on_trial=on_trial)
+        selection = selector.run()
+        bar.close()
+        return selection
+
+    def _integrate(self, base, rules: list[Rule], selection: Selection, result) -> dspy.Module:
+        result.trials = selection.trials
+        result.baseline_score, result.best_score = selection.baseline_score, selection.best_score
+        result.p_value, result.stopped_early = selection.p_value, selection.stopped_early
+        for rule in rules:
+            rule.effect = selection.effects.get(rule.id)
+        improved = (selection.best_rule_ids and selection.best_score is not None
+                    and selection.baseline_score is not None
+                    and selection.best_score > selection.baseline_score + self.min_improvement)
+        if improved and self.require_significance is not None:
+            improved = selection.p_value is not None and selection.p_value < self.require_significance
+        chosen = selection.best_rule_ids if improved else []
+        for rule in rules:
+            rule.selected = rule.id in chosen
+        result.rules, result.selected_rule_ids, result.improved = rules, list(chosen), bool(improved)
+        early = f" (stopped early: {selection.stopped_early})" if selection.stopped_early else ""
+        if improved:
+            result.message = (f"{len(chosen)} of {len(rules)} rules selected; validation score "
+                              f"{selection.baseline_score:.1f} -> {selection.best_score:.1f}{early}.")
+        else:
+            result.best_score = selection.baseline_score
+            result.message = (f"No rule subset beat the baseline validation score "
+                              f"({_fmt(selection.baseline_score)}) by more than {self.min_improvement} points"
+                              f"{' with significance' if self.require_significance else ''}; "
+                              f"the program is returned unchanged{early}.")
+        return self._bind(base, [r for r in rules if r.selected])
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _bind(self, base: dspy.Module, rules: Sequence[Rule] = ()) -> dspy.Module:
+        """A copy of `base` with `rules` integrated and the target LM (if one was given) bound."""
+        return with_rules(base, rules, lm=self.target_lm)
+
+    def _split(self, trainset, valset) -> tuple[list[dspy.Example], list[dspy.Example]]:
+        trainset = validation.check_examples(trainset, "trainset")
+        if valset is not None:
+            valset = validation.check_examples(valset, "valset")
+            validation.warn_overlap(trainset, valset)
+            return trainset, valset
+        if len(trainset) < 2:
+            raise ValueError("trainset needs at least 2 examples when no valset is given (half is held out for "
+                             "selecting rules); pass more examples or a valset.")
+        shuffled = random.Random(self.seed).sample(trainset, len(trainset))
+        n_val = max(1, min(len(trainset) - 1, round(len(trainset) * self.valset_fraction)))
+        logger.info("No valset given: holding out %d of %d training examples for selection.", n_val, len(trainset))
+        return shuffled[n_val:], shuffled[:n_val]
+
+    def _fingerprint(self, student, trainset, valset, target) -> dict[str, Any]:
+        return {"settings": self.settings(), "program": validation.program_fingerprint(student),
+                "trainset": validation.examples_fingerprint(trainset),
+                "valset": validation.examples_fingerprint(valset),
+                "target_lm": getattr(target, "model", str(target)),
+                "teacher_lm": getattr(self.teacher_lm, "model", str(self.teacher_lm))}
+
+    def _save_program(self, compiled: dspy.Module, run: RunDir) -> None:
+        path = run.file("program.json")
+        if path is None:
+            return
+        try:
+            compiled.save(str(path))
+        except Exception as exc:  # an LM whose engine cannot be serialised: save without the LM
+            logger.warning("Could not save the compiled program with its LM (%s); saving without it.", exc)
+            bare = compiled.deepcopy()
+            bare.set_lm(None)
+            bare.save(str(path))
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.1f}"

@@ -1,0 +1,178 @@
+"""Phase 3: an Optuna study chooses the subset of rules that maximises the valset score.
+
+One boolean parameter per rule; seeded TPE. Informative trials are enqueued first (no rules = the
+baseline, all rules, each rule alone when the budget allows). Every (prompt, example) score is
+cached, so a repeated subset costs nothing and a resumed study repeats no finished work. Large
+valsets are scored in minibatches with the running mean reported to Optuna's median pruner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+from cd_dspy.evaluation import CachedEvaluator
+from cd_dspy.integrate import with_rules
+from cd_dspy.result import Rule, Trial
+from cd_dspy.usage import BudgetExhausted
+
+logger = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class Selection:
+    """What the study found."""
+
+    trials: list[Trial]
+    best_rule_ids: list[str]
+    baseline_score: float | None
+    best_score: float | None
+    p_value: float | None
+    effects: dict[str, float | None] = field(default_factory=dict)
+    stopped_early: str | None = None
+
+
+def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
+    return [r.id for r in rules if params.get(r.id)]
+
+
+def _fail_interrupted_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed process are marked failed; their scores are in the cache."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
+def sign_test_p_value(better: Sequence[float], worse: Sequence[float]) -> float:
+    """Two-sided exact sign test on paired per-example scores (ties dropped)."""
+    wins = sum(b > w for b, w in zip(better, worse, strict=True))
+    losses = sum(b < w for b, w in zip(better, worse, strict=True))
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+class RuleSelector:
+    """Runs the study. `evaluate(program, indices)` returns per-example scores (0-1 scale)."""
+
+    def __init__(self, base_program, rules: Sequence[Rule], evaluator: CachedEvaluator, *, target_lm,
+                 num_trials: int, seed: int, storage: str | None, study_name: str,
+                 minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None):
+        self.base_program = base_program
+        self.rules = list(rules)
+        self.evaluator = evaluator
+        self.target_lm = target_lm
+        self.num_trials = num_trials
+        self.seed = seed
+        self.minibatch_size = minibatch_size
+        self.on_trial = on_trial
+        self.best: float | None = None
+        n_val = len(evaluator.examples)
+        self.order = random.Random(seed).sample(range(n_val), n_val)
+        self.study = optuna.create_study(
+            direction="maximize", storage=storage, study_name=study_name, load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+        )
+        _fail_interrupted_trials(self.study)
+
+    # -- the study -------------------------------------------------------------------------------
+    def run(self) -> Selection:
+        if not self.study.trials:
+            self._enqueue_first_trials()
+        stopped = None
+        attempts = 0
+        try:
+            while attempts < 3 * self.num_trials:
+                tried = {tuple(subset_of(t.params, self.rules)) for t in self._complete()}
+                if len(tried) >= min(self.num_trials, 2 ** len(self.rules)):
+                    break  # enough distinct subsets (or every subset) scored
+                attempts += 1
+                self.study.optimize(self._objective, n_trials=1, catch=())
+        except BudgetExhausted as exc:
+            stopped = str(exc)
+            logger.warning("Select: stopped early, %s; keeping the best subset so far.", exc)
+        return self._summary(stopped)
+
+    def _enqueue_first_trials(self) -> None:
+        ids = [r.id for r in self.rules]
+        self.study.enqueue_trial({i: 0 for i in ids}, user_attrs={"enqueued": "baseline"})
+        if ids:
+            self.study.enqueue_trial({i: 1 for i in ids}, user_attrs={"enqueued": "all rules"})
+        if len(ids) > 1 and self.num_trials >= len(ids) + 4:
+            for rule_id in ids:
+                self.study.enqueue_trial({i: int(i == rule_id) for i in ids}, user_attrs={"enqueued": rule_id})
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        chosen = [r for r in self.rules if trial.suggest_categorical(r.id, [0, 1])]
+        program = with_rules(self.base_program, chosen, lm=self.target_lm)
+        prunable = "enqueued" not in trial.user_attrs and self.minibatch_size
+        batches = self._batches() if prunable else [self.order]
+        scores: list[float] = []
+        for step, batch in enumerate(batches):
+            scores += self.evaluator(program, batch)
+            running = 100.0 * sum(scores) / len(scores)
+            if len(batches) > 1:
+                trial.report(running, step)
+                if step < len(batches) - 1 and trial.should_prune():
+                    self._notify(trial.number, chosen, None, "pruned", len(scores), started)
+                    raise optuna.TrialPruned()
+        score = 100.0 * sum(scores) / max(1, len(scores))
+        self._notify(trial.number, chosen, score, "complete", len(scores), started)
+        return score
+
+    def _batches(self) -> list[list[int]]:
+        size = self.minibatch_size or len(self.order)
+        return [self.order[i:i + size] for i in range(0, len(self.order), size)]
+
+    def _notify(self, number, chosen, score, state, n, started) -> None:
+        if score is not None and (self.best is None or score > self.best):
+            self.best = score
+        record = Trial(number, [r.id for r in chosen], score, state, n, round(time.perf_counter() - started, 3))
+        logger.info("Select: trial %d %s rules=%s score=%s", number, state, record.rule_ids,
+                    "-" if score is None else f"{score:.1f}")
+        if self.on_trial:
+            self.on_trial(record, self.best)
+
+    # -- the outcome -----------------------------------------------------------------------------
+    def _complete(self) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+    def _summary(self, stopped: str | None) -> Selection:
+        trials = [Trial(t.number, subset_of(t.params, self.rules), t.value, t.state.name.lower(),
+                        seconds=round(t.duration.total_seconds(), 3) if t.duration else 0.0)
+                  for t in self.study.get_trials(deepcopy=False)]
+        complete = [t for t in trials if t.state == "complete" and t.score is not None]
+        baseline = next((t.score for t in complete if not t.rule_ids), None)
+        if not complete:
+            return Selection(trials, [], baseline, None, None, stopped_early=stopped)
+        best = max(complete, key=lambda t: (t.score, -len(t.rule_ids)))  # ties: fewer rules
+        p_value = self._p_value(best.rule_ids) if baseline is not None else None
+        effects = {}
+        for rule in self.rules:
+            with_rule = [t.score for t in complete if rule.id in t.rule_ids]
+            without = [t.score for t in complete if rule.id not in t.rule_ids]
+            effects[rule.id] = (round(sum(with_rule) / len(with_rule) - sum(without) / len(without), 3)
+                                if with_rule and without else None)
+        return Selection(trials, best.rule_ids, baseline, best.score, p_value, effects, stopped)
+
+    def _p_value(self, rule_ids: list[str]) -> float | None:
+        chosen = [r for r in self.rules if r.id in rule_ids]
+        indices = list(range(len(self.evaluator.examples)))
+        try:
+            best = self.evaluator(with_rules(self.base_program, chosen, lm=self.target_lm), indices)
+            base = self.evaluator(with_rules(self.base_program, [], lm=self.target_lm), indices)
+        except BudgetExhausted:
+            return None
+        return sign_test_p_value(best, base)

@@ -1,0 +1,211 @@
+"""Deterministic simulated LMs (DSPy 3.4 engines) for tests, demos and the simulated benchmark.
+
+The world: four kinds of word problem. The simulated *target* solves "add" problems, but has a
+blind spot on each other kind that one specific rule removes, and it obeys a harmful rule (round
+answers down) to its cost. The simulated *teacher* explains each mistake by proposing the helpful
+rule for its kind, a neutral rule, an instance-specific rule (numbers copied from the question),
+and, on unit problems, the harmful rule. In a two-step program (plan, then solve) the unit blind
+spot lives in the planning step, so its rule only helps there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import textwrap
+import threading
+from typing import Any
+
+import dspy
+from dspy.lm15 import Message, Response, TextPart, Usage
+
+HELPFUL_RULES = {
+    "percent": "When a price is a percent off, multiply the price by (100 - percent) / 100.",
+    "units": "Convert minutes to hours by dividing the minutes by 60 before adding them to the hours.",
+    "vans": "When counting the containers needed, round the division up to the next whole number.",
+}
+HARMFUL_RULE = "Always round the final answer down to a whole number."
+NEUTRAL_RULE = "Read the question carefully before answering."
+
+TEMPLATES = {
+    "add": ("{name} has {a} marbles and finds {b} more. How many marbles does {name} have?",
+            lambda a, b: a + b),
+    "percent": ("A coat costs {a} dollars and is {b} percent off. What does the coat cost now?",
+                lambda a, b: round(a * (100 - b) / 100, 2)),
+    "units": ("A trip takes {a} hours and {b} minutes. How long is the trip in hours?",
+              lambda a, b: round(a + b / 60, 4)),
+    "vans": ("{a} people travel in vans that hold {b} people each. How many vans are needed?",
+             lambda a, b: math.ceil(a / b)),
+}
+_NAMES = ["Ana", "Ben", "Chloe", "Dev", "Eva", "Finn"]
+
+
+def make_problem(kind: str, rng: random.Random) -> dspy.Example:
+    template, solve = TEMPLATES[kind]
+    a, b = {"add": (rng.randint(3, 60), rng.randint(3, 40)),
+            "percent": (rng.choice(range(30, 200, 10)), rng.choice([10, 15, 20, 25, 30, 40])),
+            "units": (rng.randint(1, 9), rng.choice([15, 30, 45])),
+            "vans": (rng.randint(11, 97), rng.choice([4, 6, 7, 9]))}[kind]
+    if kind == "vans" and a % b == 0:
+        a += 1
+    question = template.format(name=rng.choice(_NAMES), a=a, b=b)
+    return dspy.Example(question=question, answer=float(solve(a, b)), kind=kind).with_inputs("question")
+
+
+def simulated_dataset(n: int, seed: int = 0) -> list[dspy.Example]:
+    """`n` problems cycling through the kinds, seeded."""
+    rng = random.Random(seed)
+    kinds = list(TEMPLATES)
+    return [make_problem(kinds[i % len(kinds)], rng) for i in range(n)]
+
+
+def simulated_splits(*sizes: int, seed: int = 0) -> list[list[dspy.Example]]:
+    """Disjoint problem sets of the given sizes (no question appears twice), each cycling the kinds."""
+    rng, kinds, seen = random.Random(seed), list(TEMPLATES), set()
+    splits = []
+    for size in sizes:
+        split: list[dspy.Example] = []
+        while len(split) < size:
+            example = make_problem(kinds[len(split) % len(kinds)], rng)
+            if example.question not in seen:
+                seen.add(example.question)
+                split.append(example)
+        splits.append(split)
+    return splits
+
+
+def answer_match(example: dspy.Example, prediction: Any, trace: Any = None) -> bool:
+    try:
+        return abs(float(prediction.answer) - float(example.answer)) < 1e-6
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def kind_of(question: str) -> str | None:
+    for kind, (template, _) in TEMPLATES.items():
+        pattern = re.escape(template).replace(r"\{name\}", r"\w+").replace(r"\{a\}", r"(\d+)").replace(r"\{b\}", r"(\d+)")
+        if re.search(pattern, question):
+            return kind
+    return None
+
+
+def numbers_of(question: str) -> tuple[int, int]:
+    a, b = (int(x) for x in re.findall(r"\d+", question)[:2])
+    return a, b
+
+
+# --- the engine plumbing ------------------------------------------------------------------------
+
+class ScriptedEngine:
+    """Reads a DSPy request (instructions, input fields) and replies in the adapter's format."""
+
+    model = "simulated"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def complete(self, request) -> Response:
+        with self._lock:
+            self.calls += 1
+        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or ())
+        user = request.messages[-1].text or ""
+        _, _, objective = system.partition("your objective is:")
+        instructions = textwrap.dedent(objective.strip("\n")).strip()
+        output_block = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
+        outputs = re.findall(r"^\d+\. `(\w+)`", output_block, flags=re.M)
+        inputs = dict(re.findall(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", user, flags=re.S))
+        reply = self.respond(instructions, inputs, outputs)
+        if "JSON" in user:
+            text = json.dumps({k: reply.get(k, "") for k in outputs})
+        else:
+            text = "\n\n".join(f"[[ ## {k} ## ]]\n{_chat_value(reply.get(k, ''))}" for k in outputs)
+            text += "\n\n[[ ## completed ## ]]"
+        tokens = len(system.split()) + len(user.split())
+        return Response(id=None, model=self.model, message=Message.assistant((TextPart(text),)), finish_reason="stop",
+                        usage=Usage(input_tokens=tokens, output_tokens=len(text.split())))
+
+    def stream(self, request):
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+    def __deepcopy__(self, memo: dict) -> ScriptedEngine:
+        return self  # an engine is a shared handle (its counters and lock belong to the model)
+
+    def dump_state(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> ScriptedEngine:
+        return cls()
+
+
+def _chat_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+class SimulatedTarget(ScriptedEngine):
+    """A weak model with blind spots; each HELPFUL_RULES entry in its instructions removes one."""
+
+    model = "simulated-target"
+
+    def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
+        question = inputs.get("question", "")
+        kind = kind_of(question)
+        if "plan" in outputs:  # the planning step of a two-step program
+            converts = HELPFUL_RULES["units"] in instructions
+            return {"plan": "1. Convert minutes to hours. 2. Add." if converts else "1. Add the numbers.",
+                    "reasoning": "Plan the steps."}
+        if kind is None:
+            return {"reasoning": "I do not know.", "answer": "0"}
+        a, b = numbers_of(question)
+        answer = TEMPLATES[kind][1](a, b)
+        if kind == "percent" and HELPFUL_RULES["percent"] not in instructions:
+            answer = a - b  # subtracts the percent as if it were dollars
+        if kind == "vans" and HELPFUL_RULES["vans"] not in instructions:
+            answer = a // b  # rounds down
+        if kind == "units":
+            fixed = ("Convert minutes" in inputs["plan"]) if "plan" in inputs else HELPFUL_RULES["units"] in instructions
+            if not fixed:
+                answer = float(f"{a}.{b}")  # reads "2 hours 30 minutes" as 2.30
+        if HARMFUL_RULE in instructions:
+            answer = math.floor(answer)
+        return {"reasoning": f"The question is about {kind}.", "answer": f"{answer:g}"}
+
+
+class SimulatedTeacher(ScriptedEngine):
+    """Explains target mistakes with helpful, harmful, neutral and instance-specific rules."""
+
+    model = "simulated-teacher"
+
+    def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
+        if "candidate_rules" in inputs:  # consolidation: keep the distinct rules
+            rules = list(dict.fromkeys(json.loads(inputs["candidate_rules"])))
+            return {"rules": rules[: int(inputs.get("max_rules", len(rules)))]}
+        attempt = inputs.get("student_attempt", "")
+        kind = kind_of(attempt.replace('\\"', '"'))
+        steps = json.loads(inputs.get("steps", "[]") or "[]")
+        if kind not in HELPFUL_RULES:
+            return {"explanation": "Unclear.", "step": steps[-1] if steps else "", "rules": [NEUTRAL_RULE]}
+        a, b = numbers_of(attempt)
+        step = next((s for s in steps if "plan" in s), steps[-1]) if kind == "units" else steps[-1]
+        rules = [HELPFUL_RULES[kind], NEUTRAL_RULE, f"For {a} and {b}, the answer is {TEMPLATES[kind][1](a, b):g}."]
+        if kind == "units":
+            rules.append(HARMFUL_RULE)
+        return {"explanation": f"The student mishandled a {kind} problem.", "step": step, "rules": rules}
+
+
+def simulated_lms() -> tuple[dspy.LM, dspy.LM]:
+    """(target, teacher) as `dspy.LM`s over fresh simulated engines (cache off: calls are counted)."""
+    target = dspy.LM("simulated/target", engine=SimulatedTarget(), cache=False)
+    teacher = dspy.LM("simulated/teacher", engine=SimulatedTeacher(), cache=False)
+    return target, teacher

@@ -1,0 +1,111 @@
+"""Per-role LM accounting (target vs teacher) and hard budgets.
+
+DSPy tells a callback when any LM call starts, and tells `settings.usage_tracker` the usage of
+every call that was not a cache hit. `UsageMeter` is both: the callback notes which role's LM is
+calling (by LM identity), the tracker attributes the billed usage to that role. A call that would
+exceed a cap is refused before it reaches the model, and the meter remembers that the budget ran
+out so the optimizer can stop cleanly with the best program so far.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from dspy.utils.callback import BaseCallback
+
+from cd_dspy.result import RoleUsage
+
+TARGET, TEACHER = "target", "teacher"
+
+
+class BudgetExhausted(RuntimeError):
+    """Raised inside an LM call that a budget cap does not allow."""
+
+
+@dataclass
+class Budget:
+    """Caps on what a compile may spend; None means no cap. Calls count cache misses only."""
+
+    max_target_calls: int | None = None
+    max_teacher_calls: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"Budget {name} must be a non-negative number or None, got {value!r}.")
+
+
+class UsageMeter(BaseCallback):
+    """Counts LM calls and tokens per role and enforces a `Budget`."""
+
+    def __init__(self, teacher_lm: Any = None, budget: Budget | None = None):
+        self.teacher_ids = {id(teacher_lm)} if teacher_lm is not None else set()
+        self.budget = budget or Budget()
+        self.usage = {TARGET: RoleUsage(), TEACHER: RoleUsage()}
+        self.exhausted: str | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # DSPy copies the usage tracker into worker threads; the meter must stay one shared object.
+    def __deepcopy__(self, memo: dict) -> UsageMeter:
+        return self
+
+    def role_of(self, lm: Any) -> str:
+        return TEACHER if id(lm) in self.teacher_ids else TARGET
+
+    # -- DSPy callback -------------------------------------------------------------------------
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        role = self.role_of(instance)
+        self._local.role = role
+        with self._lock:
+            self.usage[role].cached_calls += 1  # corrected to a billed call in add_usage
+            reason = self._over_budget(role)
+            if reason:
+                self.exhausted = self.exhausted or reason
+        if reason:
+            raise BudgetExhausted(reason)
+
+    # -- DSPy usage tracker (called only for calls that were not cache hits) --------------------
+    def add_usage(self, model: str, usage: dict[str, Any] | None) -> None:
+        role = getattr(self._local, "role", TARGET)
+        usage = dict(usage or {})
+        with self._lock:
+            record = self.usage[role]
+            record.cached_calls -= 1
+            record.calls += 1
+            record.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            record.completion_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+            record.cost_usd += float(usage.get("cost") or 0.0)
+
+    def add_cost(self, role: str, cost_usd: float) -> None:
+        with self._lock:
+            self.usage[role].cost_usd += cost_usd
+
+    def _over_budget(self, role: str) -> str | None:
+        b, u = self.budget, self.usage
+        if role == TARGET and b.max_target_calls is not None and u[TARGET].calls >= b.max_target_calls:
+            return f"target call budget reached ({b.max_target_calls} calls)"
+        if role == TEACHER and b.max_teacher_calls is not None and u[TEACHER].calls >= b.max_teacher_calls:
+            return f"teacher call budget reached ({b.max_teacher_calls} calls)"
+        tokens = sum(r.prompt_tokens + r.completion_tokens for r in u.values())
+        if b.max_tokens is not None and tokens >= b.max_tokens:
+            return f"token budget reached ({b.max_tokens} tokens)"
+        cost = sum(r.cost_usd for r in u.values())
+        if b.max_cost_usd is not None and cost >= b.max_cost_usd:
+            return f"cost budget reached (${b.max_cost_usd:.2f})"
+        return None
+
+    def snapshot(self) -> dict[str, RoleUsage]:
+        with self._lock:
+            return {role: RoleUsage(**vars(u)) for role, u in self.usage.items()}
+
+    def restore(self, usage: dict[str, RoleUsage]) -> None:
+        """Start from the usage of an earlier, interrupted run of the same compile."""
+        with self._lock:
+            for role, record in usage.items():
+                self.usage[role] = RoleUsage(**vars(record))
