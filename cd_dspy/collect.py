@@ -11,9 +11,12 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dspy
+from dspy.evaluate import Evaluate
+from dspy.teleprompt import bootstrap_trace
 from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
 
 from cd_dspy.evaluation import ScoredMetric
@@ -45,16 +48,38 @@ def _outputs_of(prediction: Any) -> tuple[dict[str, Any], bool]:
     return {"output": jsonable(prediction)}, False
 
 
+class _QuietEvaluate(Evaluate):
+    """`dspy.Evaluate` without its progress bar (bootstrap_trace_data always asks for one)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "display_progress": False})
+
+
+@contextmanager
+def _progress_bar(shown: bool):
+    if shown:
+        yield
+        return
+    original = bootstrap_trace.Evaluate
+    bootstrap_trace.Evaluate = _QuietEvaluate
+    try:
+        yield
+    finally:
+        bootstrap_trace.Evaluate = original
+
+
 def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], metric: ScoredMetric, *,
-                     num_threads: int, threshold: float) -> tuple[list[Mistake], float, int]:
+                     num_threads: int, threshold: float,
+                     show_progress: bool = True) -> tuple[list[Mistake], float, int]:
     """Run `program` on `trainset`; return (mistakes, train score 0-100, examples that crashed).
 
     Pass a throwaway copy: `bootstrap_trace_data` leaves `forward` bound on the instance it ran.
     """
     names = {id(pred): name for name, pred in program.named_predictors()}
-    records = bootstrap_trace_data(program, list(trainset), metric=metric, num_threads=num_threads,
-                                   raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
-                                   format_failure_score=0.0, capture_crashes=True)
+    with _progress_bar(show_progress):
+        records = bootstrap_trace_data(program, list(trainset), metric=metric, num_threads=num_threads,
+                                       raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
+                                       format_failure_score=0.0, capture_crashes=True)
     metric.raise_if_failed()
     mistakes, total = [], 0.0
     for record in records:

@@ -1,7 +1,8 @@
 """Phase 3: an Optuna study chooses the subset of rules that maximises the valset score.
 
 One boolean parameter per rule; seeded TPE. Informative trials are enqueued first (no rules = the
-baseline, all rules, each rule alone when the budget allows). Every (prompt, example) score is
+baseline, all rules, all rules but one, each rule alone when the budget allows); after the study,
+backward elimination from the best subset drops rules that do not earn their place. Every (prompt, example) score is
 cached, so a repeated subset costs nothing and a resumed study repeats no finished work. Large
 valsets are scored in minibatches with the running mean reported to Optuna's median pruner.
 """
@@ -67,7 +68,8 @@ class RuleSelector:
 
     def __init__(self, base_program, rules: Sequence[Rule], evaluator: CachedEvaluator, *, target_lm,
                  num_trials: int, seed: int, storage: str | None, study_name: str,
-                 minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None):
+                 minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None,
+                 refine: bool = True):
         self.base_program = base_program
         self.rules = list(rules)
         self.evaluator = evaluator
@@ -76,6 +78,7 @@ class RuleSelector:
         self.seed = seed
         self.minibatch_size = minibatch_size
         self.on_trial = on_trial
+        self.refine = refine
         self.best: float | None = None
         n_val = len(evaluator.examples)
         self.order = random.Random(seed).sample(range(n_val), n_val)
@@ -94,22 +97,63 @@ class RuleSelector:
         attempts = 0
         try:
             while attempts < 3 * self.num_trials:
-                tried = {tuple(subset_of(t.params, self.rules)) for t in self._complete()}
-                if len(tried) >= min(self.num_trials, 2 ** len(self.rules)):
+                if len(self._scored()) >= min(self.num_trials, 2 ** len(self.rules)):
                     break  # enough distinct subsets (or every subset) scored
                 attempts += 1
                 self.study.optimize(self._objective, n_trials=1, catch=())
+            if self.refine:
+                self._refine()
         except BudgetExhausted as exc:
             stopped = str(exc)
             logger.warning("Select: stopped early, %s; keeping the best subset so far.", exc)
         return self._summary(stopped)
 
+    def _refine(self) -> None:
+        """Backward elimination from the best subset: drop each rule in turn (one enqueued trial each)
+        and keep the smaller subset whenever it scores at least as well; at most num_trials // 2 extra
+        trials. Guards against rules that won by noise and prefers fewer rules on ties."""
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == "refine"]
+        tried: set[tuple[str, ...]] = {tuple(subset_of(t.params, self.rules)) for t in done}
+        budget = max(2, self.num_trials // 2)  # refinement adds at most this many trials, also across resumes
+        while len(tried) < budget:
+            best = self._best_complete()
+            if best is None or len(best[1]) < 2:
+                return
+            score, ids = best
+            smaller = [tuple(i for i in ids if i != drop) for drop in ids]
+            todo = [s for s in smaller if s not in tried and s not in self._scored()]
+            if not todo:
+                return
+            for subset in todo[: budget - len(tried)]:
+                tried.add(subset)
+                self.study.enqueue_trial({r.id: int(r.id in subset) for r in self.rules},
+                                         user_attrs={"enqueued": "refine"})
+                self.study.optimize(self._objective, n_trials=1, catch=())
+            if self._best_complete() == best:
+                return
+
+    def _scored(self) -> set[tuple[str, ...]]:
+        return {tuple(subset_of(t.params, self.rules)) for t in self._complete()}
+
+    def _best_complete(self) -> tuple[float, tuple[str, ...]] | None:
+        """(score, rule ids) of the best complete trial; ties go to fewer rules."""
+        scored = [(t.value, tuple(subset_of(t.params, self.rules))) for t in self._complete()]
+        return max(scored, key=lambda x: (x[0], -len(x[1]))) if scored else None
+
     def _enqueue_first_trials(self) -> None:
+        """Baseline, all rules, then leave-one-out subsets (they expose harmful rules), then single
+        rules (they expose helpful ones), as far as the trial budget allows."""
         ids = [r.id for r in self.rules]
         self.study.enqueue_trial({i: 0 for i in ids}, user_attrs={"enqueued": "baseline"})
-        if ids:
-            self.study.enqueue_trial({i: 1 for i in ids}, user_attrs={"enqueued": "all rules"})
-        if len(ids) > 1 and self.num_trials >= len(ids) + 4:
+        if not ids:
+            return
+        self.study.enqueue_trial({i: 1 for i in ids}, user_attrs={"enqueued": "all rules"})
+        if len(ids) < 2:
+            return
+        room = self.num_trials - 2
+        for rule_id in ids[:max(0, room)]:
+            self.study.enqueue_trial({i: int(i != rule_id) for i in ids}, user_attrs={"enqueued": f"without {rule_id}"})
+        if room >= 2 * len(ids):
             for rule_id in ids:
                 self.study.enqueue_trial({i: int(i == rule_id) for i in ids}, user_attrs={"enqueued": rule_id})
 

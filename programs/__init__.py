@@ -77,6 +77,17 @@ def _humaneval_loader(seed: int, sizes: dict[str, int], path: str | None) -> dic
     return load_humaneval(seed, n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"])
 
 
+def _simulated_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
+    from cd_dspy.simulated import simulated_splits
+
+    train, val, test = simulated_splits(sizes["train"], sizes["val"], sizes["test"], seed=seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def _simulated_program() -> dspy.Module:
+    return dspy.ChainOfThought("question -> answer: float")
+
+
 def _math_solver() -> dspy.Module:
     from programs.math_word import MathSolver
 
@@ -118,6 +129,9 @@ TASKS: dict[str, Task] = {
                   "GSM8K (hub or local JSONL via path)"),
     "multiarith": Task("multiarith", _math_solver, _hub_loader("multiarith"), _NUM, _NUM_FB,
                        {"train": 100, "val": 50, "test": 150}, "MultiArith (hub or local JSONL via path)"),
+    "simulated": Task("simulated", _simulated_program, _simulated_loader,
+                      _lazy("cd_dspy.simulated", "answer_match"), None, {"train": 16, "val": 16, "test": 16},
+                      "the simulated world of cd_dspy.simulated (use --target/--teacher simulated-*)"),
     "humaneval": Task("humaneval", _code_generator, _humaneval_loader,
                       _lazy("programs.humaneval", "humaneval_metric"),
                       _lazy("programs.humaneval", "humaneval_metric_with_feedback"),

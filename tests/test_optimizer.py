@@ -99,7 +99,7 @@ def test_cache_never_pays_twice_for_a_prompt_and_example(sim):
     cd = sim.optimizer(num_trials=12)
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
     distinct = {tuple(t.rule_ids) for t in cd.result.trials if t.state == "complete"}
-    assert len(cd.result.trials) >= len(distinct) == 12
+    assert len(cd.result.trials) >= len(distinct) >= 12  # num_trials, plus refinement trials
     assert sim.target_engine.calls == len(sim.trainset) + len(distinct) * len(sim.valset)
     assert cd.result.usage["target"].calls == sim.target_engine.calls
     assert cd.result.usage["teacher"].calls == sim.teacher_engine.calls > 0

@@ -1,0 +1,266 @@
+"""The `cd-dspy` command: compile, evaluate, models, report.
+
+    cd-dspy compile --task math --train 12 --val 12 --test 20 --trials 6 --run-dir runs/math
+    cd-dspy evaluate --task math --load runs/math/program.json --lm qwen2.5-coder-0.5b --n 20
+    cd-dspy models
+    cd-dspy report runs/math
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TARGET = "qwen2.5-coder-0.5b"
+DEFAULT_TEACHER = "qwen2.5-coder-1.5b"
+SIMULATED = ("simulated-target", "simulated-teacher")  # deterministic stand-ins (cd_dspy.simulated)
+
+
+class CLIError(Exception):
+    """A user error the CLI reports in one line (exit code 2)."""
+
+
+# --- resolving names --------------------------------------------------------------------------
+
+def resolve_lm(spec: str, role: str, api_base: str | None = None):
+    """A catalog name or .gguf path → an embedded local LM; anything else → a litellm model string."""
+    import dspy
+
+    from cd_dspy.lms.catalog import CATALOG
+
+    if spec in SIMULATED:
+        from cd_dspy import simulated
+
+        engine = simulated.SimulatedTarget() if spec == "simulated-target" else simulated.SimulatedTeacher()
+        return dspy.LM(f"simulated/{spec}", engine=engine, cache=False)
+    if spec in CATALOG or spec.endswith(".gguf"):
+        from cd_dspy.lms import local_lm
+
+        return local_lm(spec, role=role)
+    if "/" not in spec:
+        raise CLIError(f"unknown model {spec!r}: use a catalog name ({', '.join(CATALOG)}), a .gguf path, "
+                       "or a litellm model string such as 'openai/gpt-4o-mini'.")
+    kwargs: dict[str, Any] = {"api_base": api_base} if api_base else {}
+    return dspy.LM(spec, **kwargs)
+
+
+def load_attribute(spec: str) -> Any:
+    """`package.module:attribute` → the attribute."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CLIError(f"{spec!r} is not of the form 'package.module:attribute'.")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise CLIError(f"cannot load {spec!r}: {exc}") from exc
+
+
+def make_program(args, task):
+    """The task's program, or a fresh instance of `--program` (a Module class, factory or instance)."""
+    import dspy
+
+    if not args.program:
+        return task.make_program()
+    found = load_attribute(args.program)
+    program = found.deepcopy() if isinstance(found, dspy.Module) else found() if callable(found) else found
+    if not isinstance(program, dspy.Module):
+        raise CLIError(f"--program {args.program} gave a {type(program).__name__}, not a dspy.Module.")
+    return program
+
+
+def load_task_and_splits(args):
+    from programs import get_task
+
+    try:
+        task = get_task(args.task)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    sizes = {k: v for k, v in (("train", getattr(args, "train", None)), ("val", getattr(args, "val", None)),
+                               ("test", getattr(args, "test", None))) if v is not None}
+    splits = task.load_splits(seed=args.seed, sizes=sizes, path=args.data)
+    metric = load_attribute(args.metric) if args.metric else task.metric
+    return task, splits, metric
+
+
+def configure_adapter(name: str) -> None:
+    import dspy
+
+    adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
+    dspy.configure(adapter=adapters[name]())
+
+
+def evaluate(program, examples, metric, threads: int) -> float:
+    import dspy
+
+    if not examples:
+        return float("nan")
+    return float(dspy.Evaluate(devset=examples, metric=metric, num_threads=threads, display_progress=False,
+                               provide_traceback=False)(program).score)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_compile(args) -> int:
+    from cd_dspy import ConceptDistillation
+    from cd_dspy.report import render_report
+
+    configure_adapter(args.adapter)
+    task, splits, metric = load_task_and_splits(args)
+    target = resolve_lm(args.target, "target", args.target_api_base)
+    teacher = resolve_lm(args.teacher, "teacher", args.teacher_api_base)
+    program = make_program(args, task)
+    run_dir = Path(args.run_dir or f"runs/{task.name}")
+    optimizer = ConceptDistillation(
+        metric=metric, teacher_lm=teacher, target_lm=target, auto=args.auto, num_trials=args.trials,
+        max_mistakes=args.max_mistakes, max_rules=args.max_rules, priming=args.priming, seed=args.seed,
+        run_dir=run_dir, num_threads=args.threads, minibatch_size=args.minibatch, resume=not args.fresh,
+        max_target_calls=args.max_target_calls, max_teacher_calls=args.max_teacher_calls,
+        progress=not args.quiet)
+    print(f"cd-dspy: task {task.name}: {len(splits['train'])} train / {len(splits['val'])} val / "
+          f"{len(splits['test'])} test; target {args.target}, teacher {args.teacher}; run dir {run_dir}",
+          file=sys.stderr)
+    started = time.perf_counter()
+    compiled = optimizer.compile(program, trainset=splits["train"], valset=splits["val"] or None)
+    result = optimizer.result
+    lines = [f"validation score: baseline {_fmt(result.baseline_score)} -> compiled {_fmt(result.best_score)}",
+             f"rules selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})"]
+    if splits["test"]:
+        baseline_program = make_program(args, task)
+        baseline_program.set_lm(target)
+        before = evaluate(baseline_program, splits["test"], metric, args.threads)
+        after = evaluate(compiled, splits["test"], metric, args.threads)
+        lines.append(f"held-out test score ({len(splits['test'])} examples): before {before:.1f} -> after {after:.1f}")
+        scores = {"n": len(splits["test"]), "before": before, "after": after}
+        (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    usage = result.usage
+    lines.append(f"LM calls: target {usage['target'].calls} (+{usage['target'].cached_calls} cached), "
+                 f"teacher {usage['teacher'].calls} (+{usage['teacher'].cached_calls} cached) during compile")
+    lines.append(f"wall time: {time.perf_counter() - started:.0f} s")
+    (run_dir / "report.md").write_text(render_report(run_dir))
+    lines.append(f"compiled program: {run_dir / 'program.json'}   report: {run_dir / 'report.md'}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    configure_adapter(args.adapter)
+    task, splits, metric = load_task_and_splits(args)
+    program = make_program(args, task)
+    if args.load:
+        if not Path(args.load).exists():
+            raise CLIError(f"no saved program at {args.load}")
+        program.load(args.load, allow_unsafe_lm_state=True)
+    program.set_lm(resolve_lm(args.lm, "target", args.api_base))
+    examples = splits[args.split][: args.n] if args.n else splits[args.split]
+    score = evaluate(program, examples, metric, args.threads)
+    print(f"{task.name} {args.split} ({len(examples)} examples) with {args.lm}: {score:.1f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from cd_dspy.lms import list_models
+
+    print(f"{'name':<22} {'role':<8} {'installed':<10} {'assembled':<10} size")
+    for row in list_models():
+        row = row if isinstance(row, dict) else vars(row)
+        size = row.get("size_mb") or row.get("size") or ""
+        print(f"{row['name']:<22} {row.get('role', ''):<8} {str(row.get('installed')):<10} "
+              f"{str(row.get('assembled')):<10} {size}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cd_dspy.report import render_report
+
+    print(render_report(args.run_dir), end="")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="math", help="built-in task: math, math-plan, humaneval, gsm8k, multiarith")
+    parser.add_argument("--program", help="a program instead of the task's: 'package.module:ProgramClass'")
+    parser.add_argument("--metric", help="a metric instead of the task's: 'package.module:metric'")
+    parser.add_argument("--data", help="a local JSONL file (question/answer) for math-style tasks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="parallel LM calls (1 for embedded local models)")
+    parser.add_argument("--adapter", choices=["json", "chat"], default="json",
+                        help="DSPy adapter (json: grammar-constrained JSON on local models)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cd-dspy", description="Concept Distillation for DSPy programs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each phase decides")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    comp = sub.add_parser("compile", help="compile a program for the target LM with rules from the teacher")
+    _data_arguments(comp)
+    comp.add_argument("--target", default=DEFAULT_TARGET, help="catalog name, .gguf path or litellm model")
+    comp.add_argument("--teacher", default=DEFAULT_TEACHER, help="catalog name, .gguf path or litellm model")
+    comp.add_argument("--target-api-base")
+    comp.add_argument("--teacher-api-base")
+    comp.add_argument("--train", type=int, default=12)
+    comp.add_argument("--val", type=int, default=12)
+    comp.add_argument("--test", type=int, default=20, help="held-out examples scored before and after")
+    comp.add_argument("--auto", choices=["light", "medium", "heavy"], default="light")
+    comp.add_argument("--trials", type=int, default=6)
+    comp.add_argument("--max-mistakes", type=int, default=6)
+    comp.add_argument("--max-rules", type=int, default=None)
+    comp.add_argument("--minibatch", type=int, default=None)
+    comp.add_argument("--priming", default="ground_truth")
+    comp.add_argument("--max-target-calls", type=int)
+    comp.add_argument("--max-teacher-calls", type=int)
+    comp.add_argument("--run-dir", help="artifacts and resume state (default runs/<task>)")
+    comp.add_argument("--fresh", action="store_true", help="ignore finished work in --run-dir")
+    comp.add_argument("--quiet", action="store_true", help="no progress bars")
+    comp.set_defaults(func=cmd_compile)
+
+    ev = sub.add_parser("evaluate", help="score a saved program on a dataset split with an LM")
+    _data_arguments(ev)
+    ev.add_argument("--load", help="a program saved by compile (run_dir/program.json)")
+    ev.add_argument("--lm", default=DEFAULT_TARGET)
+    ev.add_argument("--api-base")
+    ev.add_argument("--split", choices=["train", "val", "test"], default="test")
+    ev.add_argument("--n", type=int, help="only the first N examples of the split")
+    ev.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser("models", help="the embedded model catalog and what is installed")
+    models.set_defaults(func=cmd_models)
+
+    report = sub.add_parser("report", help="rules, provenance, trials and LM usage of a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("dspy").setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"cd-dspy: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
+        if args.verbose:
+            raise
+        print(f"cd-dspy: error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
