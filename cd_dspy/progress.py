@@ -31,6 +31,11 @@ class Progress:
             seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - started, 3)
             logger.info("Phase %s took %.1f s.", name, seconds[name])
 
+    def note(self, text: str) -> None:
+        """One line of news (what a phase found), shown above any bar."""
+        if self.enabled:
+            tqdm.write(f"[cd-dspy] {text}", file=sys.stderr)
+
     def bar(self, description: str, total: int, initial: int = 0) -> tqdm:
         bar = tqdm(total=total, initial=initial, desc=description, disable=not self.enabled, leave=False,
                    file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,58 @@
+"""The cd-dspy command on the simulated task (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cd_dspy.cli import main
+
+SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher"]
+
+
+@pytest.fixture
+def compiled_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["compile", *SIM, "--train", "12", "--val", "12", "--test", "12", "--trials", "6",
+                 "--run-dir", str(run_dir), "--quiet"])
+    assert code == 0
+    return run_dir, capsys.readouterr().out
+
+
+def test_compile_prints_scores_and_writes_artifacts(compiled_run):
+    run_dir, out = compiled_run
+    assert "validation score: baseline" in out and "held-out test score (12 examples)" in out
+    scores = json.loads((run_dir / "test_scores.json").read_text())
+    assert scores["after"] > scores["before"]
+    for name in ("program.json", "report.md", "result.json"):
+        assert (run_dir / name).exists()
+
+
+def test_report_shows_rules_with_provenance(compiled_run, capsys):
+    run_dir, _ = compiled_run
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "## Rules" in out and "selected" in out and "from m" in out and "## LM usage" in out
+
+
+def test_evaluate_loads_the_saved_program(compiled_run, capsys):
+    run_dir, _ = compiled_run
+    args = ["evaluate", "--task", "simulated", "--lm", "simulated-target", "--split", "test"]
+    assert main([*args, "--load", str(run_dir / "program.json")]) == 0
+    after = float(capsys.readouterr().out.rsplit(":", 1)[1])
+    assert main(args) == 0
+    before = float(capsys.readouterr().out.rsplit(":", 1)[1])
+    assert after > before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "--task", "nope"], "unknown task"),
+    (["compile", *SIM[:2], "--target", "gpt4"], "unknown model"),
+    (["compile", *SIM, "--program", "no_colon"], "package.module:attribute"),
+    (["report", "/no/such/dir"], "not a run directory"),
+    (["evaluate", "--task", "simulated", "--lm", "simulated-target", "--load", "/no/file.json"], "no saved program"),
+])
+def test_bad_arguments_give_one_line_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
