@@ -1,0 +1,228 @@
+"""Benchmark Concept Distillation against DSPy's instruction optimizers on one task and one target/teacher pair.
+
+    python examples/benchmark.py --task math --target qwen2.5-coder-0.5b --teacher qwen2.5-coder-1.5b \\
+        --train 12 --val 12 --test 30 --trials 6 --methods baseline,cd,inferrules,simba,miprov2,gepa,teacher \\
+        --out examples/results/math_local --seed 0
+    python examples/benchmark.py --task simulated --out examples/results/simulated   # seconds, no real LM
+
+Every method sees the same splits and the same LMs: the target runs the program, the teacher writes
+rules / proposes instructions / reflects. "baseline" is the unoptimized program on the target and
+"teacher" the unoptimized program on the teacher (the ceiling). Peers run on fresh programs.
+
+Budget matching: CD spends at most B = train + E * val target calls, E = trials + max(2, trials // 2)
+(collect on train; the baseline and the other subsets Optuna tries, plus backward-elimination
+refinement, each on val). Peers are sized to about B target calls: MIPROv2 zero-shot evaluates its
+default and E - 1 instruction trials on the full val set (minibatch off) plus bootstrap runs on train
+for its proposer; GEPA gets max_metric_calls = B; InferRules evaluates E rule candidates on val; SIMBA
+(train+val as its trainset, no demos) takes as many steps as fit in B. Actual calls are measured.
+
+Simulated world (--task simulated): the target/teacher engines of cd_dspy.simulated; the teacher is
+extended (bench_lib.BenchTeacher) to solve the task (the ceiling) and to answer peers' prompts with
+the same rules it gives CD. The simulated target is deterministic, so SIMBA (which needs varied
+trajectories) never calls its prompt model there: its simulated score says nothing about SIMBA.
+
+Writes <out>.json (appended after each method; finished methods are skipped on rerun), <out>.md
+and <out>.png. CD keeps its own run directory in <out>/cd_run. Keep cache=True LMs: reruns are cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import dspy
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_lib import (  # noqa: E402
+    SIMULATED,
+    BenchMeter,
+    bootstrap_ci,
+    gap_closed,
+    gepa_metric,
+    load_task,
+    make_lm,
+    peer_configs,
+    save_all,
+    simulated_lms,
+    target_budget,
+    usage_dict,
+    with_ext,
+)
+
+METHODS = ("baseline", "cd", "inferrules", "simba", "miprov2", "gepa", "teacher")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--task", default="math", help="math | math-plan | humaneval | ... | simulated")
+    p.add_argument("--target", default="qwen2.5-coder-0.5b", help="catalog name, .gguf path or litellm model")
+    p.add_argument("--teacher", default="qwen2.5-coder-1.5b", help="catalog name, .gguf path or litellm model")
+    p.add_argument("--train", type=int, default=12)
+    p.add_argument("--val", type=int, default=12)
+    p.add_argument("--test", type=int, default=30)
+    p.add_argument("--trials", type=int, default=6, help="CD's Optuna trials; peers are budget-matched to it")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", default="examples/results/benchmark", help="output prefix (no extension)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="parallel program calls (1 for embedded local LMs)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the test CI")
+    p.add_argument("--retry-errors", action="store_true", help="rerun methods recorded with an error")
+    p.add_argument("--fresh", action="store_true", help="ignore (overwrite) an existing <out>.json")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return args
+
+
+class Benchmark:
+    """Compiles and tests each method on one task, target and teacher."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out = Path(args.out)
+        sizes = {"train": args.train, "val": args.val, "test": args.test}
+        self.task = load_task(args.task, args.seed, sizes)
+        self.train, self.val, self.test = (self.task.splits[k] for k in ("train", "val", "test"))
+        if args.task == SIMULATED:
+            self.target, self.teacher = simulated_lms()
+        else:
+            self.target, self.teacher = make_lm(args.target, "target"), make_lm(args.teacher, "teacher")
+        self.peers = peer_configs(len(self.train), len(self.val), args.trials, args.threads, args.seed)
+
+    def settings(self) -> dict:
+        a = self.args
+        return {"task": a.task, "target": a.target if a.task != SIMULATED else "simulated-target",
+                "teacher": a.teacher if a.task != SIMULATED else "simulated-teacher", "trials": a.trials,
+                "seed": a.seed, "threads": a.threads, "resamples": a.resamples,
+                "target_budget": target_budget(len(self.train), len(self.val), a.trials),
+                "peers": self.peers, "dspy_version": dspy.__version__}
+
+    def _context(self, lm: dspy.LM, meter: BenchMeter):
+        return dspy.context(lm=lm, callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter,
+                            max_errors=10**6)  # a parse failure scores 0; it does not abort a run
+
+    # -- compile ---------------------------------------------------------------------------------
+    def compile(self, method: str, meter: BenchMeter) -> tuple[dspy.Module, dict]:
+        """The compiled program for `method` and method-specific details."""
+        program = self.task.make_program()  # fresh for every method (InferRules mutates its input)
+        cfg = self.peers.get(method, {})
+        init, comp = cfg.get("init", {}), cfg.get("compile", {})
+        if method in ("baseline", "teacher"):
+            return program, {}
+        if method == "cd":
+            return self._compile_cd(program)
+        with self._context(self.target, meter):
+            if method == "inferrules":
+                from dspy.teleprompt import InferRules
+
+                opt = InferRules(metric=self.task.metric, teacher_settings={"lm": self.teacher}, **init)
+                return opt.compile(program, trainset=self.train, valset=self.val), {}
+            if method == "simba":
+                opt = dspy.SIMBA(metric=self.task.metric_with_feedback, prompt_model=self.teacher, **init)
+                return opt.compile(program, trainset=self.train + self.val, seed=self.args.seed), {}
+            if method == "miprov2":
+                opt = dspy.MIPROv2(metric=self.task.metric, prompt_model=self.teacher, task_model=self.target, **init)
+                return opt.compile(program, trainset=self.train, valset=self.val, **comp), {}
+            if method == "gepa":
+                opt = dspy.GEPA(metric=gepa_metric(self.task.metric_with_feedback), reflection_lm=self.teacher,
+                                **init)
+                return opt.compile(program, trainset=self.train, valset=self.val), {}
+        raise ValueError(method)
+
+    def _compile_cd(self, program: dspy.Module) -> tuple[dspy.Module, dict]:
+        from cd_dspy import ConceptDistillation
+
+        cd = ConceptDistillation(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
+                                 target_lm=self.target, num_trials=self.args.trials, seed=self.args.seed,
+                                 num_threads=self.args.threads, run_dir=self.out / "cd_run", progress=False,
+                                 resume=not self.args.fresh)
+        with dspy.context(max_errors=10**6):
+            compiled = cd.compile(program, trainset=self.train, valset=self.val)
+        r = cd.result
+        # CD's own UsageMeter is the usage tracker inside its compile, so its record is the authoritative count.
+        return compiled, {"usage": usage_dict(r.usage), "message": r.message, "val_baseline": r.baseline_score,
+                          "val_best": r.best_score, "improved": r.improved,
+                          "selected_rules": [x.text for x in r.selected_rules], "n_rules": len(r.rules),
+                          "n_mistakes": r.n_mistakes}
+
+    # -- one method ------------------------------------------------------------------------------
+    def run(self, method: str) -> dict:
+        rec: dict = {"method": method, "status": "ok", "config": self.peers.get(method, {})}
+        started = time.perf_counter()
+        meter = BenchMeter(self.teacher, self.target)
+        try:
+            program, info = self.compile(method, meter)
+            compile_usage = info.pop("usage", None) or usage_dict(meter.snapshot())
+            rec.update(info)
+            t_compile = time.perf_counter()
+            test_meter = BenchMeter(self.teacher, self.target)
+            lm = self.teacher if method == "teacher" else self.target
+            with self._context(lm, test_meter):
+                evaluate = dspy.Evaluate(devset=self.test, metric=self.task.metric, num_threads=self.args.threads,
+                                         display_progress=False, display_table=False, failure_score=0.0)
+                result = evaluate(program)
+            scores = [float(s) for _, _, s in result.results]
+            mean, lo, hi = bootstrap_ci(scores, n_resamples=self.args.resamples, seed=self.args.seed)
+            rec["test"] = {"score": 100 * mean, "ci": [100 * lo, 100 * hi], "n": len(scores), "scores": scores}
+            rec["usage"] = {"compile": compile_usage, "test": usage_dict(test_meter.snapshot())}
+            rec["seconds"] = {"compile": round(t_compile - started, 2),
+                              "test": round(time.perf_counter() - t_compile, 2)}
+            rec["instructions"] = {name: p.signature.instructions for name, p in program.named_predictors()}
+        except Exception as exc:  # a crashing method is recorded; the benchmark goes on
+            rec.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8),
+                       usage={"compile": usage_dict(meter.snapshot())})
+        rec.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 2)
+        return rec
+
+
+def load_previous(out: Path, settings: dict, fresh: bool) -> dict | None:
+    """The earlier results for the same settings (resume), or None."""
+    path = with_ext(out, ".json")
+    if fresh or not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    keys = ("task", "target", "teacher", "trials", "seed")
+    old, new = ({k: d.get(k) for k in keys} for d in (data.get("settings", {}), settings))
+    if old != new or data.get("splits") != settings.get("_splits"):
+        raise SystemExit(f"{path} holds results for other settings ({old}, splits {data.get('splits')}); "
+                         "use another --out or pass --fresh.")
+    return data
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the JSON-ready results (also written to <out>.json/.md/.png)."""
+    args = parse_args(argv)
+    bench = Benchmark(args)
+    settings = bench.settings()
+    splits = {k: len(v) for k, v in bench.task.splits.items()}
+    command = shlex.join(["python", "examples/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    data = load_previous(bench.out, {**settings, "_splits": splits}, args.fresh) or {"methods": {}}
+    data.update(settings=settings, splits=splits, command=command)
+    for method in args.methods:
+        prev = data["methods"].get(method)
+        if prev is not None and (prev.get("status") == "ok" or not args.retry_errors):
+            print(f"[benchmark] {method}: already in {with_ext(bench.out, '.json')}, skipped")
+            continue
+        print(f"[benchmark] {method}: running")
+        rec = bench.run(method)
+        data["methods"][method] = rec
+        data["gap_closed"] = gap_closed(data["methods"])
+        save_all(data, bench.out)
+        score = f"{rec['test']['score']:.1f}" if rec["status"] == "ok" else rec["error"]
+        print(f"[benchmark] {method}: {score} ({rec['seconds']['total']:.1f}s)")
+    data["gap_closed"] = gap_closed(data["methods"])
+    save_all(data, bench.out)
+    print(with_ext(bench.out, ".md").read_text())
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""examples/benchmark.py on the simulated LMs: outputs, CD vs baseline, resume, crashes; the bootstrap CI helper."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+from bench_lib import bootstrap_ci, gap_closed, peer_configs, target_budget  # noqa: E402
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("cd_benchmark_script", EXAMPLES / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_benchmark()
+TINY = ["--task", "simulated", "--train", "8", "--val", "8", "--test", "12", "--trials", "4", "--seed", "0"]
+
+
+def _run(tmp_path, methods: str, *extra: str) -> dict:
+    return bench.main([*TINY, "--methods", methods, "--out", str(tmp_path / "sim"), *extra])
+
+
+# -- the whole benchmark ----------------------------------------------------------------------------
+def test_simulated_benchmark_writes_outputs_and_cd_beats_baseline(tmp_path):
+    data = _run(tmp_path, "baseline,cd,miprov2,inferrules,gepa,teacher")
+    for ext in (".json", ".md", ".png"):
+        assert (tmp_path / f"sim{ext}").stat().st_size > 0
+    saved = json.loads((tmp_path / "sim.json").read_text())
+    assert saved["splits"] == {"train": 8, "val": 8, "test": 12}
+    assert "--task simulated" in saved["command"]
+    methods = saved["methods"]
+    assert all(rec["status"] == "ok" for rec in methods.values()), {m: r.get("error") for m, r in methods.items()}
+    assert methods["cd"]["test"]["score"] > methods["baseline"]["test"]["score"]
+    assert methods["teacher"]["test"]["score"] == 100.0  # the simulated teacher is the ceiling
+    assert methods["cd"]["selected_rules"]
+    # calls are split by role and phase
+    assert methods["baseline"]["usage"]["test"]["target"]["calls"] == 12
+    assert methods["teacher"]["usage"]["test"]["teacher"]["calls"] == 12
+    assert methods["teacher"]["usage"]["test"]["target"]["calls"] == 0
+    assert methods["cd"]["usage"]["compile"]["teacher"]["calls"] > 0
+    for peer in ("miprov2", "inferrules", "gepa"):  # peers reach the teacher (InferRules via an LM copy)
+        assert methods[peer]["usage"]["compile"]["teacher"]["calls"] > 0, peer
+        assert methods[peer]["usage"]["compile"]["target"]["calls"] > 0, peer
+    assert data["gap_closed"] == pytest.approx(gap_closed(methods)) and data["gap_closed"] > 0
+    md = (tmp_path / "sim.md").read_text()
+    assert "| cd |" in md and "gap" in md
+    assert (tmp_path / "sim" / "cd_run").is_dir()
+
+
+def test_resume_skips_finished_methods(tmp_path, monkeypatch):
+    _run(tmp_path, "baseline,teacher")
+    first = json.loads((tmp_path / "sim.json").read_text())
+    ran = []
+    original = bench.Benchmark.run
+    monkeypatch.setattr(bench.Benchmark, "run", lambda self, m: ran.append(m) or original(self, m))
+    data = _run(tmp_path, "baseline,cd,teacher")
+    assert ran == ["cd"]
+    assert data["methods"]["baseline"] == first["methods"]["baseline"]
+    assert list(data["methods"]) == ["baseline", "teacher", "cd"]
+
+
+def test_crashing_method_is_recorded_and_retried_on_request(tmp_path, monkeypatch):
+    original = bench.Benchmark.compile
+
+    def crash(self, method, meter):
+        if method == "miprov2":
+            raise RuntimeError("boom")
+        return original(self, method, meter)
+
+    monkeypatch.setattr(bench.Benchmark, "compile", crash)
+    data = _run(tmp_path, "miprov2,baseline")
+    assert data["methods"]["miprov2"]["status"] == "error" and "boom" in data["methods"]["miprov2"]["error"]
+    assert data["methods"]["baseline"]["status"] == "ok"
+    assert "error: RuntimeError: boom" in (tmp_path / "sim.md").read_text()
+    monkeypatch.setattr(bench.Benchmark, "compile", original)
+    assert _run(tmp_path, "miprov2")["methods"]["miprov2"]["status"] == "error"  # skipped: still the old record
+    assert _run(tmp_path, "miprov2", "--retry-errors")["methods"]["miprov2"]["status"] == "ok"
+
+
+def test_other_settings_refuse_to_resume(tmp_path):
+    _run(tmp_path, "baseline")
+    with pytest.raises(SystemExit):
+        bench.main([*TINY[:-2], "--seed", "1", "--methods", "baseline", "--out", str(tmp_path / "sim")])
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "baseline,nope"])
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def test_bootstrap_ci_is_deterministic_and_contains_the_mean():
+    scores = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    assert bootstrap_ci(scores, seed=3) == bootstrap_ci(scores, seed=3)
+    mean, lo, hi = bootstrap_ci(scores)
+    assert mean == pytest.approx(0.7)
+    assert 0.0 <= lo <= mean <= hi <= 1.0 and lo < hi
+
+
+def test_bootstrap_ci_narrows_with_more_data():
+    _, lo_small, hi_small = bootstrap_ci([1.0, 0.0] * 10)
+    _, lo_big, hi_big = bootstrap_ci([1.0, 0.0] * 200)
+    assert hi_big - lo_big < hi_small - lo_small
+
+
+def test_bootstrap_ci_edge_cases():
+    assert bootstrap_ci([1.0] * 5) == (1.0, 1.0, 1.0)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+
+
+def test_gap_closed():
+    rec = lambda s: {"test": {"score": s}}  # noqa: E731
+    assert gap_closed({"baseline": rec(20), "cd": rec(50), "teacher": rec(80)}) == pytest.approx(0.5)
+    assert gap_closed({"baseline": rec(20), "cd": rec(50), "teacher": rec(20)}) is None
+    assert gap_closed({"baseline": rec(20), "teacher": rec(80)}) is None
+
+
+def test_peer_budgets_match_cd():
+    budget = target_budget(12, 12, 6)
+    assert budget == 12 + (6 + 3) * 12
+    peers = peer_configs(12, 12, 6, threads=1, seed=0)
+    assert peers["gepa"]["init"]["max_metric_calls"] == budget
+    assert peers["miprov2"]["compile"]["num_trials"] + 1 == peers["inferrules"]["init"]["num_candidates"] == 9
+    assert peers["miprov2"]["init"]["max_bootstrapped_demos"] == peers["miprov2"]["init"]["max_labeled_demos"] == 0
+    assert peers["simba"]["init"]["max_steps"] >= 1
