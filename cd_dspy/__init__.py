@@ -2,7 +2,7 @@
 
 from cd_dspy.optimizer import AUTO_PRESETS, ConceptDistillation
 from cd_dspy.priming import PRIMING_STRATEGIES
-from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, RoleUsage, Trial
+from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, RoleUsage, Rule, Trial
 from cd_dspy.usage import Budget, BudgetExhausted
 
 __all__ = [

@@ -94,6 +94,7 @@ class CachedEvaluator:
         self.num_threads = num_threads
         self.failure_score = failure_score
         self.scores: dict[tuple[str, int], float] = {}
+        self._lock = threading.Lock()
         for record in run_dir.read_jsonl(EVALUATIONS_FILE):
             self.scores[(record["key"], record["index"])] = float(record["score"])
 
@@ -106,17 +107,37 @@ class CachedEvaluator:
         return [self.scores[(key, i)] for i in indices]
 
     def _run(self, program: dspy.Module, key: str, indices: list[int]) -> None:
+        """Score `indices`; each score is logged as soon as its example is scored (a kill loses none)."""
+        from cd_dspy.usage import BudgetExhausted
+
         devset = [self.examples[i] for i in indices]
-        evaluate = dspy.Evaluate(devset=devset, metric=self.metric, num_threads=self.num_threads,
+        positions: dict[int, list[int]] = {}
+        for index, example in zip(indices, devset, strict=True):
+            positions.setdefault(id(example), []).append(index)
+
+        def scored(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+            score = self.metric(example, prediction, trace)
+            if self.metric.error is None:
+                for index in positions.get(id(example), ()):
+                    self._keep(key, index, score)
+            return score
+
+        scored.__name__ = metric_name(self.metric.metric)
+        refused = self.meter.refused
+        evaluate = dspy.Evaluate(devset=devset, metric=scored, num_threads=self.num_threads,
                                  display_progress=False, display_table=False, max_errors=len(devset) + 1,
                                  failure_score=self.failure_score, provide_traceback=False)
-        result = evaluate(program)
+        evaluate(program)
         self.metric.raise_if_failed()
-        if self.meter.exhausted:  # scores of refused calls are not real: keep none of this batch
-            from cd_dspy.usage import BudgetExhausted
+        if self.meter.refused > refused:  # failures of refused calls are not real scores: keep none of them
+            raise BudgetExhausted(self.meter.exhausted or "budget reached")
+        for index in indices:  # the program failed on these (crash, unparseable output): a failure score
+            if (key, index) not in self.scores:
+                self._keep(key, index, self.failure_score)
 
-            raise BudgetExhausted(self.meter.exhausted)
-        for index, (_, _, score) in zip(indices, result.results, strict=True):
-            score = float(score) if score is not None else self.failure_score
-            self.scores[(key, index)] = score
-            self.run_dir.append_jsonl(EVALUATIONS_FILE, {"key": key, "index": index, "score": score})
+    def _keep(self, key: str, index: int, score: float) -> None:
+        with self._lock:
+            if (key, index) in self.scores:
+                return
+            self.scores[(key, index)] = float(score)
+        self.run_dir.append_jsonl(EVALUATIONS_FILE, {"key": key, "index": index, "score": float(score)})

@@ -28,10 +28,11 @@ from cd_dspy.integrate import with_rules
 from cd_dspy.progress import Progress
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial
 from cd_dspy.run_dir import RunDir
-from cd_dspy.select import RuleSelector, Selection
+from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
 
 logger = logging.getLogger("cd_dspy")
+COLLECT_LOG = "collect.jsonl"
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,45 @@ class ConceptDistillation(Teleprompter):
                 "require_significance", "seed", "study_name")
         return {k: getattr(self, k) for k in keys}
 
+    # -- estimate --------------------------------------------------------------------------------
+    def dry_run(self, program: dspy.Module, trainset: Sequence[dspy.Example],
+                valset: Sequence[dspy.Example] | None = None) -> dict[str, Any]:
+        """Estimate what `compile` would spend, without calling any LM.
+
+        `target_calls` / `teacher_calls` are upper bounds when every call parses (each call that DSPy's
+        adapter cannot parse may add one JSON-fallback call; each failed teacher call adds up to
+        `teacher_retries` retries: `max_*_calls` bound those too). Tokens are a rough estimate (prompt
+        characters / 4 plus an allowance per output field); compare them with caps, not invoices.
+        """
+        validation.check_program(program)
+        trainset, valset = self._split(trainset, valset)
+        n_pred = len(program.named_predictors())
+        collect = len(trainset) * n_pred
+        trials = self.num_trials + max(2, self.num_trials // 2)  # the study, then at most this many refinements
+        select = trials * len(valset) * n_pred
+        explain = min(self.max_mistakes, len(trainset))
+        consolidate = n_pred if self.consolidate else 0
+        target_calls, teacher_calls = collect + select, explain + consolidate
+        prompt_tokens = _prompt_tokens(program, trainset[0])
+        rules_tokens = self.max_rules * 25  # at most max_rules short rules per predictor in a trial's prompt
+        teacher_prompt = 4 * prompt_tokens + 300  # program description, the attempt, the metric's feedback
+        estimate = {
+            "n_train": len(trainset), "n_val": len(valset), "predictors": n_pred,
+            "target_calls": target_calls, "collect_calls": collect, "select_calls": select,
+            "teacher_calls": teacher_calls, "explain_calls": explain, "consolidate_calls": consolidate,
+            "max_target_calls": 2 * target_calls,
+            "max_teacher_calls": 2 * (self.teacher_retries + 1) * teacher_calls,
+            "target_tokens": collect * (prompt_tokens + 100) + select * (prompt_tokens + rules_tokens + 100),
+            "teacher_tokens": teacher_calls * (teacher_prompt + 200),
+            "budget": {k: v for k, v in vars(self.budget).items() if v is not None},
+        }
+        estimate["tokens"] = estimate["target_tokens"] + estimate["teacher_tokens"]
+        caps = (("max_target_calls", target_calls), ("max_teacher_calls", teacher_calls),
+                ("max_tokens", estimate["tokens"]))
+        estimate["exceeds_budget"] = [name for name, need in caps
+                                      if getattr(self.budget, name) is not None and need > getattr(self.budget, name)]
+        return estimate
+
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example], teacher: Any = None,
                 valset: Sequence[dspy.Example] | None = None, **kwargs) -> dspy.Module:
@@ -163,7 +203,9 @@ class ConceptDistillation(Teleprompter):
             k: v.to_dict() for k, v in meter.snapshot().items()}})
         try:
             with self._phase("collect", result, progress):
-                mistakes = self._collect(base, trainset, metric, run, result)
+                mistakes = self._collect(base, trainset, metric, run, result, meter)
+            progress.note(f"collect: {len(mistakes)} mistakes on {len(trainset)} training examples "
+                          f"(train score {_fmt(result.train_score)})")
             checkpoint()
             if not mistakes:
                 result.message = (f"The target made no mistakes on the {len(trainset)} training examples "
@@ -171,6 +213,7 @@ class ConceptDistillation(Teleprompter):
                 return self._bind(base)
             with self._phase("induce", result, progress):
                 rules = self._induce(base, mistakes, run, result, progress)
+            progress.note(f"induce: {len(rules)} rules from {result.n_mistakes_used} explained mistakes")
             checkpoint()
             if not rules:
                 result.message = "The teacher proposed no usable rules; the program is returned unchanged."
@@ -178,8 +221,9 @@ class ConceptDistillation(Teleprompter):
             with self._phase("select", result, progress):
                 selection = self._select(base, rules, valset, metric, run, meter, result, progress, checkpoint)
         except BudgetExhausted as exc:
-            result.stopped_early = str(exc)
-            result.message = f"Stopped early: {exc}. No rules were selected; the program is returned unchanged."
+            result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
+            result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "
+                              "returned unchanged.")
             return self._bind(base)
         return self._integrate(base, rules, selection, result)
 
@@ -187,19 +231,51 @@ class ConceptDistillation(Teleprompter):
         return progress.phase(name, result.phase_seconds)
 
     # -- phases ----------------------------------------------------------------------------------
-    def _collect(self, base, trainset, metric, run: RunDir, result) -> list[Mistake]:
+    def _collect(self, base, trainset, metric, run: RunDir, result, meter: UsageMeter) -> list[Mistake]:
         if run.exists("mistakes.json"):
             saved = run.read_json("mistakes.json")
             mistakes = [Mistake.from_dict(m) for m in saved["mistakes"]]
             result.train_score = saved["train_score"]
             logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file("mistakes.json"))
         else:
-            mistakes, result.train_score, _ = collect_mistakes(self._bind(base), trainset, metric, num_threads=self.num_threads,
-                                                               threshold=self.mistake_threshold)
+            mistakes, result.train_score = self._collect_in_chunks(base, trainset, metric, run, meter)
             run.write_json("mistakes.json", {"train_score": result.train_score,
                                              "mistakes": [m.to_dict() for m in mistakes]})
         result.n_mistakes = len(mistakes)
         return mistakes
+
+    def _collect_in_chunks(self, base, trainset, metric, run: RunDir, meter: UsageMeter) -> tuple[list[Mistake], float]:
+        """Collect `num_threads` examples at a time, logging each chunk to collect.jsonl: a killed run
+        resumes after the last finished chunk, so no finished target call is paid for twice."""
+        chunks = run.read_jsonl(COLLECT_LOG)
+        done = {i for chunk in chunks for i in chunk["indices"]}
+        todo = [i for i in range(len(trainset)) if i not in done]
+        if done:
+            logger.info("Collect: reusing %d of %d scored training examples from %s.", len(done), len(trainset),
+                        run.file(COLLECT_LOG))
+        size = max(1, self.num_threads) if run.enabled else max(1, len(todo))
+        for start in range(0, len(todo), size):
+            indices = todo[start:start + size]
+            refused = meter.refused
+            found, score, crashed = collect_mistakes(self._bind(base), [trainset[i] for i in indices], metric,
+                                                     num_threads=self.num_threads, threshold=self.mistake_threshold,
+                                                     show_progress=self.progress and not run.enabled)
+            if meter.refused > refused:  # failures of refused calls are not the target's mistakes
+                raise BudgetExhausted(meter.exhausted or "budget reached while collecting mistakes")
+            for mistake in found:  # indices are the chunk's: make them the trainset's
+                mistake.example_index = indices[mistake.example_index]
+                mistake.id = f"m{mistake.example_index}"
+            chunk = {"indices": indices, "score_sum": score / 100.0 * (len(indices) - crashed),
+                     "scored": len(indices) - crashed, "mistakes": [m.to_dict() for m in found]}
+            run.append_jsonl(COLLECT_LOG, chunk)
+            chunks.append(chunk)
+        mistakes = sorted((Mistake.from_dict(m) for chunk in chunks for m in chunk["mistakes"]),
+                          key=lambda m: m.example_index)
+        scored = sum(chunk["scored"] for chunk in chunks)
+        train_score = 100.0 * sum(chunk["score_sum"] for chunk in chunks) / max(1, scored)
+        logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
+                    len(mistakes), scored, train_score, len(trainset) - scored)
+        return mistakes, train_score
 
     def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
@@ -243,11 +319,15 @@ class ConceptDistillation(Teleprompter):
             result.trials.append(trial)
             checkpoint()
 
-        selector = RuleSelector(base, rules, evaluator, target_lm=self.target_lm, num_trials=self.num_trials, seed=self.seed,
-                                storage=storage, study_name=self.study_name, minibatch_size=self.minibatch_size,
-                                on_trial=on_trial)
+        selector = RuleSelector(base, rules, evaluator, target_lm=self.target_lm, num_trials=self.num_trials,
+                                seed=self.seed, storage=storage, study_name=self.study_name,
+                                minibatch_size=self.minibatch_size, on_trial=on_trial)
         selection = selector.run()
         bar.close()
+        if selection.stopped_early:  # the trial a budget stop interrupted is a failed trial, not a running one
+            _fail_interrupted_trials(selector.study)
+            for trial in selection.trials:
+                trial.state = "fail" if trial.state == "running" else trial.state
         return selection
 
     def _integrate(self, base, rules: list[Rule], selection: Selection, result) -> dspy.Module:
@@ -314,6 +394,19 @@ class ConceptDistillation(Teleprompter):
             bare = compiled.deepcopy()
             bare.set_lm(None)
             bare.save(str(path))
+
+
+def _prompt_tokens(program: dspy.Module, example: dspy.Example) -> int:
+    """Rough tokens of one target prompt (the largest predictor's, formatted by the chat adapter)."""
+    sizes = []
+    for _, pred in program.named_predictors():
+        inputs = {k: example.get(k, "") for k in pred.signature.input_fields}
+        try:
+            messages = dspy.ChatAdapter().format(pred.signature, demos=[], inputs=inputs)
+            sizes.append(sum(len(str(m.get("content", ""))) for m in messages) // 4)
+        except Exception:  # a signature the chat adapter cannot format: fall back to the instructions
+            sizes.append(len(pred.signature.instructions) // 4 + 50)
+    return max(sizes or [0])
 
 
 def _fmt(score: float | None) -> str:

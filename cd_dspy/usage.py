@@ -20,8 +20,13 @@ from cd_dspy.result import RoleUsage
 TARGET, TEACHER = "target", "teacher"
 
 
-class BudgetExhausted(RuntimeError):
-    """Raised inside an LM call that a budget cap does not allow."""
+class BudgetExhausted(BaseException):
+    """Raised inside an LM call that a budget cap does not allow.
+
+    A BaseException on purpose, like KeyboardInterrupt: DSPy logs and swallows `Exception`s raised by
+    callbacks, and its adapters retry a failed call with another format; neither may turn a refused
+    call into a spent one. The optimizer catches it at each phase and stops with the best program so far.
+    """
 
 
 @dataclass
@@ -48,6 +53,9 @@ class UsageMeter(BaseCallback):
         self.budget = budget or Budget()
         self.usage = {TARGET: RoleUsage(), TEACHER: RoleUsage()}
         self.exhausted: str | None = None
+        self.refused = 0  # calls refused by a cap (a batch that saw one holds failures that are not real)
+        self._costed: set[str] = set()  # history entries whose cost is counted
+        self._calls: dict[str, Any] = {}  # call id -> (LM, its history length at the start)
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -63,12 +71,33 @@ class UsageMeter(BaseCallback):
         role = self.role_of(instance)
         self._local.role = role
         with self._lock:
-            self.usage[role].cached_calls += 1  # corrected to a billed call in add_usage
             reason = self._over_budget(role)
             if reason:
                 self.exhausted = self.exhausted or reason
+                self.refused += 1
+            else:
+                self.usage[role].cached_calls += 1  # corrected to a billed call in add_usage
+                self._calls[call_id] = (instance, len(getattr(instance, "history", None) or ()))
         if reason:
             raise BudgetExhausted(reason)
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+        """Add the cost DSPy priced for this call (the `cost` of the LM's new history entries)."""
+        with self._lock:
+            instance, start = self._calls.pop(call_id, (None, 0))
+        history = getattr(instance, "history", None)
+        if not isinstance(history, list):
+            return
+        role = self.role_of(instance)
+        # Another thread's call on the same LM may have added entries too: each is counted once.
+        for entry in list(history[max(0, min(start, len(history)) - 64):]):
+            cost, uid = (entry.get("cost"), entry.get("uuid")) if isinstance(entry, dict) else (None, None)
+            if uid is None or not isinstance(cost, int | float) or cost <= 0:
+                continue
+            with self._lock:
+                if uid not in self._costed:
+                    self._costed.add(uid)
+                    self.usage[role].cost_usd += float(cost)
 
     # -- DSPy usage tracker (called only for calls that were not cache hits) --------------------
     def add_usage(self, model: str, usage: dict[str, Any] | None) -> None:
@@ -80,7 +109,7 @@ class UsageMeter(BaseCallback):
             record.calls += 1
             record.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
             record.completion_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-            record.cost_usd += float(usage.get("cost") or 0.0)
+            # cost is read from the LM's history entry in on_lm_end (DSPy prices calls there, not in usage)
 
     def add_cost(self, role: str, cost_usd: float) -> None:
         with self._lock:

@@ -21,7 +21,8 @@ def check_settings(*, metric: Callable, teacher_lm: Any, auto: str | None, seed:
         raise TypeError(f"metric must be a callable metric(example, prediction, trace=None), got {metric!r}.")
     if teacher_lm is None:
         raise ValueError("ConceptDistillation needs a teacher_lm: the strong LM that explains the target's "
-                         "mistakes, e.g. teacher_lm=dspy.LM('openai/gpt-4o') or cd_dspy.local_lm('qwen2.5-coder-1.5b').")
+                         "mistakes, e.g. teacher_lm=dspy.LM('openai/gpt-4o') or "
+                         "cd_dspy.local_lm('qwen2.5-coder-1.5b').")
     if not isinstance(teacher_lm, dspy.BaseLM):
         raise TypeError(f"teacher_lm must be a dspy.LM (or another dspy.BaseLM), got {type(teacher_lm).__name__}.")
     if auto not in presets and auto is not None:
@@ -62,10 +63,12 @@ def check_examples(examples: Any, name: str) -> list[dspy.Example]:
         raise TypeError(f"{name} must be a list of dspy.Example, got {type(examples).__name__}.")
     examples = list(examples)
     if not examples:
-        raise ValueError(f"{name} is empty: Concept Distillation needs examples to find the target's mistakes.")
+        raise ValueError(f"{name} is empty: Concept Distillation needs examples to find the target's mistakes; "
+                         "pass a non-empty list of dspy.Example.")
     for i, example in enumerate(examples):
         if not isinstance(example, dspy.Example):
-            raise TypeError(f"{name}[{i}] is a {type(example).__name__}, not a dspy.Example.")
+            raise TypeError(f"{name}[{i}] is a {type(example).__name__}, not a dspy.Example; build each item as "
+                            "dspy.Example(question=..., answer=...).with_inputs('question').")
         if not example._input_keys:
             raise ValueError(f"{name}[{i}] has no input fields marked; call .with_inputs('question', ...) on "
                              "every example so DSPy knows which fields are inputs and which are labels.")

@@ -216,7 +216,7 @@ def test_program_construction():
 
 
 def test_task_registry():
-    assert set(TASKS) == {"math", "gsm8k", "multiarith", "humaneval", "math-plan"}
+    assert set(TASKS) == {"math", "gsm8k", "multiarith", "humaneval", "math-plan", "simulated"}
     t = get_task("math")
     s = t.load_splits(seed=0, sizes={"train": 5, "val": 3, "test": 4})
     assert [len(s[k]) for k in ("train", "val", "test")] == [5, 3, 4]
