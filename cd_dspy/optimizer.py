@@ -22,6 +22,7 @@ from dspy.teleprompt import Teleprompter
 
 from cd_dspy import validation
 from cd_dspy.collect import collect_mistakes, sample_mistakes
+from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.induce import build_rules, explain_mistakes
 from cd_dspy.integrate import with_rules
@@ -126,41 +127,10 @@ class ConceptDistillation(Teleprompter):
     # -- estimate --------------------------------------------------------------------------------
     def dry_run(self, program: dspy.Module, trainset: Sequence[dspy.Example],
                 valset: Sequence[dspy.Example] | None = None) -> dict[str, Any]:
-        """Estimate what `compile` would spend, without calling any LM.
-
-        `target_calls` / `teacher_calls` are upper bounds when every call parses (each call that DSPy's
-        adapter cannot parse may add one JSON-fallback call; each failed teacher call adds up to
-        `teacher_retries` retries: `max_*_calls` bound those too). Tokens are a rough estimate (prompt
-        characters / 4 plus an allowance per output field); compare them with caps, not invoices.
-        """
+        """Estimate what `compile` would spend (calls and tokens per role), without calling any LM."""
         validation.check_program(program)
         trainset, valset = self._split(trainset, valset)
-        n_pred = len(program.named_predictors())
-        collect = len(trainset) * n_pred
-        trials = self.num_trials + max(2, self.num_trials // 2)  # the study, then at most this many refinements
-        select = trials * len(valset) * n_pred
-        explain = min(self.max_mistakes, len(trainset))
-        consolidate = n_pred if self.consolidate else 0
-        target_calls, teacher_calls = collect + select, explain + consolidate
-        prompt_tokens = _prompt_tokens(program, trainset[0])
-        rules_tokens = self.max_rules * 25  # at most max_rules short rules per predictor in a trial's prompt
-        teacher_prompt = 4 * prompt_tokens + 300  # program description, the attempt, the metric's feedback
-        estimate = {
-            "n_train": len(trainset), "n_val": len(valset), "predictors": n_pred,
-            "target_calls": target_calls, "collect_calls": collect, "select_calls": select,
-            "teacher_calls": teacher_calls, "explain_calls": explain, "consolidate_calls": consolidate,
-            "max_target_calls": 2 * target_calls,
-            "max_teacher_calls": 2 * (self.teacher_retries + 1) * teacher_calls,
-            "target_tokens": collect * (prompt_tokens + 100) + select * (prompt_tokens + rules_tokens + 100),
-            "teacher_tokens": teacher_calls * (teacher_prompt + 200),
-            "budget": {k: v for k, v in vars(self.budget).items() if v is not None},
-        }
-        estimate["tokens"] = estimate["target_tokens"] + estimate["teacher_tokens"]
-        caps = (("max_target_calls", target_calls), ("max_teacher_calls", teacher_calls),
-                ("max_tokens", estimate["tokens"]))
-        estimate["exceeds_budget"] = [name for name, need in caps
-                                      if getattr(self.budget, name) is not None and need > getattr(self.budget, name)]
-        return estimate
+        return estimate_spend(self, program, trainset, valset)
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example], teacher: Any = None,
@@ -394,19 +364,6 @@ class ConceptDistillation(Teleprompter):
             bare = compiled.deepcopy()
             bare.set_lm(None)
             bare.save(str(path))
-
-
-def _prompt_tokens(program: dspy.Module, example: dspy.Example) -> int:
-    """Rough tokens of one target prompt (the largest predictor's, formatted by the chat adapter)."""
-    sizes = []
-    for _, pred in program.named_predictors():
-        inputs = {k: example.get(k, "") for k in pred.signature.input_fields}
-        try:
-            messages = dspy.ChatAdapter().format(pred.signature, demos=[], inputs=inputs)
-            sizes.append(sum(len(str(m.get("content", ""))) for m in messages) // 4)
-        except Exception:  # a signature the chat adapter cannot format: fall back to the instructions
-            sizes.append(len(pred.signature.instructions) // 4 + 50)
-    return max(sizes or [0])
 
 
 def _fmt(score: float | None) -> str:

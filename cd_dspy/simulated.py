@@ -85,7 +85,8 @@ def answer_match(example: dspy.Example, prediction: Any, trace: Any = None) -> b
 
 def kind_of(question: str) -> str | None:
     for kind, (template, _) in TEMPLATES.items():
-        pattern = re.escape(template).replace(r"\{name\}", r"\w+").replace(r"\{a\}", r"(\d+)").replace(r"\{b\}", r"(\d+)")
+        pattern = re.escape(template).replace(r"\{name\}", r"\w+")
+        pattern = pattern.replace(r"\{a\}", r"(\d+)").replace(r"\{b\}", r"(\d+)")
         if re.search(pattern, question):
             return kind
     return None
@@ -174,7 +175,10 @@ class SimulatedTarget(ScriptedEngine):
         if kind == "vans" and HELPFUL_RULES["vans"] not in instructions:
             answer = a // b  # rounds down
         if kind == "units":
-            fixed = ("Convert minutes" in inputs["plan"]) if "plan" in inputs else HELPFUL_RULES["units"] in instructions
+            if "plan" in inputs:  # two-step program: only the plan can carry the conversion
+                fixed = "Convert minutes" in inputs["plan"]
+            else:
+                fixed = HELPFUL_RULES["units"] in instructions
             if not fixed:
                 answer = float(f"{a}.{b}")  # reads "2 hours 30 minutes" as 2.30
         if HARMFUL_RULE in instructions:

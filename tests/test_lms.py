@@ -125,8 +125,8 @@ def test_ensure_model_assembles_once_and_verifies(monkeypatch, tmp_path):
 
 def test_role_defaults():
     spec = catalog.get_spec("qwen2.5-coder-1.5b")
-    assert spec.role == "teacher" and spec.default_max_tokens() == 1024
-    assert spec.default_max_tokens("target") == 512
+    assert spec.role == "teacher" and spec.default_max_tokens() == 640
+    assert spec.default_max_tokens("target") == 320
     assert catalog.get_spec(lms.DEFAULT_TARGET).role == "target"
 
 

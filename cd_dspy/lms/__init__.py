@@ -31,7 +31,8 @@ __all__ = [
     "local_lm",
 ]
 
-_ENGINE_KEYS = {"n_ctx", "n_threads", "n_batch", "repeat_penalty", "top_k", "top_p", "seed", "verbose", "prompt_cache_mb"}
+_ENGINE_KEYS = {"n_ctx", "n_threads", "n_batch", "repeat_penalty", "top_k", "top_p", "seed", "verbose",
+                "prompt_cache_mb"}
 
 
 def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **settings: Any) -> dspy.LM:

@@ -68,7 +68,7 @@ CATALOG: dict[str, ModelSpec] = {
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         n_ctx=4096,
-        max_tokens={"target": 512, "teacher": 1024},
+        max_tokens={"target": 320, "teacher": 640},
     ),
     "qwen2.5-coder-1.5b": ModelSpec(
         name="qwen2.5-coder-1.5b",
@@ -78,7 +78,7 @@ CATALOG: dict[str, ModelSpec] = {
         size=1_117_320_768,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         n_ctx=8192,
-        max_tokens={"target": 512, "teacher": 1024},
+        max_tokens={"target": 320, "teacher": 640},
     ),
 }
 
