@@ -1,6 +1,6 @@
 """The `cd-dspy` command: compile, evaluate, models, report.
 
-    cd-dspy compile --task math --train 12 --val 12 --test 20 --trials 6 --run-dir runs/math
+    cd-dspy compile            # the main job: math-basic, 0.5B target, 1.5B teacher, ~12 min on 2 cores
     cd-dspy evaluate --task math --load runs/math/program.json --lm qwen2.5-coder-0.5b --n 20
     cd-dspy models
     cd-dspy report runs/math
@@ -189,7 +189,8 @@ def _fmt(value: float | None) -> str:
 # --- parser -----------------------------------------------------------------------------------
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="math", help="built-in task: math, math-plan, humaneval, gsm8k, multiarith")
+    parser.add_argument("--task", default="math-basic",
+                        help="built-in task: math-basic, math, math-plan, humaneval, gsm8k, multiarith, simulated")
     parser.add_argument("--program", help="a program instead of the task's: 'package.module:ProgramClass'")
     parser.add_argument("--metric", help="a metric instead of the task's: 'package.module:metric'")
     parser.add_argument("--data", help="a local JSONL file (question/answer) for math-style tasks")
@@ -210,12 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--teacher", default=DEFAULT_TEACHER, help="catalog name, .gguf path or litellm model")
     comp.add_argument("--target-api-base")
     comp.add_argument("--teacher-api-base")
-    comp.add_argument("--train", type=int, default=12)
-    comp.add_argument("--val", type=int, default=12)
-    comp.add_argument("--test", type=int, default=20, help="held-out examples scored before and after")
+    comp.add_argument("--train", type=int, default=8)
+    comp.add_argument("--val", type=int, default=8)
+    comp.add_argument("--test", type=int, default=16, help="held-out examples scored before and after")
     comp.add_argument("--auto", choices=["light", "medium", "heavy"], default="light")
-    comp.add_argument("--trials", type=int, default=6)
-    comp.add_argument("--max-mistakes", type=int, default=6)
+    comp.add_argument("--trials", type=int, default=4)
+    comp.add_argument("--max-mistakes", type=int, default=4)
     comp.add_argument("--max-rules", type=int, default=None)
     comp.add_argument("--minibatch", type=int, default=None)
     comp.add_argument("--priming", default="ground_truth")

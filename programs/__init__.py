@@ -36,12 +36,17 @@ class Task:
         return self.loader(seed=seed, sizes=merged, path=path)
 
 
-def _math_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
-    from programs.math_word import load_math_jsonl, math_splits
+def _math_loader(seed: int, sizes: dict[str, int], path: str | None, basic: bool = False) -> dict[str, list]:
+    from programs.math_word import BASIC_KINDS, KINDS, load_math_jsonl, math_splits
 
     if path:
         return _split_list(load_math_jsonl(path), seed, sizes)
-    return math_splits(seed, n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"])
+    return math_splits(seed, n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"],
+                       kinds=BASIC_KINDS if basic else KINDS)
+
+
+def _math_basic_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
+    return _math_loader(seed, sizes, path, basic=True)
 
 
 def _split_list(rows: list, seed: int, sizes: dict[str, int]) -> dict[str, list]:
@@ -123,6 +128,8 @@ _MATH_SIZES = {"train": 200, "val": 100, "test": 200}
 TASKS: dict[str, Task] = {
     "math": Task("math", _math_solver, _math_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
                  "generated multi-step word problems, chain-of-thought solver"),
+    "math-basic": Task("math-basic", _math_solver, _math_basic_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
+                       "generated one- or two-step word problems (rounding, remainders, clocks, units)"),
     "math-plan": Task("math-plan", _plan_then_solve, _math_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
                       "generated word problems, two predictors: plan then solve"),
     "gsm8k": Task("gsm8k", _math_solver, _hub_loader("gsm8k"), _NUM, _NUM_FB, dict(_MATH_SIZES),

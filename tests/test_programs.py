@@ -216,7 +216,7 @@ def test_program_construction():
 
 
 def test_task_registry():
-    assert set(TASKS) == {"math", "gsm8k", "multiarith", "humaneval", "math-plan", "simulated"}
+    assert set(TASKS) == {"math", "math-basic", "gsm8k", "multiarith", "humaneval", "math-plan", "simulated"}
     t = get_task("math")
     s = t.load_splits(seed=0, sizes={"train": 5, "val": 3, "test": 4})
     assert [len(s[k]) for k in ("train", "val", "test")] == [5, 3, 4]
@@ -235,3 +235,23 @@ def test_registry_with_local_jsonl(tmp_path):
     p.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) for i in range(10)))
     s = get_task("gsm8k").load_splits(sizes={"train": 4, "val": 2, "test": 4}, path=str(p))
     assert sorted(e.answer for k in s for e in s[k]) == [float(i) for i in range(10)]
+
+
+def test_basic_kinds_are_exact_and_registered():
+    import re
+
+    from programs import get_task
+    from programs.math_word import BASIC_KINDS, generate_problems
+
+    problems = generate_problems(60, seed=3, kinds=BASIC_KINDS)
+    assert {p.kind for p in problems} == set(BASIC_KINDS)
+    for p in problems:
+        numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", p.question)]
+        if p.kind == "difference":
+            assert p.answer == numbers[1] - numbers[0]
+        if p.kind == "minutes_total":
+            assert p.answer == 60 * numbers[0] + numbers[1]
+        if p.kind == "sale_price":
+            assert abs(p.answer - numbers[0] * (100 - numbers[1]) / 100) < 1e-9
+    splits = get_task("math-basic").load_splits(sizes={"train": 5, "val": 5, "test": 5})
+    assert all(e.kind in BASIC_KINDS for split in splits.values() for e in split)
