@@ -171,7 +171,7 @@ def cmd_models(args) -> int:
         row = row if isinstance(row, dict) else vars(row)
         size = row.get("size_mb") or row.get("size") or ""
         print(f"{row['name']:<22} {row.get('role', ''):<8} {str(row.get('installed')):<10} "
-              f"{str(row.get('assembled')):<10} {size}")
+              f"{str(row.get('assembled')):<10} {size} MB")
     return 0
 
 

@@ -75,17 +75,20 @@ def describe_attempt(mistake: Mistake) -> str:
 # --- rule hygiene -------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_NAME = re.compile(r"(?<=[a-z,;:] )[A-Z][a-z]+")
+_NAME = re.compile(r"(?<=[a-z0-9,;:] )[A-Z][a-z]+")
 _TRIVIAL_NUMBERS = {"0", "1", "2", "10", "100", "60", "24", "12", "1000"}
 
 
 def is_instance_specific(rule: str, source_texts: Sequence[str]) -> bool:
-    """True when the rule copies a number (other than common constants) or a name from its sources."""
+    """True when the rule copies a number (other than common constants) or a proper name from its sources.
+
+    Proper names are the capitalised words of the sources that do not start a sentence there."""
     text = " ".join(source_texts)
     source_numbers = set(_NUMBER.findall(text))
     if any(n in source_numbers and n not in _TRIVIAL_NUMBERS for n in _NUMBER.findall(rule)):
         return True
-    return any(re.search(rf"\b{re.escape(name)}\b", text) for name in _NAME.findall(rule))
+    names = set(_NAME.findall(text))
+    return any(re.search(rf"\b{re.escape(name)}\b", rule) for name in names)
 
 
 def _words(text: str) -> set[str]:
@@ -98,7 +101,11 @@ def similarity(a: str, b: str) -> float:
 
 
 def clean_rule(text: str) -> str:
-    text = re.sub(r"^\s*(?:[-*•]|\d+[.)]|rule\s*\d*[:.])\s*", "", str(text).strip(), flags=re.I)
+    """The rule without list markers or a "Rule 2:" label, on one line."""
+    text, previous = str(text).strip(), None
+    while text != previous:
+        previous = text
+        text = re.sub(r"^\s*(?:[-*•]|\d+[.)]|rule\s*\d*[:.])\s*", "", text, flags=re.I)
     return " ".join(text.split())
 
 
@@ -180,30 +187,42 @@ def _match_step(step: object, names: list[str], mistake: Mistake) -> str:
 def build_rules(program: dspy.Module, explanations: Sequence[Explanation], mistakes: Sequence[Mistake], *,
                 teacher_lm, priming: str | None, max_rules: int, consolidate: bool, retries: int,
                 filter_specific: bool = True) -> list[Rule]:
-    """Filter, deduplicate and (with the teacher) consolidate proposed rules, per predictor."""
-    by_id = {m.id: m for m in mistakes}
+    """Deduplicate, generalise and (with the teacher) consolidate proposed rules, per predictor.
+
+    The teacher consolidates only when there is work for it: more rules than `max_rules`, or rules
+    that copy numbers or names from their mistake (it is asked to generalise them). Whatever is still
+    instance-specific afterwards is dropped, and general rules the consolidation lost are added back
+    while there is room, so a lossy consolidation never discards a good rule.
+    """
     source_text = {m.id: json.dumps(m.inputs, ensure_ascii=False) for m in mistakes}
+
+    def specific(text: str, sources: Sequence[str]) -> bool:
+        return filter_specific and is_instance_specific(text, [source_text.get(i, "") for i in sources])
+
     merge = dspy.Predict(ConsolidateRules.with_instructions(primed(ConsolidateRules.instructions, priming)))
     merge.set_lm(teacher_lm)
     rules: list[Rule] = []
     for name, pred in program.named_predictors():
-        candidates = [(text, [e.mistake_id]) for e in explanations if e.ok and e.predictor == name
-                      for text in e.rules]
-        if filter_specific:
-            dropped = [t for t, s in candidates if is_instance_specific(t, [source_text.get(i, "") for i in s])]
-            if dropped:
-                logger.info("Induce: dropped %d instance-specific rule(s) for `%s`: %s", len(dropped), name, dropped)
-            candidates = [(t, s) for t, s in candidates if t not in dropped]
-        candidates = dedupe(candidates)
-        if consolidate and len(candidates) > 1:
-            candidates = _consolidate(merge, name, pred, candidates, max_rules, retries, by_id, filter_specific)
-        for text, sources in candidates[:max_rules]:
+        candidates = dedupe([(text, [e.mistake_id]) for e in explanations if e.ok and e.predictor == name
+                             for text in e.rules])
+        general = [(t, s) for t, s in candidates if not specific(t, s)]
+        if consolidate and (len(candidates) > max_rules or len(general) < len(candidates)):
+            merged = _consolidate(merge, name, pred, candidates, max_rules, retries)
+            kept = [(t, s) for t, s in merged if not specific(t, s)]
+            kept += [(t, s) for t, s in general if all(similarity(t, k) < 0.5 for k, _ in kept)]
+        else:
+            kept = general
+        dropped = [t for t, s in candidates if specific(t, s) and t not in {k for k, _ in kept}]
+        if dropped:
+            logger.info("Induce: dropped %d instance-specific rule(s) for `%s`: %s", len(dropped), name, dropped)
+        for text, sources in dedupe(kept)[:max_rules]:
             rules.append(Rule(id=f"R{len(rules) + 1}", text=text, predictor=name, sources=sorted(sources)))
     logger.info("Induce: %d rule(s) from %d explanation(s).", len(rules), len(explanations))
     return rules
 
 
-def _consolidate(merge, name, pred, candidates, max_rules, retries, by_id, filter_specific):
+def _consolidate(merge, name, pred, candidates, max_rules, retries) -> list[tuple[str, list[str]]]:
+    """The teacher's consolidated rules, each with the sources of the candidates it resembles."""
     try:
         out = teacher_call(merge, retries, task=f"Step `{name}`: {pred.signature.instructions}",
                            candidate_rules=[t for t, _ in candidates], max_rules=max_rules)
@@ -217,7 +236,5 @@ def _consolidate(merge, name, pred, candidates, max_rules, retries, by_id, filte
         scores = [(similarity(text, cand), sources) for cand, sources in candidates]
         sources = sorted({s for score, srcs in scores if score >= 0.3 for s in srcs}
                          or set(max(scores, key=lambda x: x[0])[1]))
-        if filter_specific and is_instance_specific(text, [json.dumps(by_id[s].inputs) for s in sources if s in by_id]):
-            continue
         merged.append((text, sources))
-    return dedupe(merged) or candidates
+    return dedupe(merged)
