@@ -10,7 +10,7 @@ import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,9 +21,12 @@ from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_da
 
 from cd_dspy.evaluation import ScoredMetric
 from cd_dspy.result import Mistake, Step
+from cd_dspy.run_dir import RunDir
+from cd_dspy.usage import BudgetExhausted, UsageMeter
 
 logger = logging.getLogger(__name__)
 
+COLLECT_LOG = "collect.jsonl"
 PARSE_FAILURE_FEEDBACK = "The output could not be parsed: it did not follow the required output format."
 
 
@@ -103,9 +106,47 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
         ))
     crashed = len(trainset) - len(records)
     train_score = 100.0 * total / max(1, len(records))
-    logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
-                len(mistakes), len(records), train_score, crashed)
+    logger.debug("Collect: %d of %d examples were mistakes (score %.1f; %d crashed).",
+                 len(mistakes), len(records), train_score, crashed)
     return mistakes, train_score, crashed
+
+
+def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequence[dspy.Example],
+                      metric: ScoredMetric, run: RunDir, meter: UsageMeter, *, num_threads: int, threshold: float,
+                      on_chunk: Callable[[int], Any] = lambda n: None) -> tuple[list[Mistake], float]:
+    """Collect `num_threads` examples at a time, logging each chunk to collect.jsonl: a killed run
+    resumes after the last finished chunk, so no finished target call is paid for twice.
+    Returns (mistakes, train score 0-100)."""
+    chunks = run.read_jsonl(COLLECT_LOG)
+    done = {i for chunk in chunks for i in chunk["indices"]}
+    todo = [i for i in range(len(trainset)) if i not in done]
+    if done:
+        logger.info("Collect: reusing %d of %d scored training examples from %s.", len(done), len(trainset),
+                    run.file(COLLECT_LOG))
+    on_chunk(len(done))
+    size = max(1, num_threads) if run.enabled else max(1, len(todo))
+    for start in range(0, len(todo), size):
+        indices = todo[start:start + size]
+        refused = meter.refused
+        found, score, crashed = collect_mistakes(make_program(), [trainset[i] for i in indices], metric,
+                                                 num_threads=num_threads, threshold=threshold, show_progress=False)
+        if meter.refused > refused:  # failures of refused calls are not the target's mistakes
+            raise BudgetExhausted(meter.exhausted or "budget reached while collecting mistakes")
+        for mistake in found:  # indices are the chunk's: make them the trainset's
+            mistake.example_index = indices[mistake.example_index]
+            mistake.id = f"m{mistake.example_index}"
+        chunk = {"indices": indices, "score_sum": score / 100.0 * (len(indices) - crashed),
+                 "scored": len(indices) - crashed, "mistakes": [m.to_dict() for m in found]}
+        run.append_jsonl(COLLECT_LOG, chunk)
+        chunks.append(chunk)
+        on_chunk(len(indices))
+    mistakes = sorted((Mistake.from_dict(m) for chunk in chunks for m in chunk["mistakes"]),
+                      key=lambda m: m.example_index)
+    scored = sum(chunk["scored"] for chunk in chunks)
+    train_score = 100.0 * sum(chunk["score_sum"] for chunk in chunks) / max(1, scored)
+    logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
+                len(mistakes), scored, train_score, len(trainset) - scored)
+    return mistakes, train_score
 
 
 def _kind(example: dspy.Example) -> str | None:

@@ -21,7 +21,7 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from cd_dspy import validation
-from cd_dspy.collect import collect_mistakes, sample_mistakes
+from cd_dspy.collect import collect_resumable, sample_mistakes
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.induce import build_rules, explain_mistakes
@@ -33,7 +33,6 @@ from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
 
 logger = logging.getLogger("cd_dspy")
-COLLECT_LOG = "collect.jsonl"
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class ConceptDistillation(Teleprompter):
             k: v.to_dict() for k, v in meter.snapshot().items()}})
         try:
             with self._phase("collect", result, progress):
-                mistakes = self._collect(base, trainset, metric, run, result, meter)
+                mistakes = self._collect(base, trainset, metric, run, result, meter, progress)
             progress.note(f"collect: {len(mistakes)} mistakes on {len(trainset)} training examples "
                           f"(train score {_fmt(result.train_score)})")
             checkpoint()
@@ -201,51 +200,22 @@ class ConceptDistillation(Teleprompter):
         return progress.phase(name, result.phase_seconds)
 
     # -- phases ----------------------------------------------------------------------------------
-    def _collect(self, base, trainset, metric, run: RunDir, result, meter: UsageMeter) -> list[Mistake]:
+    def _collect(self, base, trainset, metric, run: RunDir, result, meter: UsageMeter, progress) -> list[Mistake]:
         if run.exists("mistakes.json"):
             saved = run.read_json("mistakes.json")
             mistakes = [Mistake.from_dict(m) for m in saved["mistakes"]]
             result.train_score = saved["train_score"]
             logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file("mistakes.json"))
         else:
-            mistakes, result.train_score = self._collect_in_chunks(base, trainset, metric, run, meter)
+            bar = progress.bar("collect mistakes", total=len(trainset))
+            mistakes, result.train_score = collect_resumable(
+                lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.num_threads,
+                threshold=self.mistake_threshold, on_chunk=bar.update)
+            bar.close()
             run.write_json("mistakes.json", {"train_score": result.train_score,
                                              "mistakes": [m.to_dict() for m in mistakes]})
         result.n_mistakes = len(mistakes)
         return mistakes
-
-    def _collect_in_chunks(self, base, trainset, metric, run: RunDir, meter: UsageMeter) -> tuple[list[Mistake], float]:
-        """Collect `num_threads` examples at a time, logging each chunk to collect.jsonl: a killed run
-        resumes after the last finished chunk, so no finished target call is paid for twice."""
-        chunks = run.read_jsonl(COLLECT_LOG)
-        done = {i for chunk in chunks for i in chunk["indices"]}
-        todo = [i for i in range(len(trainset)) if i not in done]
-        if done:
-            logger.info("Collect: reusing %d of %d scored training examples from %s.", len(done), len(trainset),
-                        run.file(COLLECT_LOG))
-        size = max(1, self.num_threads) if run.enabled else max(1, len(todo))
-        for start in range(0, len(todo), size):
-            indices = todo[start:start + size]
-            refused = meter.refused
-            found, score, crashed = collect_mistakes(self._bind(base), [trainset[i] for i in indices], metric,
-                                                     num_threads=self.num_threads, threshold=self.mistake_threshold,
-                                                     show_progress=self.progress and not run.enabled)
-            if meter.refused > refused:  # failures of refused calls are not the target's mistakes
-                raise BudgetExhausted(meter.exhausted or "budget reached while collecting mistakes")
-            for mistake in found:  # indices are the chunk's: make them the trainset's
-                mistake.example_index = indices[mistake.example_index]
-                mistake.id = f"m{mistake.example_index}"
-            chunk = {"indices": indices, "score_sum": score / 100.0 * (len(indices) - crashed),
-                     "scored": len(indices) - crashed, "mistakes": [m.to_dict() for m in found]}
-            run.append_jsonl(COLLECT_LOG, chunk)
-            chunks.append(chunk)
-        mistakes = sorted((Mistake.from_dict(m) for chunk in chunks for m in chunk["mistakes"]),
-                          key=lambda m: m.example_index)
-        scored = sum(chunk["scored"] for chunk in chunks)
-        train_score = 100.0 * sum(chunk["score_sum"] for chunk in chunks) / max(1, scored)
-        logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
-                    len(mistakes), scored, train_score, len(trainset) - scored)
-        return mistakes, train_score
 
     def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
