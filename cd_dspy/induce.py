@@ -76,19 +76,25 @@ def describe_attempt(mistake: Mistake) -> str:
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _NAME = re.compile(r"(?<=[a-z0-9,;:] )[A-Z][a-z]+")
+_BACKTICKED = re.compile(r"`(\w+)(?:\(\))?`")
 _TRIVIAL_NUMBERS = {"0", "1", "2", "10", "100", "60", "24", "12", "1000"}
 
 
 def is_instance_specific(rule: str, source_texts: Sequence[str]) -> bool:
     """True when the rule copies a number (other than common constants) or a proper name from its sources.
 
-    Proper names are the capitalised words of the sources that do not start a sentence there."""
+    Proper names are the capitalised words of the sources that do not start a sentence there; code
+    identifiers (in backticks, or snake_case) copied from the sources count too."""
     text = " ".join(source_texts)
     source_numbers = set(_NUMBER.findall(text))
     if any(n in source_numbers and n not in _TRIVIAL_NUMBERS for n in _NUMBER.findall(rule)):
         return True
     names = set(_NAME.findall(text))
-    return any(re.search(rf"\b{re.escape(name)}\b", rule) for name in names)
+    if any(re.search(rf"\b{re.escape(name)}\b", rule) for name in names):
+        return True
+    # code identifiers of the source (a function or variable name in backticks, or snake_case)
+    identifiers = set(_BACKTICKED.findall(rule)) | {w for w in re.findall(r"\b\w+_\w+\b", rule)}
+    return any(re.search(rf"\b{re.escape(word)}\b", text) for word in identifiers if len(word) > 2)
 
 
 def _words(text: str) -> set[str]:

@@ -43,6 +43,10 @@ def test_instance_specific_rules_are_generalised_or_dropped():
     assert is_instance_specific("Divide 125 by 8 and keep the rest.", [MISTAKES[0].inputs["question"]])
     assert is_instance_specific("Ava should count again.", ["Then Ava packs them."])
     assert not is_instance_specific("Multiply hours by 60 to get minutes.", [MISTAKES[1].inputs["question"]])
+    code = 'def skjkasdkd(lst):\n    """Find the largest prime in lst."""\ndef sum_digits(n): ...'
+    assert is_instance_specific("The function `skjkasdkd` is missing its prime check.", [code])
+    assert is_instance_specific("Call sum_digits on the prime.", [code])
+    assert not is_instance_specific("Write a helper `is_prime` before using it.", [code])
     texts, calls, _ = run({0: ["Divide 125 by 8 and keep the rest."]},
                           ["The remainder is what is left after filling whole bags.", "Divide 125 by 8."])
     assert calls == 1 and texts == ["The remainder is what is left after filling whole bags."]
