@@ -128,7 +128,10 @@ def cmd_compile(args) -> int:
     started = time.perf_counter()
     compiled = optimizer.compile(program, trainset=splits["train"], valset=splits["val"] or None)
     result = optimizer.result
-    lines = [f"validation score: baseline {_fmt(result.baseline_score)} -> compiled {_fmt(result.best_score)}",
+    from cd_dspy.result import format_score
+
+    lines = [f"validation score: baseline {format_score(result.baseline_score)} -> "
+             f"compiled {format_score(result.best_score)}",
              f"rules selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})"]
     if splits["test"]:
         baseline_program = make_program(args, task)
@@ -181,9 +184,6 @@ def cmd_report(args) -> int:
     print(render_report(args.run_dir), end="")
     return 0
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
 
 
 # --- parser -----------------------------------------------------------------------------------

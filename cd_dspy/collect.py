@@ -59,10 +59,8 @@ class _QuietEvaluate(Evaluate):
 
 
 @contextmanager
-def _progress_bar(shown: bool):
-    if shown:
-        yield
-        return
+def _quiet_evaluate():
+    """Silence the per-chunk bar of bootstrap_trace_data (the caller shows one bar for the phase)."""
     original = bootstrap_trace.Evaluate
     bootstrap_trace.Evaluate = _QuietEvaluate
     try:
@@ -72,14 +70,13 @@ def _progress_bar(shown: bool):
 
 
 def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], metric: ScoredMetric, *,
-                     num_threads: int, threshold: float,
-                     show_progress: bool = True) -> tuple[list[Mistake], float, int]:
+                     num_threads: int, threshold: float) -> tuple[list[Mistake], float, int]:
     """Run `program` on `trainset`; return (mistakes, train score 0-100, examples that crashed).
 
     Pass a throwaway copy: `bootstrap_trace_data` leaves `forward` bound on the instance it ran.
     """
     names = {id(pred): name for name, pred in program.named_predictors()}
-    with _progress_bar(show_progress):
+    with _quiet_evaluate():
         records = bootstrap_trace_data(program, list(trainset), metric=metric, num_threads=num_threads,
                                        raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
                                        format_failure_score=0.0, capture_crashes=True)
@@ -129,7 +126,7 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
         indices = todo[start:start + size]
         refused = meter.refused
         found, score, crashed = collect_mistakes(make_program(), [trainset[i] for i in indices], metric,
-                                                 num_threads=num_threads, threshold=threshold, show_progress=False)
+                                                 num_threads=num_threads, threshold=threshold)
         if meter.refused > refused:  # failures of refused calls are not the target's mistakes
             raise BudgetExhausted(meter.exhausted or "budget reached while collecting mistakes")
         for mistake in found:  # indices are the chunk's: make them the trainset's

@@ -27,7 +27,7 @@ from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.induce import build_rules, explain_mistakes
 from cd_dspy.integrate import with_rules
 from cd_dspy.progress import Progress
-from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial
+from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
 from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
@@ -174,7 +174,7 @@ class ConceptDistillation(Teleprompter):
             with self._phase("collect", result, progress):
                 mistakes = self._collect(base, trainset, metric, run, result, meter, progress)
             progress.note(f"collect: {len(mistakes)} mistakes on {len(trainset)} training examples "
-                          f"(train score {_fmt(result.train_score)})")
+                          f"(train score {format_score(result.train_score)})")
             checkpoint()
             if not mistakes:
                 result.message = (f"The target made no mistakes on the {len(trainset)} training examples "
@@ -292,7 +292,7 @@ class ConceptDistillation(Teleprompter):
         else:
             result.best_score = selection.baseline_score
             result.message = (f"No rule subset beat the baseline validation score "
-                              f"({_fmt(selection.baseline_score)}) by more than {self.min_improvement} points"
+                              f"({format_score(selection.baseline_score)}) by more than {self.min_improvement} points"
                               f"{' with significance' if self.require_significance else ''}; "
                               f"the program is returned unchanged{early}.")
         return self._bind(base, [r for r in rules if r.selected])
@@ -335,6 +335,3 @@ class ConceptDistillation(Teleprompter):
             bare.set_lm(None)
             bare.save(str(path))
 
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.1f}"

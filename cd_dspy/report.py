@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cd_dspy.result import ConceptDistillationResult
+from cd_dspy.result import ConceptDistillationResult, format_score
 from cd_dspy.run_dir import RunDir, RunDirError
 
 
@@ -21,9 +21,6 @@ def load_result(run_dir: str | Path) -> ConceptDistillationResult:
     raise RunDirError(f"{run} holds no result.json or progress.json; was a compile run with this run_dir?")
 
 
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
-
 
 def render_report(run_dir: str | Path) -> str:
     """The report of the compile in `run_dir` as Markdown text."""
@@ -34,9 +31,9 @@ def render_report(run_dir: str | Path) -> str:
         mistakes = {m["id"]: m for m in json.loads((run / "mistakes.json").read_text())["mistakes"]}
     lines = [f"# Concept Distillation report: {run}", "", result.message, "",
              "| | score |", "|---|---|",
-             f"| train (target, no rules) | {_score(result.train_score)} |",
-             f"| validation baseline | {_score(result.baseline_score)} |",
-             f"| validation best | {_score(result.best_score)} |", ""]
+             f"| train (target, no rules) | {format_score(result.train_score)} |",
+             f"| validation baseline | {format_score(result.baseline_score)} |",
+             f"| validation best | {format_score(result.best_score)} |", ""]
     if result.p_value is not None:
         lines += [f"Paired sign test, best subset vs baseline on the valset: p = {result.p_value:.3g}.", ""]
     if result.stopped_early:
@@ -58,7 +55,7 @@ def render_report(run_dir: str | Path) -> str:
     lines += ["", "## Trials", "", "| # | rules | state | score | seconds |", "|---|---|---|---|---|"]
     for trial in result.trials:
         lines.append(f"| {trial.number} | {', '.join(trial.rule_ids) or '(none)'} | {trial.state} | "
-                     f"{_score(trial.score)} | {trial.seconds:.1f} |")
+                     f"{format_score(trial.score)} | {trial.seconds:.1f} |")
     lines += ["", "## LM usage", "", "| role | calls | cached calls | prompt tokens | completion tokens | cost $ |",
               "|---|---|---|---|---|---|"]
     for role, usage in result.usage.items():

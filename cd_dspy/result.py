@@ -12,6 +12,11 @@ from typing import Any
 RESULT_FORMAT_VERSION = 1
 
 
+def format_score(score: float | None) -> str:
+    """A 0-100 score for people: one decimal, or "n/a" when there is none."""
+    return "n/a" if score is None else f"{score:.1f}"
+
+
 class _Record:
     """Shared `to_dict/from_dict` for flat dataclasses."""
 

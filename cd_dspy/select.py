@@ -41,6 +41,11 @@ class Selection:
     stopped_early: str | None = None
 
 
+def preference(score: float, rule_ids: Sequence[str]) -> tuple[float, int]:
+    """Sort key of a scored subset: higher score first, and on ties fewer rules."""
+    return score, -len(rule_ids)
+
+
 def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
     return [r.id for r in rules if params.get(r.id)]
 
@@ -138,7 +143,7 @@ class RuleSelector:
     def _best_complete(self) -> tuple[float, tuple[str, ...]] | None:
         """(score, rule ids) of the best complete trial; ties go to fewer rules."""
         scored = [(t.value, tuple(subset_of(t.params, self.rules))) for t in self._complete()]
-        return max(scored, key=lambda x: (x[0], -len(x[1]))) if scored else None
+        return max(scored, key=lambda x: preference(*x)) if scored else None
 
     def _enqueue_first_trials(self) -> None:
         """Baseline, all rules, then leave-one-out subsets (they expose harmful rules), then single
@@ -201,7 +206,7 @@ class RuleSelector:
         baseline = next((t.score for t in complete if not t.rule_ids), None)
         if not complete:
             return Selection(trials, [], baseline, None, None, stopped_early=stopped)
-        best = max(complete, key=lambda t: (t.score, -len(t.rule_ids)))  # ties: fewer rules
+        best = max(complete, key=lambda t: preference(t.score, t.rule_ids))
         p_value = self._p_value(best.rule_ids) if baseline is not None else None
         effects = {}
         for rule in self.rules:
