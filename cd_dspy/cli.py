@@ -75,7 +75,7 @@ def make_program(args, task):
 
 
 def load_task_and_splits(args):
-    from programs import get_task
+    from cd_dspy.programs import get_task
 
     try:
         task = get_task(args.task)

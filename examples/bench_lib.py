@@ -79,7 +79,7 @@ class BenchTeacher(SimulatedTeacher):
 # -- tasks ---------------------------------------------------------------------------------------
 @dataclass
 class BenchTask:
-    """What the benchmark needs from a task (a `programs.Task` or the simulated world)."""
+    """What the benchmark needs from a task (a `cd_dspy.programs.Task` or the simulated world)."""
 
     name: str
     make_program: Any
@@ -104,7 +104,7 @@ def load_task(name: str, seed: int, sizes: dict[str, int]) -> BenchTask:
         train, val, test = simulated_splits(sizes["train"], sizes["val"], sizes["test"], seed=seed)
         return BenchTask(name, lambda: dspy.ChainOfThought("question -> answer: float"), _sim_metric, _sim_feedback,
                          {"train": train, "val": val, "test": test})
-    from programs import get_task
+    from cd_dspy.programs import get_task
 
     task = get_task(name)
     return BenchTask(name, task.make_program, task.metric, task.metric_with_feedback or task.metric,

