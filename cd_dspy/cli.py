@@ -104,11 +104,21 @@ def evaluate(program, examples, metric, threads: int) -> float:
                                provide_traceback=False)(program).score)
 
 
+def per_example_scores(program, examples, metric, threads: int) -> list[float]:
+    """The metric's score of `program` on each example, in order (a failed prediction scores 0)."""
+    import dspy
+
+    outcome = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads, display_progress=False,
+                            provide_traceback=False, failure_score=0.0)(program)
+    return [float(getattr(score, "score", score)) for _, _, score in outcome.results]
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_compile(args) -> int:
     from cd_dspy import ConceptDistillation
     from cd_dspy.report import render_report
+    from cd_dspy.stats import paired_difference, score_interval
 
     configure_adapter(args.adapter)
     task, splits, metric = load_task_and_splits(args)
@@ -130,16 +140,27 @@ def cmd_compile(args) -> int:
     result = optimizer.result
     from cd_dspy.result import format_score
 
-    lines = [f"validation score: baseline {format_score(result.baseline_score)} -> "
-             f"compiled {format_score(result.best_score)}",
+    lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw): baseline "
+             f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
+             f"search score ({result.n_search} examples, the optimistic best of the search): baseline "
+             f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}",
              f"rules selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})"]
+    lines += [f"warning: {warning}" for warning in result.warnings]
     if splits["test"]:
         baseline_program = make_program(args, task)
         baseline_program.set_lm(target)
-        before = evaluate(baseline_program, splits["test"], metric, args.threads)
-        after = evaluate(compiled, splits["test"], metric, args.threads)
-        lines.append(f"held-out test score ({len(splits['test'])} examples): before {before:.1f} -> after {after:.1f}")
-        scores = {"n": len(splits["test"]), "before": before, "after": after}
+        before = per_example_scores(baseline_program, splits["test"], metric, args.threads)
+        after = per_example_scores(compiled, splits["test"], metric, args.threads)
+        comparison = paired_difference(after, before)
+        low, high = score_interval(before), score_interval(after)
+        lines.append(f"held-out test ({comparison.n} examples): before {comparison.before:.1f} [95% CI {low[0]:.1f}, "
+                     f"{low[1]:.1f}] -> after {comparison.after:.1f} [95% CI {high[0]:.1f}, {high[1]:.1f}]; "
+                     f"difference {comparison.difference:+.1f} [95% CI {comparison.low:+.1f}, {comparison.high:+.1f}], "
+                     f"{comparison.wins} fixed, {comparison.losses} broken, sign test p = {comparison.p_two_sided:.3g}")
+        scores = {"n": comparison.n, "before": comparison.before, "after": comparison.after,
+                  "before_interval": list(low), "after_interval": list(high),
+                  "difference_interval": [comparison.low, comparison.high], "fixed": comparison.wins,
+                  "broken": comparison.losses, "p_two_sided": comparison.p_two_sided}
         (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     usage = result.usage
     lines.append(f"LM calls: target {usage['target'].calls} (+{usage['target'].cached_calls} cached), "

@@ -70,8 +70,9 @@ def _quiet_evaluate():
 
 
 def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], metric: ScoredMetric, *,
-                     num_threads: int, threshold: float) -> tuple[list[Mistake], float, int]:
-    """Run `program` on `trainset`; return (mistakes, train score 0-100, examples that crashed).
+                     num_threads: int, threshold: float) -> tuple[list[Mistake], float, int, list[int]]:
+    """Run `program` on `trainset`; return (mistakes, train score 0-100, examples that crashed, indices of
+    the examples it got right).
 
     Pass a throwaway copy: `bootstrap_trace_data` leaves `forward` bound on the instance it ran.
     """
@@ -81,11 +82,12 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
                                        raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
                                        format_failure_score=0.0, capture_crashes=True)
     metric.raise_if_failed()
-    mistakes, total = [], 0.0
+    mistakes, total, correct = [], 0.0, []
     for record in records:
         index, example, score = record["example_ind"], record["example"], float(record.get("score") or 0.0)
         total += score
         if score >= threshold:
+            correct.append(index)
             continue
         steps, any_failed = [], False
         for predictor, inputs, outputs in record["trace"]:
@@ -105,15 +107,15 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
     train_score = 100.0 * total / max(1, len(records))
     logger.debug("Collect: %d of %d examples were mistakes (score %.1f; %d crashed).",
                  len(mistakes), len(records), train_score, crashed)
-    return mistakes, train_score, crashed
+    return mistakes, train_score, crashed, sorted(correct)
 
 
 def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequence[dspy.Example],
                       metric: ScoredMetric, run: RunDir, meter: UsageMeter, *, num_threads: int, threshold: float,
-                      on_chunk: Callable[[int], Any] = lambda n: None) -> tuple[list[Mistake], float]:
+                      on_chunk: Callable[[int], Any] = lambda n: None) -> tuple[list[Mistake], float, list[int]]:
     """Collect `num_threads` examples at a time, logging each chunk to collect.jsonl: a killed run
     resumes after the last finished chunk, so no finished target call is paid for twice.
-    Returns (mistakes, train score 0-100)."""
+    Returns (mistakes, train score 0-100, trainset indices of the examples the target got right)."""
     chunks = run.read_jsonl(COLLECT_LOG)
     done = {i for chunk in chunks for i in chunk["indices"]}
     todo = [i for i in range(len(trainset)) if i not in done]
@@ -125,7 +127,7 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
     for start in range(0, len(todo), size):
         indices = todo[start:start + size]
         refused = meter.refused
-        found, score, crashed = collect_mistakes(make_program(), [trainset[i] for i in indices], metric,
+        found, score, crashed, right = collect_mistakes(make_program(), [trainset[i] for i in indices], metric,
                                                  num_threads=num_threads, threshold=threshold)
         if meter.refused > refused:  # failures of refused calls are not the target's mistakes
             raise BudgetExhausted(meter.exhausted or "budget reached while collecting mistakes")
@@ -133,7 +135,8 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
             mistake.example_index = indices[mistake.example_index]
             mistake.id = f"m{mistake.example_index}"
         chunk = {"indices": indices, "score_sum": score / 100.0 * (len(indices) - crashed),
-                 "scored": len(indices) - crashed, "mistakes": [m.to_dict() for m in found]}
+                 "scored": len(indices) - crashed, "mistakes": [m.to_dict() for m in found],
+                 "correct": [indices[i] for i in right]}
         run.append_jsonl(COLLECT_LOG, chunk)
         chunks.append(chunk)
         on_chunk(len(indices))
@@ -143,7 +146,8 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
     train_score = 100.0 * sum(chunk["score_sum"] for chunk in chunks) / max(1, scored)
     logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
                 len(mistakes), scored, train_score, len(trainset) - scored)
-    return mistakes, train_score
+    correct = sorted(i for chunk in chunks for i in chunk.get("correct", []))
+    return mistakes, train_score, correct
 
 
 def _kind(example: dspy.Example) -> str | None:

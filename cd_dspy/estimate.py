@@ -7,6 +7,8 @@ from typing import Any
 
 import dspy
 
+from cd_dspy.confirm import split_sizes
+
 
 def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
                    valset: Sequence[dspy.Example]) -> dict[str, Any]:
@@ -18,10 +20,15 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     characters / 4 plus an allowance per output field); compare them with caps, not invoices.
     """
     n_pred = len(program.named_predictors())
+    n_rules = optimizer.max_rules * n_pred
+    n_search, n_confirm = split_sizes(len(valset), optimizer.confirm_fraction)
     collect = len(trainset) * n_pred
+    verify = n_rules * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred if optimizer.verify else 0
     trials = optimizer.num_trials + max(2, optimizer.num_trials // 2)  # the study, then its refinement trials
-    select = trials * len(valset) * n_pred
-    explain = min(optimizer.max_mistakes, len(trainset))
+    search = trials * n_search * n_pred
+    confirm = (1 + optimizer.confirm_top_k + n_rules) * n_confirm * n_pred  # baseline, shortlist, leave-one-out
+    select = verify + search + confirm
+    explain = min(optimizer.max_mistakes, len(trainset)) * optimizer.samples_per_mistake
     consolidate = n_pred if optimizer.consolidate else 0
     target_calls, teacher_calls = collect + select, explain + consolidate
     prompt_tokens = _prompt_tokens(program, trainset[0])
@@ -30,6 +37,7 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     estimate = {
         "n_train": len(trainset), "n_val": len(valset), "predictors": n_pred,
         "target_calls": target_calls, "collect_calls": collect, "select_calls": select,
+        "verify_calls": verify, "search_calls": search, "confirm_calls": confirm,
         "teacher_calls": teacher_calls, "explain_calls": explain, "consolidate_calls": consolidate,
         "max_target_calls": 2 * target_calls,
         "max_teacher_calls": 2 * (optimizer.teacher_retries + 1) * teacher_calls,

@@ -86,7 +86,9 @@ class CachedEvaluator:
     """Scores programs on a fixed example list; each (prompt, example) is run at most once."""
 
     def __init__(self, examples: Sequence[dspy.Example], metric: ScoredMetric, *, run_dir: RunDir,
-                 meter: UsageMeter, num_threads: int, failure_score: float = 0.0):
+                 meter: UsageMeter, num_threads: int, failure_score: float = 0.0,
+                 log_name: str = EVALUATIONS_FILE):
+        self.log_name = log_name
         self.examples = list(examples)
         self.metric = metric
         self.run_dir = run_dir
@@ -95,7 +97,7 @@ class CachedEvaluator:
         self.failure_score = failure_score
         self.scores: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
-        for record in run_dir.read_jsonl(EVALUATIONS_FILE):
+        for record in run_dir.read_jsonl(log_name):
             self.scores[(record["key"], record["index"])] = float(record["score"])
 
     def __call__(self, program: dspy.Module, indices: Sequence[int]) -> list[float]:
@@ -140,4 +142,4 @@ class CachedEvaluator:
             if (key, index) in self.scores:
                 return
             self.scores[(key, index)] = float(score)
-        self.run_dir.append_jsonl(EVALUATIONS_FILE, {"key": key, "index": index, "score": float(score)})
+        self.run_dir.append_jsonl(self.log_name, {"key": key, "index": index, "score": float(score)})

@@ -185,7 +185,7 @@ class FaultyEngine:
 
 def simulated_faulty_compile(run_dir: Any, *, rate: float = 0.2, seed: int = 0, backoff: float | None = 0.001,
                              num_retries: int = 3, num_trials: int = 8, n_train: int = 16,
-                             n_val: int = 12) -> dict[str, Any]:
+                             n_val: int = 60) -> dict[str, Any]:
     """Compile on the simulated world with both LMs behind a `FaultyEngine`; return the figures.
 
     Used by tests/test_faults.py and examples/reliability_figures.py.

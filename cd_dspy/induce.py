@@ -7,10 +7,16 @@ and consolidated by the teacher into at most `max_rules` per predictor, keeping 
 
 from __future__ import annotations
 
+import builtins
+import functools
 import json
+import keyword
 import logging
 import re
+import sys
+import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import dspy
 from dspy.utils.parallelizer import ParallelExecutor
@@ -25,9 +31,22 @@ logger = logging.getLogger(__name__)
 class ExplainMistake(dspy.Signature):
     """A small student language model ran the program described in `task` and made the mistake shown
     in `student_attempt`. Explain why the student failed. Then write rules that would have prevented
-    this kind of mistake. Each rule is one short sentence addressed to the student, and general: it must
-    help on other questions of the same kind, so it never mentions the specific numbers, names or answer
-    of this question. Name the program step whose instructions should hold the rules."""
+    this kind of mistake on other questions. Write each rule as a condition and an action,
+    "When <the kind of question or situation>, <what to do>", in one short sentence addressed to the
+    student. A rule must never mention the specific numbers, names, objects or answer of this question.
+    Name the program step whose instructions should hold the rules.
+
+    How to turn a specific diagnosis into general rules (examples from other domains):
+    - Diagnosis: "The student wrote 03/04/2021 for 4 March 2021 but the format asked for is day first."
+      Too specific: "Write 04/03/2021." General: "When the format asks for the day first, write the day
+      before the month."
+    - Diagnosis: "The student called the review of the Blue Cafe positive because it mentions 'great
+      location', but the review says the food was cold." Too specific: "The Blue Cafe review is
+      negative." General: "When a review praises one thing but complains about the main product, judge
+      it by the complaint."
+    - Diagnosis: "The student returned the list reversed because it sorted [5, 2, 9] with reverse=True."
+      Too specific: "Sort [5, 2, 9] as [2, 5, 9]." General: "When asked for ascending order, sort without
+      reverse=True." """
 
     task: str = dspy.InputField(desc="the program's steps, with their instructions and fields")
     student_attempt: str = dspy.InputField(desc="the inputs and what each step of the student produced")
@@ -36,14 +55,16 @@ class ExplainMistake(dspy.Signature):
     steps: list[str] = dspy.InputField(desc="the names of the program's steps")
     explanation: str = dspy.OutputField(desc="why the student's output is wrong")
     step: str = dspy.OutputField(desc="one of `steps`: the step that should follow the rules")
-    rules: list[str] = dspy.OutputField(desc="one to three short, general rules for the student")
+    rules: list[str] = dspy.OutputField(desc="one to three general rules, each 'When ..., ...'")
 
 
 class ConsolidateRules(dspy.Signature):
     """Turn candidate rules for a small student model into a short list of distinct, general rules.
-    Merge duplicates and near-duplicates into one rule, rewrite rules that mention specific numbers or
-    names so they are general, and drop rules that are wrong or contradict others. Each rule is one
-    short sentence addressed to the student. Return at most `max_rules` rules, most useful first."""
+    Merge duplicates and near-duplicates into one rule, rewrite rules that mention specific numbers,
+    names or objects (some are already replaced by placeholders such as "a number" or "someone") so
+    they hold for any question of the same kind, and drop rules that are wrong or contradict others.
+    Write each rule as one short sentence addressed to the student: "When <situation>, <action>".
+    Return at most `max_rules` rules, most useful first."""
 
     task: str = dspy.InputField(desc="the program step these rules are for")
     candidate_rules: list[str] = dspy.InputField()
@@ -75,26 +96,78 @@ def describe_attempt(mistake: Mistake) -> str:
 # --- rule hygiene -------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_NAME = re.compile(r"(?<=[a-z0-9,;:] )[A-Z][a-z]+")
+_NAME = re.compile(r"(?<=[a-z0-9,;:] )[A-Z][a-z]\w*")
 _BACKTICKED = re.compile(r"`(\w+)(?:\(\))?`")
+_SNAKE = re.compile(r"\b[A-Za-z]\w*_\w+\b")
 _TRIVIAL_NUMBERS = {"0", "1", "2", "10", "100", "60", "24", "12", "1000"}
+COPIED_RUN = 6  # a rule sharing this many consecutive words with its question copies the question
+PLACEHOLDERS = {"number": "a number", "name": "someone", "identifier": "<identifier>"}
+
+
+@functools.cache
+def well_known_identifiers() -> frozenset[str]:
+    """Names every Python programmer knows (builtins, keywords, typing, stdlib modules): general, not copied."""
+    return frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(dir(typing)) \
+        | frozenset(sys.stdlib_module_names)
+
+
+@dataclass(frozen=True)
+class Delexicalised:
+    """A rule with what it copied from its sources replaced by placeholders."""
+
+    text: str
+    replaced: tuple[str, ...]  # the copied numbers, names and identifiers
+    copied_phrase: str | None  # a run of words copied from a source (with a number, or >= COPIED_RUN long)
+
+    @property
+    def specific(self) -> bool:
+        return bool(self.replaced) or self.copied_phrase is not None
+
+
+def delexicalise(rule: str, source_texts: Sequence[str]) -> Delexicalised:
+    """Replace the numbers (other than common constants), proper names and code identifiers that `rule`
+    copies from its sources with placeholders, and find any phrase it copies verbatim.
+
+    Proper names are capitalised words that do not start a sentence in the sources; identifiers are
+    backticked or snake_case words. Names Python itself defines (`List`, `typing`, `sorted`) are general.
+    A copied phrase is a run of three words with a number in it ("bags of 10"), or of COPIED_RUN words."""
+    text = " ".join(source_texts)
+    known = well_known_identifiers()
+    numbers = {n for n in _NUMBER.findall(text) if n not in _TRIVIAL_NUMBERS}
+    names = {n for n in _NAME.findall(text) if n not in known}
+    identifiers = {w for w in set(_BACKTICKED.findall(rule)) | set(_SNAKE.findall(rule))
+                   if len(w) > 2 and w not in known and re.search(rf"\b{re.escape(w)}\b", text)}
+    replaced: list[str] = []
+    out = rule
+    substitutions = [(rf"`?\b{re.escape(w)}\b(?:\(\))?`?", w, "identifier") for w in identifiers]
+    substitutions += [(rf"\b{re.escape(n)}\b", n, "name") for n in names]
+    substitutions += [(rf"(?<![\d.,]){re.escape(n)}(?![\d]|[.,]\d)", n, "number") for n in numbers]
+    for pattern, word, kind in sorted(substitutions, key=lambda s: -len(s[1])):
+        out, count = re.subn(pattern, PLACEHOLDERS[kind], out)
+        if count:
+            replaced.append(word)
+    return Delexicalised(out, tuple(replaced), _copied_phrase(out, text))
+
+
+def _copied_phrase(rule: str, source: str) -> str | None:
+    """A run of words `rule` shares with `source`: 3 words holding a number, or COPIED_RUN words."""
+    words, source_words = _tokens(rule), _tokens(source)
+    for size in (COPIED_RUN, 3):
+        grams = {tuple(source_words[i:i + size]) for i in range(len(source_words) - size + 1)}
+        for i in range(len(words) - size + 1):
+            gram = tuple(words[i:i + size])
+            if gram in grams and (size == COPIED_RUN or any(w.isdigit() for w in gram)):
+                return " ".join(gram)
+    return None
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z]+|\d+(?:\.\d+)?", text.lower())
 
 
 def is_instance_specific(rule: str, source_texts: Sequence[str]) -> bool:
-    """True when the rule copies a number (other than common constants) or a proper name from its sources.
-
-    Proper names are the capitalised words of the sources that do not start a sentence there; code
-    identifiers (in backticks, or snake_case) copied from the sources count too."""
-    text = " ".join(source_texts)
-    source_numbers = set(_NUMBER.findall(text))
-    if any(n in source_numbers and n not in _TRIVIAL_NUMBERS for n in _NUMBER.findall(rule)):
-        return True
-    names = set(_NAME.findall(text))
-    if any(re.search(rf"\b{re.escape(name)}\b", rule) for name in names):
-        return True
-    # code identifiers of the source (a function or variable name in backticks, or snake_case)
-    identifiers = set(_BACKTICKED.findall(rule)) | {w for w in re.findall(r"\b\w+_\w+\b", rule)}
-    return any(re.search(rf"\b{re.escape(word)}\b", text) for word in identifiers if len(word) > 2)
+    """True when the rule copies a number, a name, an identifier or a phrase from its sources."""
+    return delexicalise(rule, source_texts).specific
 
 
 def _words(text: str) -> set[str]:
@@ -130,11 +203,13 @@ def dedupe(rules: list[tuple[str, list[str]]], threshold: float = 0.7) -> list[t
 
 # --- teacher calls ------------------------------------------------------------------------------
 
-def teacher_call(predictor: dspy.Predict, retries: int, **inputs) -> dspy.Prediction:
-    """Call the teacher; on an unparseable or failed reply retry with light sampling, then give up."""
+def teacher_call(predictor: dspy.Predict, retries: int, sample: int = 0, **inputs) -> dspy.Prediction:
+    """Call the teacher (sample 0 greedy, sample k > 0 at temperature 0.7 as DSPy rollout k); on an
+    unparseable or failed reply retry as another rollout, then give up."""
     last: Exception | None = None
     for attempt in range(retries + 1):
-        config = {} if attempt == 0 else {"rollout_id": attempt, "temperature": 0.7}
+        rollout = sample * (retries + 1) + attempt
+        config = {} if rollout == 0 else {"rollout_id": rollout, "temperature": 0.7}
         try:
             return predictor(**inputs, config=config)
         except BudgetExhausted:
@@ -146,9 +221,10 @@ def teacher_call(predictor: dspy.Predict, retries: int, **inputs) -> dspy.Predic
 
 
 def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teacher_lm, priming: str | None,
-                     num_threads: int, retries: int,
-                     on_done: Callable[[Explanation], None]) -> list[Explanation]:
-    """One teacher explanation (with rules) per mistake; each is handed to `on_done` as it finishes."""
+                     num_threads: int, retries: int, on_done: Callable[[Explanation], None],
+                     samples: int = 1) -> list[Explanation]:
+    """Teacher explanations (with rules) per mistake, `samples` of them (the first greedy, the others
+    sampled), pooled into one Explanation handed to `on_done` as it finishes."""
     names = [name for name, _ in program.named_predictors()]
     task = describe_program(program)
     explain = dspy.Predict(ExplainMistake.with_instructions(primed(ExplainMistake.instructions, priming)))
@@ -156,18 +232,22 @@ def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teach
 
     def run(mistake: Mistake) -> Explanation:
         evaluation = f"score {mistake.score:g}" + (f"; feedback: {mistake.feedback}" if mistake.feedback else "")
-        try:
-            out = teacher_call(explain, retries, task=task, student_attempt=describe_attempt(mistake),
-                               correct_answer=json.dumps(mistake.gold, ensure_ascii=False),
-                               evaluation=evaluation, steps=names)
-        except BudgetExhausted:
-            return Explanation(mistake.id, "", "", [], ok=False, error="budget")
-        except RuntimeError as exc:
-            explanation = Explanation(mistake.id, "", "", [], ok=False, error=str(exc))
-            on_done(explanation)
-            return explanation
-        rules = [clean_rule(r) for r in (out.rules or []) if clean_rule(r)]
-        explanation = Explanation(mistake.id, _match_step(out.step, names, mistake), str(out.explanation), rules)
+        outs = []
+        for sample in range(samples):
+            try:
+                outs.append(teacher_call(explain, retries, sample, task=task, student_attempt=describe_attempt(mistake),
+                                         correct_answer=json.dumps(mistake.gold, ensure_ascii=False),
+                                         evaluation=evaluation, steps=names))
+            except BudgetExhausted:
+                return Explanation(mistake.id, "", "", [], ok=False, error="budget")
+            except RuntimeError as exc:
+                if not outs and sample == samples - 1:
+                    explanation = Explanation(mistake.id, "", "", [], ok=False, error=str(exc))
+                    on_done(explanation)
+                    return explanation
+        rules = list(dict.fromkeys(clean_rule(r) for out in outs for r in (out.rules or []) if clean_rule(r)))
+        explanation = Explanation(mistake.id, _match_step(outs[0].step, names, mistake),
+                                  "\n\n".join(str(out.explanation) for out in outs), rules)
         on_done(explanation)
         return explanation
 
@@ -190,20 +270,28 @@ def _match_step(step: object, names: list[str], mistake: Mistake) -> str:
     return mistake.steps[-1]["predictor"] if mistake.steps and mistake.steps[-1]["predictor"] in names else names[-1]
 
 
+Candidate = tuple[str, list[str], str]  # (rule text, source mistake ids, origin)
+
+
 def build_rules(program: dspy.Module, explanations: Sequence[Explanation], mistakes: Sequence[Mistake], *,
                 teacher_lm, priming: str | None, max_rules: int, consolidate: bool, retries: int,
                 filter_specific: bool = True) -> list[Rule]:
     """Deduplicate, generalise and (with the teacher) consolidate proposed rules, per predictor.
 
-    The teacher consolidates only when there is work for it: more rules than `max_rules`, or rules
-    that copy numbers or names from their mistake (it is asked to generalise them). Whatever is still
-    instance-specific afterwards is dropped, and general rules the consolidation lost are added back
-    while there is room, so a lossy consolidation never discards a good rule.
+    Rules that copy specifics from their mistake are shown to the teacher delexicalised (numbers, names
+    and identifiers replaced by placeholders) and it is asked to generalise them; the teacher
+    consolidates only when there is such work or more rules than `max_rules`. General rules a lossy
+    consolidation lost are added back. A specific rule from a mistake that no kept rule covers is kept in
+    its delexicalised form (origin "delexicalised") when that form copies no phrase of its question, while
+    there is room; the rest is dropped.
     """
-    source_text = {m.id: json.dumps(m.inputs, ensure_ascii=False) for m in mistakes}
+    source_text = {m.id: json.dumps([m.inputs, m.gold, m.outputs], ensure_ascii=False) for m in mistakes}
+
+    def delex(text: str, sources: Sequence[str]) -> Delexicalised:
+        return delexicalise(text, [source_text.get(i, "") for i in sources])
 
     def specific(text: str, sources: Sequence[str]) -> bool:
-        return filter_specific and is_instance_specific(text, [source_text.get(i, "") for i in sources])
+        return filter_specific and delex(text, sources).specific
 
     merge = dspy.Predict(ConsolidateRules.with_instructions(primed(ConsolidateRules.instructions, priming)))
     merge.set_lm(teacher_lm)
@@ -211,18 +299,25 @@ def build_rules(program: dspy.Module, explanations: Sequence[Explanation], mista
     for name, pred in program.named_predictors():
         candidates = dedupe([(text, [e.mistake_id]) for e in explanations if e.ok and e.predictor == name
                              for text in e.rules])
-        general = [(t, s) for t, s in candidates if not specific(t, s)]
+        general: list[Candidate] = [(t, s, "teacher") for t, s in candidates if not specific(t, s)]
+        kept = list(general)
         if consolidate and (len(candidates) > max_rules or len(general) < len(candidates)):
-            merged = _consolidate(merge, name, pred, candidates, max_rules, retries)
-            kept = [(t, s) for t, s in merged if not specific(t, s)]
-            kept += [(t, s) for t, s in general if all(similarity(t, k) < 0.5 for k, _ in kept)]
-        else:
-            kept = general
-        dropped = [t for t, s in candidates if specific(t, s) and t not in {k for k, _ in kept}]
+            shown = [(delex(t, s).text if specific(t, s) else t, s) for t, s in candidates]
+            merged = _consolidate(merge, name, pred, shown, max_rules, retries)
+            kept = [(t, s, "consolidated") for t, s in merged if not specific(t, s)]
+            kept += [c for c in general if all(similarity(c[0], k[0]) < 0.5 for k in kept)]
+        covered = {source for _, sources, _ in kept for source in sources}
+        salvaged = [(d.text, s, "delexicalised") for t, s in candidates if specific(t, s) and not set(s) <= covered
+                    for d in [delex(t, s)] if d.copied_phrase is None and not delex(d.text, s).specific]
+        kept += [c for c in salvaged if all(similarity(c[0], k[0]) < 0.5 for k in kept)]
+        dropped = [t for t, s in candidates if specific(t, s)]
         if dropped:
-            logger.info("Induce: dropped %d instance-specific rule(s) for `%s`: %s", len(dropped), name, dropped)
-        for text, sources in dedupe(kept)[:max_rules]:
-            rules.append(Rule(id=f"R{len(rules) + 1}", text=text, predictor=name, sources=sorted(sources)))
+            logger.info("Induce: %d instance-specific rule(s) for `%s` (generalised, delexicalised or dropped): %s",
+                        len(dropped), name, dropped)
+        origin = {t: o for t, _, o in kept}
+        for text, sources in dedupe([(t, s) for t, s, _ in kept])[:max_rules]:
+            rules.append(Rule(id=f"R{len(rules) + 1}", text=text, predictor=name, sources=sorted(sources),
+                              origin=origin.get(text, "teacher")))
     logger.info("Induce: %d rule(s) from %d explanation(s).", len(rules), len(explanations))
     return rules
 

@@ -1,7 +1,9 @@
 """`ConceptDistillation`: the DSPy teleprompter that runs the four phases in order.
 
-    trainset ─► collect (target) ─► mistakes ─► induce (teacher) ─► rules
-             ─► select (Optuna + target, valset) ─► chosen rules ─► integrate ─► compiled program
+    trainset ─► collect (target) ─► mistakes ─► induce (teacher) ─► candidate rules
+             ─► verify (target, each rule alone on its mistakes and on correct examples) ─► rules
+             ─► select (Optuna + target, search part of the valset) ─► best subsets
+             ─► confirm (target, confirmation part) ─► chosen rules ─► integrate ─► compiled program
 
 Every phase writes its output to `run_dir` as soon as it has it; a rerun with the same run_dir
 resumes after the last finished phase (and, inside the study, after the last finished trial).
@@ -22,6 +24,7 @@ from dspy.teleprompt import Teleprompter
 
 from cd_dspy import validation
 from cd_dspy.collect import collect_resumable, sample_mistakes
+from cd_dspy.confirm import Decision, confirm, small_sample_warning, split_sizes
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.induce import build_rules, explain_mistakes
@@ -31,6 +34,7 @@ from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule
 from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
+from cd_dspy.verify import VERIFICATION_LOG, correct_sample, verify_rules
 
 logger = logging.getLogger("cd_dspy")
 
@@ -67,7 +71,14 @@ class ConceptDistillation(Teleprompter):
         minibatch_size: score trials in minibatches of this size with Optuna pruning.
         valset_fraction: share of the trainset held out for selection when no valset is given.
         min_improvement: the best subset must beat the baseline by more than this (points, 0-100).
-        require_significance: if set (e.g. 0.05), the best subset must also pass a paired sign test.
+        require_significance: the level of the one-sided paired sign test a subset must pass on the
+            confirmation data (Bonferroni over `confirm_top_k`); None decides on the point estimate.
+        samples_per_mistake: teacher explanations per mistake (the first greedy, the others sampled).
+        verify: try each candidate rule alone before the search; keep those that fix at least one of
+            their mistakes and break fewer of `verify_correct` correctly answered training examples.
+        verify_correct, verify_max_sources: the sizes of that check.
+        confirm_fraction: share of the valset held out from the search to confirm its best subsets.
+        confirm_top_k: how many of the search's best subsets are confirmed.
         budget / max_target_calls / max_teacher_calls / max_tokens / max_cost_usd: hard caps.
         run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
         storage, study_name: the Optuna storage URL (default SQLite in run_dir) and study name.
@@ -79,7 +90,9 @@ class ConceptDistillation(Teleprompter):
                  max_rules: int | None = None, mistake_threshold: float = 1.0, priming: str | None = "ground_truth",
                  consolidate: bool = True, filter_specific_rules: bool = True, minibatch_size: int | None = None,
                  valset_fraction: float = 0.5, min_improvement: float = 0.0,
-                 require_significance: float | None = None, num_threads: int = 1, teacher_retries: int = 2,
+                 require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
+                 verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
+                 confirm_top_k: int = 3, num_threads: int = 1, teacher_retries: int = 2,
                  budget: Budget | None = None, max_target_calls: int | None = None,
                  max_teacher_calls: int | None = None, max_tokens: int | None = None,
                  max_cost_usd: float | None = None, seed: int = 0, run_dir: str | os.PathLike | None = None,
@@ -90,6 +103,9 @@ class ConceptDistillation(Teleprompter):
                                            num_trials=num_trials, max_mistakes=max_mistakes, max_rules=max_rules,
                                            valset_fraction=valset_fraction, num_threads=num_threads,
                                            minibatch_size=minibatch_size, storage=storage, presets=AUTO_PRESETS)
+        validation.check_decision_settings(require_significance=require_significance, confirm_fraction=confirm_fraction,
+                                           confirm_top_k=confirm_top_k, samples_per_mistake=samples_per_mistake,
+                                           verify_correct=verify_correct, verify_max_sources=verify_max_sources)
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.target_lm = target_lm
@@ -105,6 +121,12 @@ class ConceptDistillation(Teleprompter):
         self.valset_fraction = valset_fraction
         self.min_improvement = min_improvement
         self.require_significance = require_significance
+        self.samples_per_mistake = samples_per_mistake
+        self.verify = verify
+        self.verify_correct = verify_correct
+        self.verify_max_sources = verify_max_sources
+        self.confirm_fraction = confirm_fraction
+        self.confirm_top_k = confirm_top_k
         self.num_threads = num_threads
         self.teacher_retries = teacher_retries
         self.budget = budget or Budget(max_target_calls, max_teacher_calls, max_tokens, max_cost_usd)
@@ -120,7 +142,8 @@ class ConceptDistillation(Teleprompter):
         """The settings that shape the result (recorded in the result and the run directory)."""
         keys = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
                 "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
-                "require_significance", "seed", "study_name")
+                "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
+                "confirm_fraction", "confirm_top_k", "seed", "study_name")
         return {k: getattr(self, k) for k in keys}
 
     # -- estimate --------------------------------------------------------------------------------
@@ -172,7 +195,7 @@ class ConceptDistillation(Teleprompter):
             k: v.to_dict() for k, v in meter.snapshot().items()}})
         try:
             with self._phase("collect", result, progress):
-                mistakes = self._collect(base, trainset, metric, run, result, meter, progress)
+                mistakes, correct = self._collect(base, trainset, metric, run, result, meter, progress)
             progress.note(f"collect: {len(mistakes)} mistakes on {len(trainset)} training examples "
                           f"(train score {format_score(result.train_score)})")
             checkpoint()
@@ -187,14 +210,29 @@ class ConceptDistillation(Teleprompter):
             if not rules:
                 result.message = "The teacher proposed no usable rules; the program is returned unchanged."
                 return self._bind(base)
+            result.rules = rules
+            if self.verify:
+                with self._phase("verify", result, progress):
+                    self._verify(base, rules, mistakes, correct, trainset, metric, run, meter, progress)
+                checkpoint()
+            candidates = [r for r in rules if r.verified]
+            progress.note(f"verify: {len(candidates)} of {len(rules)} rules fixed a mistake and broke less")
+            if not candidates:
+                result.message = ("No candidate rule fixed the mistakes it came from without breaking as many "
+                                  "correct training examples; the program is returned unchanged.")
+                return self._bind(base)
+            search, confirmation = self._split_valset(valset, result)
             with self._phase("select", result, progress):
-                selection = self._select(base, rules, valset, metric, run, meter, result, progress, checkpoint)
+                selection = self._select(base, candidates, valset, search, metric, run, meter, result, progress,
+                                         checkpoint)
+            with self._phase("confirm", result, progress):
+                decision = self._confirm(base, candidates, selection, valset, confirmation, metric, run, meter)
         except BudgetExhausted as exc:
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "
                               "returned unchanged.")
             return self._bind(base)
-        return self._integrate(base, rules, selection, result)
+        return self._integrate(base, rules, selection, decision, result)
 
     def _phase(self, name: str, result: ConceptDistillationResult, progress: Progress):
         return progress.phase(name, result.phase_seconds)
@@ -208,14 +246,16 @@ class ConceptDistillation(Teleprompter):
             logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file("mistakes.json"))
         else:
             bar = progress.bar("collect mistakes", total=len(trainset))
-            mistakes, result.train_score = collect_resumable(
+            mistakes, result.train_score, correct = collect_resumable(
                 lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.num_threads,
                 threshold=self.mistake_threshold, on_chunk=bar.update)
             bar.close()
-            run.write_json("mistakes.json", {"train_score": result.train_score,
+            run.write_json("mistakes.json", {"train_score": result.train_score, "correct": correct,
                                              "mistakes": [m.to_dict() for m in mistakes]})
+        if run.exists("mistakes.json"):
+            correct = run.read_json("mistakes.json").get("correct", [])
         result.n_mistakes = len(mistakes)
-        return mistakes
+        return mistakes, correct
 
     def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
@@ -233,7 +273,8 @@ class ConceptDistillation(Teleprompter):
             bar.update(1)
 
         fresh = explain_mistakes(base, todo, teacher_lm=self.teacher_lm, priming=self.priming,
-                                 num_threads=self.num_threads, retries=self.teacher_retries, on_done=on_done)
+                                 num_threads=self.num_threads, retries=self.teacher_retries, on_done=on_done,
+                                 samples=self.samples_per_mistake)
         bar.close()
         if any(e.error == "budget" for e in fresh):
             raise BudgetExhausted("teacher call budget reached while explaining mistakes")
@@ -248,53 +289,85 @@ class ConceptDistillation(Teleprompter):
         run.write_json("rules.json", [r.to_dict() for r in rules])
         return rules
 
-    def _select(self, base, rules, valset, metric, run: RunDir, meter, result, progress, checkpoint) -> Selection:
+    def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> None:
+        """Fill in each rule's verification (resumable: every score is logged as it comes)."""
+        evaluator = CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.num_threads,
+                                    log_name=VERIFICATION_LOG)
+        bar = progress.bar("verify rules", total=len(rules))
+        verify_rules(rules, mistakes, correct_sample(correct, self.verify_correct, self.seed),
+                     evaluator=evaluator, program_with=lambda chosen: self._bind(base, chosen),
+                     threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
+                     on_rule=lambda rule: bar.update(1))
+        bar.close()
+        run.write_json("rules.json", [r.to_dict() for r in rules])
+
+    def _split_valset(self, valset, result) -> tuple[list[int], list[int]]:
+        """Seeded disjoint (search, confirmation) index lists over the valset."""
+        order = random.Random(self.seed + 1).sample(range(len(valset)), len(valset))
+        _, n_confirm = split_sizes(len(valset), self.confirm_fraction)
+        confirmation, search = sorted(order[:n_confirm]), sorted(order[n_confirm:])
+        result.n_search, result.n_confirm = len(search), len(confirmation)
+        result.min_detectable_gain, warning = small_sample_warning(
+            len(confirmation), self.require_significance, self.confirm_top_k, self.confirm_fraction)
+        if warning:
+            logger.warning("Concept Distillation: %s", warning)
+            result.warnings.append(warning)
+        return search, confirmation
+
+    def _select(self, base, rules, valset, search, metric, run: RunDir, meter, result, progress,
+                checkpoint) -> Selection:
         evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.num_threads)
         storage = self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None)
-        bar = progress.bar("select rules", total=self.num_trials)
+        bar = progress.bar("search rule subsets", total=self.num_trials)
 
         def on_trial(trial: Trial, best: float | None) -> None:
             bar.update(1)
-            bar.set_postfix_str(f"best {best:.1f}" if best is not None else "")
+            bar.set_postfix_str(f"best on search part {best:.1f}" if best is not None else "")
             result.trials.append(trial)
             checkpoint()
 
-        selector = RuleSelector(base, rules, evaluator, target_lm=self.target_lm, num_trials=self.num_trials,
-                                seed=self.seed, storage=storage, study_name=self.study_name,
-                                minibatch_size=self.minibatch_size, on_trial=on_trial)
+        selector = RuleSelector(base, rules, evaluator, indices=search, target_lm=self.target_lm,
+                                num_trials=self.num_trials, seed=self.seed, storage=storage,
+                                study_name=self.study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
         selection = selector.run()
         bar.close()
         if selection.stopped_early:  # the trial a budget stop interrupted is a failed trial, not a running one
             _fail_interrupted_trials(selector.study)
             for trial in selection.trials:
                 trial.state = "fail" if trial.state == "running" else trial.state
+            raise BudgetExhausted(selection.stopped_early)
         return selection
 
-    def _integrate(self, base, rules: list[Rule], selection: Selection, result) -> dspy.Module:
+    def _confirm(self, base, rules, selection, valset, confirmation, metric, run: RunDir, meter) -> Decision:
+        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.num_threads)
+        return confirm(selection, rules, evaluator, confirmation, program_with=lambda chosen: self._bind(base, chosen),
+                       top_k=self.confirm_top_k, alpha=self.require_significance,
+                       min_improvement=self.min_improvement)
+
+    def _integrate(self, base, rules: list[Rule], selection: Selection, decision: Decision, result) -> dspy.Module:
         result.trials = selection.trials
-        result.baseline_score, result.best_score = selection.baseline_score, selection.best_score
-        result.p_value, result.stopped_early = selection.p_value, selection.stopped_early
+        result.search_baseline_score, result.search_best_score = selection.baseline_score, selection.best_score
+        result.baseline_score, result.best_score = decision.baseline_score, decision.chosen_score
+        result.candidates = decision.candidates
+        result.comparison = decision.comparison.to_dict() if decision.comparison else None
+        result.p_value = decision.comparison.p_greater if decision.comparison else None
         for rule in rules:
-            rule.effect = selection.effects.get(rule.id)
-        improved = (selection.best_rule_ids and selection.best_score is not None
-                    and selection.baseline_score is not None
-                    and selection.best_score > selection.baseline_score + self.min_improvement)
-        if improved and self.require_significance is not None:
-            improved = selection.p_value is not None and selection.p_value < self.require_significance
-        chosen = selection.best_rule_ids if improved else []
-        for rule in rules:
-            rule.selected = rule.id in chosen
-        result.rules, result.selected_rule_ids, result.improved = rules, list(chosen), bool(improved)
-        early = f" (stopped early: {selection.stopped_early})" if selection.stopped_early else ""
-        if improved:
-            result.message = (f"{len(chosen)} of {len(rules)} rules selected; validation score "
-                              f"{selection.baseline_score:.1f} -> {selection.best_score:.1f}{early}.")
+            effect = decision.effects.get(rule.id)
+            rule.selected = rule.id in decision.chosen
+            rule.effect = effect.difference if effect else None
+            rule.effect_interval = [effect.low, effect.high] if effect else None
+        result.rules, result.selected_rule_ids = rules, list(decision.chosen)
+        result.improved = bool(decision.chosen)
+        n = result.n_confirm
+        if decision.chosen:
+            result.message = (f"{len(decision.chosen)} of {len(rules)} rules selected; on {n} confirmation examples "
+                              f"the search never saw: {decision.comparison.describe()}.")
         else:
-            result.best_score = selection.baseline_score
-            result.message = (f"No rule subset beat the baseline validation score "
-                              f"({format_score(selection.baseline_score)}) by more than {self.min_improvement} points"
-                              f"{' with significance' if self.require_significance else ''}; "
-                              f"the program is returned unchanged{early}.")
+            tried = "; ".join(f"{c['rule_ids']}: {format_score(c['score'])} (p = {c['p_adjusted']:.3g} adjusted)"
+                              for c in decision.candidates) or "no subset beat the baseline on the search part"
+            result.message = (f"No rule subset was confirmed: baseline {format_score(decision.baseline_score)} on {n} "
+                              f"confirmation examples; candidates {tried}. Not distinguishable from the "
+                              "baseline, so the program is returned unchanged.")
         return self._bind(base, [r for r in rules if r.selected])
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -307,12 +380,16 @@ class ConceptDistillation(Teleprompter):
         if valset is not None:
             valset = validation.check_examples(valset, "valset")
             validation.warn_overlap(trainset, valset)
+            if len(valset) < 2:
+                raise ValueError("valset needs at least 2 examples: one part searches rule subsets, the other "
+                                 "confirms the result; pass a larger valset (dozens for a decision that can "
+                                 "detect gains of 10-20 points).")
             return trainset, valset
-        if len(trainset) < 2:
-            raise ValueError("trainset needs at least 2 examples when no valset is given (half is held out for "
-                             "selecting rules); pass more examples or a valset.")
+        if len(trainset) < 3:
+            raise ValueError("trainset needs at least 3 examples when no valset is given (a share is held out for "
+                             "searching and confirming rules); pass more examples or a valset.")
         shuffled = random.Random(self.seed).sample(trainset, len(trainset))
-        n_val = max(1, min(len(trainset) - 1, round(len(trainset) * self.valset_fraction)))
+        n_val = max(2, min(len(trainset) - 1, round(len(trainset) * self.valset_fraction)))
         logger.info("No valset given: holding out %d of %d training examples for selection.", n_val, len(trainset))
         return shuffled[n_val:], shuffled[:n_val]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-RESULT_FORMAT_VERSION = 1
+RESULT_FORMAT_VERSION = 2
 
 
 def format_score(score: float | None) -> str:
@@ -75,8 +75,31 @@ class Rule(_Record):
     text: str
     predictor: str
     sources: list[str] = field(default_factory=list)  # mistake ids the rule came from
+    origin: str = "teacher"  # "teacher", "consolidated" or "delexicalised"
+    verification: dict[str, Any] | None = None  # Verification.to_dict(): fixed/broken training examples
     selected: bool = False
-    effect: float | None = None  # mean valset score with the rule minus without it, over trials
+    effect: float | None = None  # confirmation score of the chosen subset minus the subset without this rule
+    effect_interval: list[float] | None = None  # 95% interval of `effect` (paired t)
+
+    @property
+    def verified(self) -> bool:
+        """The rule passed verification (or was not verified at all)."""
+        return self.verification is None or bool(self.verification.get("kept"))
+
+
+@dataclass
+class Verification(_Record):
+    """A rule tried alone on training examples: the mistakes it came from and a sample the target got right."""
+
+    checked_mistakes: list[int]
+    checked_correct: list[int]
+    fixed: list[int]
+    broken: list[int]
+    kept: bool
+
+    def describe(self) -> str:
+        return (f"fixed {len(self.fixed)} of {len(self.checked_mistakes)} source mistakes, broke "
+                f"{len(self.broken)} of {len(self.checked_correct)} correct examples")
 
 
 @dataclass
@@ -104,10 +127,21 @@ class RoleUsage(_Record):
 
 @dataclass
 class ConceptDistillationResult:
-    """Everything a compile decided and measured. `to_dict/from_dict` are versioned."""
+    """Everything a compile decided and measured. `to_dict/from_dict` are versioned.
+
+    `baseline_score` and `best_score` are measured on the confirmation part of the valset, which the
+    search never saw; `search_*` are the search's own (optimistic) figures, kept for diagnosis."""
 
     baseline_score: float | None = None
     best_score: float | None = None
+    search_baseline_score: float | None = None
+    search_best_score: float | None = None
+    n_search: int = 0
+    n_confirm: int = 0
+    comparison: dict[str, Any] | None = None  # stats.Comparison of the returned program vs the baseline
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # confirmed subsets: ids, scores, p
+    min_detectable_gain: float | None = None
+    warnings: list[str] = field(default_factory=list)
     improved: bool = False
     message: str = ""
     selected_rule_ids: list[str] = field(default_factory=list)

@@ -1,16 +1,16 @@
-"""Phase 3: an Optuna study chooses the subset of rules that maximises the valset score.
+"""Phase 3a: an Optuna study searches for the rule subsets that score best on the search part of the valset.
 
 One boolean parameter per rule; seeded TPE. Informative trials are enqueued first (no rules = the
 baseline, all rules, all rules but one, each rule alone when the budget allows); after the study,
 backward elimination from the best subset drops rules that do not earn their place. Every (prompt, example) score is
 cached, so a repeated subset costs nothing and a resumed study repeats no finished work. Large
 valsets are scored in minibatches with the running mean reported to Optuna's median pruner.
+The search only ranks subsets: the decision is taken on data it never saw (`confirm.py`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,20 +30,33 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @dataclass
 class Selection:
-    """What the study found."""
+    """What the study found: every trial, and the distinct scored subsets best first (search scores)."""
 
     trials: list[Trial]
-    best_rule_ids: list[str]
-    baseline_score: float | None
-    best_score: float | None
-    p_value: float | None
-    effects: dict[str, float | None] = field(default_factory=dict)
+    ranked: list[tuple[list[str], float]] = field(default_factory=list)
+    baseline_score: float | None = None
     stopped_early: str | None = None
+    rule_cost: float = 0.0  # points a subset pays per rule when ranked (one search example)
+
+    @property
+    def best_score(self) -> float | None:
+        return self.ranked[0][1] if self.ranked else None
+
+    def better_than_baseline(self, top_k: int) -> list[tuple[list[str], float]]:
+        """The `top_k` best non-empty subsets whose search score, less their rules' cost, beats the baseline's."""
+        if self.baseline_score is None:
+            return []
+        return [(ids, score) for ids, score in self.ranked
+                if ids and score - self.rule_cost * len(ids) > self.baseline_score][:top_k]
 
 
-def preference(score: float, rule_ids: Sequence[str]) -> tuple[float, int]:
-    """Sort key of a scored subset: higher score first, and on ties fewer rules."""
-    return score, -len(rule_ids)
+def preference(score: float, rule_ids: Sequence[str], rule_cost: float = 0.0) -> tuple[float, int]:
+    """Sort key of a scored subset: the score less `rule_cost` per rule first, and on ties fewer rules.
+
+    With `rule_cost` one search example's worth, a rule stays in a subset only when it earns more
+    than one example on the search data: a rule with no real effect rarely does (it moves answers
+    both ways), so noise rules do not hitch a ride on a helpful one."""
+    return score - rule_cost * len(rule_ids), -len(rule_ids)
 
 
 def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
@@ -56,22 +69,11 @@ def _fail_interrupted_trials(study: optuna.Study) -> None:
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
-def sign_test_p_value(better: Sequence[float], worse: Sequence[float]) -> float:
-    """Two-sided exact sign test on paired per-example scores (ties dropped)."""
-    wins = sum(b > w for b, w in zip(better, worse, strict=True))
-    losses = sum(b < w for b, w in zip(better, worse, strict=True))
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 class RuleSelector:
-    """Runs the study. `evaluate(program, indices)` returns per-example scores (0-1 scale)."""
+    """Runs the study on the valset examples at `indices`; `evaluator(program, indices)` scores (0-1 scale)."""
 
-    def __init__(self, base_program, rules: Sequence[Rule], evaluator: CachedEvaluator, *, target_lm,
+    def __init__(self, base_program, rules: Sequence[Rule], evaluator: CachedEvaluator, *, indices: Sequence[int],
+                 target_lm,
                  num_trials: int, seed: int, storage: str | None, study_name: str,
                  minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None,
                  refine: bool = True):
@@ -85,8 +87,8 @@ class RuleSelector:
         self.on_trial = on_trial
         self.refine = refine
         self.best: float | None = None
-        n_val = len(evaluator.examples)
-        self.order = random.Random(seed).sample(range(n_val), n_val)
+        self.order = random.Random(seed).sample(list(indices), len(indices))
+        self.rule_cost = 100.0 / max(1, len(self.order))
         self.study = optuna.create_study(
             direction="maximize", storage=storage, study_name=study_name, load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
@@ -115,8 +117,8 @@ class RuleSelector:
 
     def _refine(self) -> None:
         """Backward elimination from the best subset: drop each rule in turn (one enqueued trial each)
-        and keep the smaller subset whenever it scores at least as well; at most num_trials // 2 extra
-        trials. Guards against rules that won by noise and prefers fewer rules on ties."""
+        and keep the smaller subset whenever `preference` ranks it at least as high (it may score up to one
+        search example less); at most num_trials // 2 extra trials. Guards against rules that won by noise."""
         done = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == "refine"]
         tried: set[tuple[str, ...]] = {tuple(subset_of(t.params, self.rules)) for t in done}
         budget = max(2, self.num_trials // 2)  # refinement adds at most this many trials, also across resumes
@@ -141,9 +143,9 @@ class RuleSelector:
         return {tuple(subset_of(t.params, self.rules)) for t in self._complete()}
 
     def _best_complete(self) -> tuple[float, tuple[str, ...]] | None:
-        """(score, rule ids) of the best complete trial; ties go to fewer rules."""
+        """(score, rule ids) of the best complete trial by `preference`."""
         scored = [(t.value, tuple(subset_of(t.params, self.rules))) for t in self._complete()]
-        return max(scored, key=lambda x: preference(*x)) if scored else None
+        return max(scored, key=lambda x: preference(*x, self.rule_cost)) if scored else None
 
     def _enqueue_first_trials(self) -> None:
         """Baseline, all rules, then leave-one-out subsets (they expose harmful rules), then single
@@ -204,24 +206,8 @@ class RuleSelector:
                   for t in self.study.get_trials(deepcopy=False)]
         complete = [t for t in trials if t.state == "complete" and t.score is not None]
         baseline = next((t.score for t in complete if not t.rule_ids), None)
-        if not complete:
-            return Selection(trials, [], baseline, None, None, stopped_early=stopped)
-        best = max(complete, key=lambda t: preference(t.score, t.rule_ids))
-        p_value = self._p_value(best.rule_ids) if baseline is not None else None
-        effects = {}
-        for rule in self.rules:
-            with_rule = [t.score for t in complete if rule.id in t.rule_ids]
-            without = [t.score for t in complete if rule.id not in t.rule_ids]
-            effects[rule.id] = (round(sum(with_rule) / len(with_rule) - sum(without) / len(without), 3)
-                                if with_rule and without else None)
-        return Selection(trials, best.rule_ids, baseline, best.score, p_value, effects, stopped)
-
-    def _p_value(self, rule_ids: list[str]) -> float | None:
-        chosen = [r for r in self.rules if r.id in rule_ids]
-        indices = list(range(len(self.evaluator.examples)))
-        try:
-            best = self.evaluator(with_rules(self.base_program, chosen, lm=self.target_lm), indices)
-            base = self.evaluator(with_rules(self.base_program, [], lm=self.target_lm), indices)
-        except BudgetExhausted:
-            return None
-        return sign_test_p_value(best, base)
+        best: dict[tuple[str, ...], float] = {}
+        for t in complete:
+            best[tuple(t.rule_ids)] = max(t.score, best.get(tuple(t.rule_ids), t.score))
+        ranked = sorted(best.items(), key=lambda item: preference(item[1], item[0], self.rule_cost), reverse=True)
+        return Selection(trials, [(list(ids), score) for ids, score in ranked], baseline, stopped, self.rule_cost)

@@ -42,6 +42,22 @@ def check_settings(*, metric: Callable, teacher_lm: Any, auto: str | None, seed:
     return presets[auto or "light"]
 
 
+def check_decision_settings(*, require_significance: Any, confirm_fraction: Any, confirm_top_k: Any,
+                            samples_per_mistake: Any, verify_correct: Any, verify_max_sources: Any) -> None:
+    """Validate the settings of verification and of the confirmation decision."""
+    if require_significance is not None and not (isinstance(require_significance, float) and
+                                                 0 < require_significance < 1):
+        raise ValueError(f"require_significance must be a level between 0 and 1 such as 0.05 (or None to decide on "
+                         f"the point estimate), got {require_significance!r}.")
+    if not isinstance(confirm_fraction, int | float) or not 0 < confirm_fraction < 1:
+        raise ValueError(f"confirm_fraction must be between 0 and 1 (exclusive): the share of the valset kept from "
+                         f"the search to confirm its result, got {confirm_fraction!r}.")
+    for name, value, least in (("confirm_top_k", confirm_top_k, 1), ("samples_per_mistake", samples_per_mistake, 1),
+                               ("verify_correct", verify_correct, 0), ("verify_max_sources", verify_max_sources, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an int of at least {least}, got {value!r}.")
+
+
 def check_storage_url(storage: Any) -> None:
     if not isinstance(storage, str) or "://" not in storage:
         raise ValueError(f"storage must be an Optuna storage URL such as 'sqlite:///runs/study.db', got {storage!r}.")

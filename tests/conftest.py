@@ -15,7 +15,7 @@ class SimWorld:
         self.target_engine, self.teacher_engine = SimulatedTarget(), SimulatedTeacher()
         self.target = dspy.LM("simulated/target", engine=self.target_engine, cache=False)
         self.teacher = dspy.LM("simulated/teacher", engine=self.teacher_engine, cache=False)
-        self.trainset, self.valset = simulated_splits(16, 16, seed=1)
+        self.trainset, self.valset = simulated_splits(16, 40, seed=1)
         self.metric = answer_match
         self.tmp_path = tmp_path
 

@@ -24,7 +24,7 @@ from cd_dspy import ConceptDistillation
 from cd_dspy.faults import request_key
 from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
 
-N_TRAIN, N_VAL, NUM_TRIALS = 12, 8, 6
+N_TRAIN, N_VAL, NUM_TRIALS = 12, 40, 6
 
 
 class LoggedEngine:

@@ -50,9 +50,23 @@ def test_bad_valset_item_names_the_valset(sim):
                                   valset=[sim.valset[0], dspy.Example(question="2+2?", answer=4)])
 
 
-def test_single_example_without_valset(sim):
-    with pytest.raises(ValueError, match="at least 2 examples.*pass more examples or a valset"):
-        compile_with(sim).compile(program(), trainset=sim.trainset[:1])
+def test_too_few_examples_to_search_and_confirm(sim):
+    with pytest.raises(ValueError, match="at least 3 examples.*pass more examples or a valset"):
+        compile_with(sim).compile(program(), trainset=sim.trainset[:2])
+    with pytest.raises(ValueError, match="valset needs at least 2 examples.*pass a larger valset"):
+        compile_with(sim).compile(program(), trainset=sim.trainset, valset=sim.valset[:1])
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("confirm_fraction", 1.0, "confirm_fraction must be between 0 and 1"),
+    ("confirm_top_k", 0, "confirm_top_k must be an int of at least 1"),
+    ("require_significance", 5, "require_significance must be a level between 0 and 1"),
+    ("samples_per_mistake", 0, "samples_per_mistake must be an int of at least 1"),
+    ("verify_correct", -1, "verify_correct must be an int of at least 0"),
+])
+def test_bad_decision_settings(sim, setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        sim.optimizer(**{setting: value})
 
 
 def test_overlapping_train_and_val_warns(sim, caplog):

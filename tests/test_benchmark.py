@@ -24,7 +24,7 @@ def _load_benchmark():
 
 
 bench = _load_benchmark()
-TINY = ["--task", "simulated", "--train", "8", "--val", "8", "--test", "12", "--trials", "4", "--seed", "0"]
+TINY = ["--task", "simulated", "--train", "8", "--val", "32", "--test", "12", "--trials", "4", "--seed", "0"]
 
 
 def _run(tmp_path, methods: str, *extra: str) -> dict:
@@ -37,7 +37,7 @@ def test_simulated_benchmark_writes_outputs_and_cd_beats_baseline(tmp_path):
     for ext in (".json", ".md", ".png"):
         assert (tmp_path / f"sim{ext}").stat().st_size > 0
     saved = json.loads((tmp_path / "sim.json").read_text())
-    assert saved["splits"] == {"train": 8, "val": 8, "test": 12}
+    assert saved["splits"] == {"train": 8, "val": 32, "test": 12}
     assert "--task simulated" in saved["command"]
     methods = saved["methods"]
     assert all(rec["status"] == "ok" for rec in methods.values()), {m: r.get("error") for m, r in methods.items()}

@@ -11,7 +11,7 @@ import pytest
 from cd_dspy.integrate import RULES_HEADER
 
 COT = "question -> answer: float"
-N_TRAIN, N_VAL = 12, 8
+N_TRAIN, N_VAL = 12, 40
 
 
 def compile_sim(sim, **settings):
@@ -22,29 +22,35 @@ def compile_sim(sim, **settings):
     return cd, program, compiled
 
 
-def test_target_cap_in_select_returns_best_subset_so_far(sim):
-    cap = N_TRAIN + 3 * N_VAL + 4  # collect, three full trials, then the cap bites inside the fourth
+def test_target_cap_in_select_stops_cleanly_and_resumes_without_paying_twice(sim):
+    reference = sim.optimizer(num_trials=8, run_dir=sim.tmp_path / "reference")
+    reference.compile(dspy.ChainOfThought(COT), trainset=sim.trainset[:N_TRAIN], valset=sim.valset[:N_VAL])
+    verification = len((sim.tmp_path / "reference" / "verification.jsonl").read_text().splitlines())
+    n_search = reference.result.n_search
+    sim.target_engine.calls = sim.teacher_engine.calls = 0
+    cap = N_TRAIN + verification + 3 * n_search + 4  # collect, verify, three full trials, then inside the fourth
     cd, program, compiled = compile_sim(sim, max_target_calls=cap)
     result = cd.result
     assert sim.target_engine.calls == result.usage["target"].calls == cap  # never one call over the cap
     assert f"target call budget reached ({cap} calls)" in result.stopped_early
-    assert "stopped early" in result.message
-    complete = [t for t in result.trials if t.state == "complete"]
-    assert len(complete) == 3
-    best = max(complete, key=lambda t: (t.score, -len(t.rule_ids)))
-    assert result.best_score == best.score > result.baseline_score
-    assert result.improved and result.selected_rule_ids == best.rule_ids  # the best subset found before the cap
-    instructions = compiled.predict.signature.instructions
-    assert RULES_HEADER in instructions and all(r.text in instructions for r in result.selected_rules)
+    assert "Stopped early" in result.message and "returned unchanged" in result.message
+    assert len([t for t in result.trials if t.state == "complete"]) == 3
+    # a search cut short is never confirmed: nothing is integrated
+    assert not result.improved and compiled.predict.signature.instructions == program.predict.signature.instructions
 
     # a rerun without the cap resumes the study and pays for no scored (prompt, example) again
     spent = sim.target_engine.calls
     again = sim.optimizer(num_trials=8)
-    again.compile(program, trainset=sim.trainset[:N_TRAIN], valset=sim.valset[:N_VAL])
-    assert again.result.stopped_early is None
-    scored = [json.loads(line) for line in (sim.tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
-    assert len({(r["key"], r["index"]) for r in scored}) == len(scored)  # each (prompt, example) scored once
-    assert sim.target_engine.calls == N_TRAIN + len(scored) > spent  # every target call is in the log, once
+    compiled = again.compile(program, trainset=sim.trainset[:N_TRAIN], valset=sim.valset[:N_VAL])
+    assert again.result.stopped_early is None and again.result.improved
+    assert RULES_HEADER in compiled.predict.signature.instructions
+    run = sim.tmp_path / "run"
+    scored = [json.loads(line) for name in ("verification.jsonl", "evaluations.jsonl")
+              for line in (run / name).read_text().splitlines()]
+    per_log = [{(r["key"], r["index"]) for r in map(json.loads, (run / name).read_text().splitlines())}
+               for name in ("verification.jsonl", "evaluations.jsonl")]
+    assert sum(map(len, per_log)) == len(scored)  # each (prompt, example) scored once per log
+    assert sim.target_engine.calls == N_TRAIN + len(scored) > spent  # every target call is in a log, once
 
 
 def test_target_cap_in_collect_returns_program_unchanged(sim):
@@ -109,7 +115,11 @@ def test_dry_run_bounds_the_actual_spend(sim):
     program = dspy.ChainOfThought(COT)
     estimate = cd.dry_run(program, sim.trainset[:N_TRAIN], sim.valset[:N_VAL])
     assert sim.target_engine.calls == sim.teacher_engine.calls == 0  # nothing spent
-    assert estimate["target_calls"] == N_TRAIN + (8 + 4) * N_VAL and estimate["predictors"] == 1
+    n_rules, n_search, n_confirm = cd.max_rules, N_VAL // 2, N_VAL // 2
+    verify = n_rules * (cd.verify_max_sources + cd.verify_correct)
+    confirm = (1 + cd.confirm_top_k + n_rules) * n_confirm
+    assert estimate["target_calls"] == N_TRAIN + verify + (8 + 4) * n_search + confirm
+    assert estimate["predictors"] == 1
     assert estimate["teacher_calls"] == min(cd.max_mistakes, N_TRAIN) + 1
     cd.compile(program, trainset=sim.trainset[:N_TRAIN], valset=sim.valset[:N_VAL])
     target, teacher = sim.target_engine.calls, sim.teacher_engine.calls

@@ -14,7 +14,7 @@ SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simu
 @pytest.fixture
 def compiled_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(["compile", *SIM, "--train", "12", "--val", "12", "--test", "12", "--trials", "6",
+    code = main(["compile", *SIM, "--train", "12", "--val", "40", "--test", "12", "--trials", "6",
                  "--run-dir", str(run_dir), "--quiet"])
     assert code == 0
     return run_dir, capsys.readouterr().out
@@ -22,11 +22,24 @@ def compiled_run(tmp_path, capsys):
 
 def test_compile_prints_scores_and_writes_artifacts(compiled_run):
     run_dir, out = compiled_run
-    assert "validation score: baseline" in out and "held-out test score (12 examples)" in out
+    assert "confirmation score (20 validation examples the search never saw): baseline" in out
+    assert "search score (20 examples, the optimistic best of the search)" in out
+    assert "held-out test (12 examples): before" in out and "95% CI" in out and "sign test p" in out
     scores = json.loads((run_dir / "test_scores.json").read_text())
-    assert scores["after"] > scores["before"]
+    assert scores["after"] > scores["before"] and scores["n"] == 12
+    assert scores["before_interval"][0] <= scores["before"] <= scores["before_interval"][1]
+    assert scores["difference_interval"][0] <= scores["after"] - scores["before"] <= scores["difference_interval"][1]
     for name in ("program.json", "report.md", "result.json"):
         assert (run_dir / name).exists()
+
+
+def test_small_valset_warning_is_printed(tmp_path, capsys):
+    code = main(["compile", *SIM, "--train", "12", "--val", "8", "--test", "0", "--trials", "4",
+                 "--run-dir", str(tmp_path / "run"), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "warning: With 4 confirmation examples no gain can be told from noise" in out
+    assert "Not distinguishable from the baseline" in out
 
 
 def test_report_shows_rules_with_provenance(compiled_run, capsys):

@@ -88,7 +88,7 @@ def test_teacher_recovers_from_some_unparseable_replies(sim):
     sim.teacher_engine = FaultyEngine(SimulatedTeacher(), rate=0.5, seed=3, kinds=("malformed",), backoff=0.0)
     sim.teacher = dspy.LM("simulated/teacher", engine=sim.teacher_engine, cache=False)
     cd = sim.optimizer(num_trials=8)
-    cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset[:8])
+    cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
     explanations = [json.loads(x) for x in (sim.tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
     assert sim.teacher_engine.stats.faults["malformed"] > 0
     assert sum(e["ok"] for e in explanations) > 0 and cd.result.improved

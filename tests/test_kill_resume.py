@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 CHILD = Path(__file__).with_name("kill_child.py")
-KILL_POINTS = {"collect": "collect:5", "induce": "induce:3", "select": "select:21"}
+# select:75 comes after 30 verification calls and two trials of 20 search examples: inside the third trial
+KILL_POINTS = {"collect": "collect:5", "induce": "induce:3", "select": "select:75"}
 
 
 def start(tmp: Path, name: str, run_dir: Path, hang: str | None = None) -> tuple[subprocess.Popen, dict]:

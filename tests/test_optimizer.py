@@ -25,8 +25,10 @@ def test_helpful_rules_kept_harmful_dropped_score_rises(sim):
     result = cd.result
     rules = rules_by_text(result)
     assert all(rules[text].selected for text in HELPFUL_RULES.values())
-    assert not rules[HARMFUL_RULE].selected
-    assert rules[HARMFUL_RULE].effect < 0
+    assert not rules[HARMFUL_RULE].selected and not rules[HARMFUL_RULE].verified
+    for text in HELPFUL_RULES.values():  # leave-one-out effects on the confirmation examples, with intervals
+        low, high = rules[text].effect_interval
+        assert rules[text].effect > 0 and low <= rules[text].effect <= high
     assert result.best_score > result.baseline_score
     assert result.improved and result.best_score == 100.0
     instructions = compiled.predict.signature.instructions
@@ -99,8 +101,9 @@ def test_cache_never_pays_twice_for_a_prompt_and_example(sim):
     cd = sim.optimizer(num_trials=12)
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
     distinct = {tuple(t.rule_ids) for t in cd.result.trials if t.state == "complete"}
-    assert len(cd.result.trials) >= len(distinct) >= 12  # num_trials, plus refinement trials
-    assert sim.target_engine.calls == len(sim.trainset) + len(distinct) * len(sim.valset)
+    verified = [r for r in cd.result.rules if r.verified]
+    assert len(cd.result.trials) >= len(distinct) == min(12, 2 ** len(verified))  # or every subset
+    assert sim.target_engine.calls == len(sim.trainset) + scored_pairs(sim.tmp_path / "run")
     assert cd.result.usage["target"].calls == sim.target_engine.calls
     assert cd.result.usage["teacher"].calls == sim.teacher_engine.calls > 0
     # a second compile over the same run_dir is free: every phase and score is reused
@@ -109,6 +112,14 @@ def test_cache_never_pays_twice_for_a_prompt_and_example(sim):
     again.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
     assert (sim.target_engine.calls, sim.teacher_engine.calls) == calls_before
     assert again.result.selected_rule_ids == cd.result.selected_rule_ids
+
+
+def scored_pairs(run) -> int:
+    """The distinct (prompt, example) pairs verification and selection scored, checking none twice."""
+    pairs = [(name, r["key"], r["index"]) for name in ("verification.jsonl", "evaluations.jsonl")
+             for r in map(json.loads, (run / name).read_text().splitlines())]
+    assert len(set(pairs)) == len(pairs)
+    return len(pairs)
 
 
 class Crash(BaseException):
@@ -142,9 +153,8 @@ def test_resume_after_interrupted_compile_repeats_no_finished_trial(sim, monkeyp
     resumed.compile(program, trainset=sim.trainset, valset=sim.valset)
     assert sim.teacher_engine.calls == first_teacher  # induce was not redone
     assert any(t.state == "fail" for t in resumed.result.trials)  # the trial the crash interrupted
-    distinct = {tuple(t.rule_ids) for t in resumed.result.trials}
-    # every (prompt, example) was paid once across both runs: train once + each distinct subset once
-    assert sim.target_engine.calls == len(sim.trainset) + len(distinct) * len(sim.valset)
+    # every (prompt, example) was paid once across both runs: train once + each scored pair once
+    assert sim.target_engine.calls == len(sim.trainset) + scored_pairs(sim.tmp_path / "run")
     assert sim.target_engine.calls > first_target
     assert resumed.result.selected_rule_ids == reference.result.selected_rule_ids
     assert resumed.result.best_score == reference.result.best_score
@@ -166,7 +176,8 @@ def test_result_round_trips_and_artifacts_are_written(sim):
 
 
 def test_no_gain_returns_unchanged_program(sim):
-    """A teacher whose only rule is neutral cannot beat the baseline: nothing is integrated."""
+    """A teacher whose only rule is neutral cannot beat the baseline: verification stops it, and without
+    verification the confirmation does; nothing is integrated."""
     sim.teacher_engine.respond = lambda instructions, inputs, outputs: (
         {"rules": [NEUTRAL_RULE]} if "candidate_rules" in inputs
         else {"explanation": "?", "step": "predict", "rules": [NEUTRAL_RULE]})
@@ -175,13 +186,21 @@ def test_no_gain_returns_unchanged_program(sim):
     compiled = cd.compile(program, trainset=sim.trainset, valset=sim.valset)
     assert not cd.result.improved and cd.result.selected_rule_ids == []
     assert compiled.predict.signature.instructions == program.predict.signature.instructions
-    assert "No rule subset beat the baseline" in cd.result.message
+    assert "No candidate rule fixed the mistakes it came from" in cd.result.message
+    unverified = sim.optimizer(verify=False, run_dir=sim.tmp_path / "unverified")
+    compiled = unverified.compile(program, trainset=sim.trainset, valset=sim.valset)
+    assert not unverified.result.improved
+    assert compiled.predict.signature.instructions == program.predict.signature.instructions
+    assert "No rule subset was confirmed" in unverified.result.message
+    assert "Not distinguishable from the baseline" in unverified.result.message
 
 
 def test_valset_is_split_from_trainset_when_missing(sim):
     cd = sim.optimizer()
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset + sim.valset)
-    assert cd.result.n_train == 16 and cd.result.n_val == 16
+    half = (len(sim.trainset) + len(sim.valset)) // 2
+    assert cd.result.n_train == half and cd.result.n_val == half
+    assert cd.result.n_search + cd.result.n_confirm == half
 
 
 def test_minibatch_pruning_still_finds_the_rules(sim):

@@ -43,10 +43,10 @@ def test_api_key_never_written_or_logged(sim, tmp_path, monkeypatch, caplog, cap
 
     with caplog.at_level(logging.DEBUG), dspy.context(lm=real_teacher):  # a configured default LM, never called
         estimate = ConceptDistillation(metric=sim.metric, teacher_lm=real_teacher, target_lm=target,
-                                       num_trials=6).dry_run(program, sim.trainset[:8], sim.valset[:4])
+                                       num_trials=6).dry_run(program, sim.trainset[:8], sim.valset)
         cd = ConceptDistillation(metric=sim.metric, teacher_lm=teacher, target_lm=target, num_trials=6,
                                  run_dir=run, progress=True)
-        compiled = cd.compile(program, trainset=sim.trainset[:8], valset=sim.valset[:4])
+        compiled = cd.compile(program, trainset=sim.trainset[:8], valset=sim.valset)
     assert cd.result.improved  # the compile really ran
 
     assert_no_key("the dry-run estimate", json.dumps(estimate, default=str))

@@ -1,0 +1,100 @@
+"""Phase 3b: decide on data the search never saw.
+
+The search (`select.py`) ranks rule subsets on the search part of the valset; the best of many
+subsets there is optimistic (the winner's curse). Here the baseline and the `top_k` best subsets
+that beat it are scored on the disjoint confirmation part. A subset is accepted when it beats the
+baseline there by more than `min_improvement` points and a one-sided exact sign test (McNemar's
+exact test for 0/1 scores), Bonferroni-corrected for the number of subsets confirmed, is below
+`alpha` (the shortlist is fixed by the search data alone, so the correction is valid). The first
+accepted subset in the search's order is chosen, so the reported score is not a maximum over the
+confirmation data. Per-rule effects are designed comparisons on the same
+examples: the chosen subset against the chosen subset without that rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from cd_dspy.evaluation import CachedEvaluator
+from cd_dspy.result import Rule
+from cd_dspy.select import Selection
+from cd_dspy.stats import Comparison, min_detectable_gain, min_wins_for_significance, paired_difference
+
+logger = logging.getLogger(__name__)
+
+DETECTABLE_GAIN_WARNING = 10.0  # points: warn when the confirmation data cannot resolve smaller gains
+
+
+@dataclass
+class Decision:
+    """The confirmed choice (empty when no subset was confirmed) and the evidence behind it."""
+
+    chosen: list[str]
+    baseline_score: float | None
+    chosen_score: float | None
+    comparison: Comparison | None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    effects: dict[str, Comparison] = field(default_factory=dict)
+
+
+def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvaluator, indices: Sequence[int], *,
+            program_with: Callable[[Sequence[Rule]], dspy.Module], top_k: int, alpha: float | None,
+            min_improvement: float) -> Decision:
+    """Score the baseline and the search's best subsets on `indices` and decide (see the module doc)."""
+    by_id = {r.id: r for r in rules}
+
+    def scores_of(ids: Sequence[str]) -> list[float]:
+        return evaluator(program_with([by_id[i] for i in ids]), list(indices))
+
+    baseline = scores_of([])
+    baseline_score = 100.0 * sum(baseline) / len(baseline) if baseline else None
+    shortlist = selection.better_than_baseline(top_k)
+    candidates, chosen, chosen_scores, comparison = [], [], None, None
+    for ids, search_score in shortlist:
+        scores = scores_of(ids)
+        result = paired_difference(scores, baseline)
+        p_adjusted = min(1.0, result.p_greater * len(shortlist))
+        accepted = (result.difference > min_improvement and (alpha is None or p_adjusted < alpha))
+        candidates.append({"rule_ids": list(ids), "search_score": search_score, "score": result.after,
+                           "difference": result.difference, "interval": [result.low, result.high],
+                           "p_value": result.p_greater, "p_adjusted": p_adjusted, "accepted": accepted})
+        logger.info("Confirm: %s search %.1f -> confirmation %s (p adjusted %.3g)%s", ids, search_score,
+                    result.describe(), p_adjusted, " accepted" if accepted else "")
+        if accepted and not chosen:
+            chosen, chosen_scores, comparison = list(ids), scores, result
+    effects = {}
+    if chosen_scores is not None:
+        for rule_id in chosen:
+            without = scores_of([i for i in chosen if i != rule_id]) if len(chosen) > 1 else baseline
+            effects[rule_id] = paired_difference(chosen_scores, without)
+    return Decision(chosen, baseline_score, comparison.after if comparison else baseline_score, comparison,
+                    candidates, effects)
+
+
+def split_sizes(n_val: int, confirm_fraction: float) -> tuple[int, int]:
+    """(search, confirmation) sizes of a valset of `n_val` examples; each part gets at least one."""
+    n_confirm = min(n_val - 1, max(1, round(n_val * confirm_fraction)))
+    return n_val - n_confirm, n_confirm
+
+
+def small_sample_warning(n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,
+                         threshold: float = DETECTABLE_GAIN_WARNING) -> tuple[float, str | None]:
+    """(the smallest detectable gain in points, a warning when it exceeds `threshold`)."""
+    level = alpha if alpha is not None else 0.05
+    gain = min_detectable_gain(n_confirm, level, top_k)
+    if gain <= threshold:
+        return gain, None
+    wins = min_wins_for_significance(level, top_k)
+    needed = math.ceil(100.0 * wins / threshold)
+    valset = math.ceil(needed / confirm_fraction)
+    shown = "no gain" if gain > 100 else f"only gains of at least {gain:.0f} points"
+    return gain, (f"With {n_confirm} confirmation examples {shown} can be told from noise "
+                  f"({wins} more examples right and none broken, sign test at {level:g} over {top_k} "
+                  f"candidates). For gains of {threshold:.0f} points use about {needed} confirmation "
+                  f"examples (a valset of about {valset} with confirm_fraction={confirm_fraction:g}).")

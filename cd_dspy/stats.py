@@ -1,0 +1,92 @@
+"""Small-sample statistics for decisions and reports: paired tests and 95% intervals (scipy).
+
+Scores are per-example values in [0, 1] (the metric's); reported figures are on the 0-100 scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats
+
+
+def sign_test(better: Sequence[float], worse: Sequence[float], alternative: str = "greater") -> float:
+    """Exact sign test (McNemar's exact test for 0/1 scores) on paired scores; ties are dropped.
+
+    `alternative="greater"` tests whether `better` wins more often than it loses."""
+    wins = sum(b > w for b, w in zip(better, worse, strict=True))
+    losses = sum(b < w for b, w in zip(better, worse, strict=True))
+    if wins + losses == 0:
+        return 1.0
+    return float(stats.binomtest(wins, wins + losses, 0.5, alternative=alternative).pvalue)
+
+
+def score_interval(scores: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A confidence interval (0-100) for the mean score: Wilson for 0/1 scores, else Student's t."""
+    n = len(scores)
+    if n == 0:
+        return (math.nan, math.nan)
+    if all(s in (0.0, 1.0) for s in scores):
+        ci = stats.binomtest(int(sum(scores)), n).proportion_ci(confidence_level=confidence, method="wilson")
+        return (100.0 * ci.low, 100.0 * ci.high)
+    return _t_interval(list(scores), confidence)
+
+
+def paired_difference(after: Sequence[float], before: Sequence[float], confidence: float = 0.95) -> Comparison:
+    """Mean difference after - before (points), its interval (t on the paired differences) and sign tests."""
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    low, high = _t_interval(diffs, confidence) if diffs else (math.nan, math.nan)
+    return Comparison(n=len(diffs), before=_mean(before), after=_mean(after), difference=_mean(diffs),
+                      low=low, high=high, wins=sum(d > 0 for d in diffs), losses=sum(d < 0 for d in diffs),
+                      p_greater=sign_test(after, before), p_two_sided=sign_test(after, before, "two-sided"))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired comparison of two programs on the same examples (scores on the 0-100 scale)."""
+
+    n: int
+    before: float
+    after: float
+    difference: float
+    low: float
+    high: float
+    wins: int
+    losses: int
+    p_greater: float
+    p_two_sided: float
+
+    def describe(self) -> str:
+        return (f"{self.before:.1f} -> {self.after:.1f} (difference {self.difference:+.1f}, 95% CI "
+                f"[{self.low:+.1f}, {self.high:+.1f}]; {self.wins} fixed, {self.losses} broken; "
+                f"sign test p = {self.p_two_sided:.3g} two-sided) on {self.n} examples")
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
+
+
+def min_wins_for_significance(alpha: float, comparisons: int = 1) -> int:
+    """The fewest wins, with no loss, that a one-sided sign test at `alpha / comparisons` accepts."""
+    return math.ceil(math.log2(comparisons / alpha) - 1e-12)
+
+
+def min_detectable_gain(n: int, alpha: float, comparisons: int = 1) -> float:
+    """The smallest gain (points) that can be told from noise on `n` paired examples: every example the
+    change touches must improve, and that takes `min_wins_for_significance` examples."""
+    return math.inf if n <= 0 else 100.0 * min_wins_for_significance(alpha, comparisons) / n
+
+
+def _mean(values: Sequence[float]) -> float:
+    return 100.0 * sum(values) / len(values) if values else math.nan
+
+
+def _t_interval(values: list[float], confidence: float) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return (100.0 * mean, 100.0 * mean) if n else (math.nan, math.nan)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return (100.0 * (mean - half), 100.0 * (mean + half))

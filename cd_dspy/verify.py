@@ -1,0 +1,53 @@
+"""Phase 2b: try every candidate rule alone, causally, before the search spends validation calls on it.
+
+The target runs with one rule at a time on the training mistakes the rule came from and on a seeded
+sample of training examples it got right (the same sample for every rule, so rules are compared on
+the same examples). A rule is kept when it fixes at least `min_fixed` of its mistakes and breaks
+fewer correct examples than it fixes. What it fixed and broke is recorded in its provenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import dspy
+
+from cd_dspy.evaluation import CachedEvaluator
+from cd_dspy.result import Mistake, Rule, Verification
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION_LOG = "verification.jsonl"
+
+
+def correct_sample(correct_indices: Sequence[int], size: int, seed: int) -> list[int]:
+    """A seeded sample of the training examples the target got right (all of them when fewer)."""
+    return sorted(random.Random(seed).sample(sorted(correct_indices), min(size, len(correct_indices))))
+
+
+def verify_rules(rules: Sequence[Rule], mistakes: Sequence[Mistake], correct: Sequence[int], *,
+                 evaluator: CachedEvaluator, program_with: Callable[[Sequence[Rule]], dspy.Module],
+                 threshold: float, max_sources: int, min_fixed: int = 1,
+                 on_rule: Callable[[Rule], None] = lambda rule: None) -> list[Rule]:
+    """Fill in `rule.verification` for every rule; return the rules that passed.
+
+    `evaluator` scores programs on the trainset (indices are trainset positions); `program_with(rules)`
+    builds the program with those rules; `correct` are the trainset indices of the correct sample."""
+    index_of = {m.id: m.example_index for m in mistakes}
+    kept = []
+    for rule in rules:
+        own = sorted({index_of[s] for s in rule.sources if s in index_of})[:max_sources]
+        scores = evaluator(program_with([rule]), own + list(correct))
+        fixed = [i for i, s in zip(own, scores, strict=False) if s >= threshold]
+        broken = [i for i, s in zip(correct, scores[len(own):], strict=True) if s < threshold]
+        verdict = Verification(checked_mistakes=own, checked_correct=list(correct), fixed=fixed, broken=broken,
+                               kept=len(fixed) >= min_fixed and len(broken) < len(fixed))
+        rule.verification = verdict.to_dict()
+        logger.info("Verify: %s %s (%s): %s", rule.id, "kept" if verdict.kept else "dropped", verdict.describe(),
+                    rule.text)
+        on_rule(rule)
+        if verdict.kept:
+            kept.append(rule)
+    return kept

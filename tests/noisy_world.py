@@ -1,0 +1,92 @@
+"""A prompt-sensitive simulated world: the target's answers shift with any change of its instructions.
+
+`NoisyTarget` answers a seeded share `accuracy` of the simulated word problems right under its
+original instructions. Every other instruction text reshuffles a seeded fraction `flip` of its
+answers (each reshuffled answer is right with probability `accuracy`), so a rule with no real effect
+still moves the score up or down by chance, as a 0.5B model does. Optionally one kind of problem is a
+blind spot that one helpful rule truly removes. `NoisyTeacher` proposes a noise rule for every
+mistake and, on blind-spot mistakes, the helpful rule as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import dspy
+
+from cd_dspy.simulated import TEMPLATES, ScriptedEngine, answer_match, kind_of, numbers_of, simulated_splits
+
+NOISE_RULES = [
+    "When a question has two numbers, write both down before you start.",
+    "When you finish, say the answer in a full sentence in your reasoning.",
+    "When a question mentions money, think about the currency.",
+    "When the question is long, read it twice.",
+    "When you are unsure, start with the first number.",
+]
+HELPFUL_RULE = "When a price is a percent off, multiply the price by (100 - percent) / 100."
+BLIND_KIND = "percent"
+
+
+def uniform(*parts: object) -> float:
+    """A deterministic number in [0, 1) for the given parts."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
+class NoisyTarget(ScriptedEngine):
+    model = "noisy-target"
+
+    def __init__(self, seed: int, *, flip: float = 0.25, accuracy: float = 0.6, blind_spot: bool = False):
+        super().__init__()
+        self.seed, self.flip, self.accuracy, self.blind_spot = seed, flip, accuracy, blind_spot
+        self.original: str | None = None  # the first instructions seen are the program's own
+
+    def respond(self, instructions, inputs, outputs):
+        question = inputs.get("question", "")
+        kind = kind_of(question)
+        truth = TEMPLATES[kind][1](*numbers_of(question))
+        with self._lock:
+            self.original = self.original if self.original is not None else instructions
+        blind = self.blind_spot and kind == BLIND_KIND
+        right = not blind and uniform(self.seed, "base", question) < self.accuracy
+        if instructions != self.original and uniform(self.seed, "flip", instructions, question) < self.flip:
+            right = not blind and uniform(self.seed, "draw", instructions, question) < self.accuracy
+        if blind and HELPFUL_RULE in instructions:
+            right = True
+        answer = truth if right else truth + 1
+        return {"reasoning": "Computed.", "answer": f"{answer:g}"}
+
+
+class NoisyTeacher(ScriptedEngine):
+    model = "noisy-teacher"
+
+    def __init__(self, seed: int, *, helpful: bool = False):
+        super().__init__()
+        self.seed, self.helpful = seed, helpful
+
+    def respond(self, instructions, inputs, outputs):
+        if "candidate_rules" in inputs:  # consolidation: keep the distinct rules
+            rules = list(dict.fromkeys(json.loads(inputs["candidate_rules"])))
+            return {"rules": rules[: int(inputs.get("max_rules", len(rules)))]}
+        attempt = inputs.get("student_attempt", "").replace('\\"', '"')
+        steps = json.loads(inputs.get("steps", "[]") or "[]")
+        noise = NOISE_RULES[int(uniform(self.seed, "rule", attempt) * len(NOISE_RULES))]
+        rules = [HELPFUL_RULE, noise] if self.helpful and kind_of(attempt) == BLIND_KIND else [noise]
+        return {"explanation": "The student slipped.", "step": steps[-1] if steps else "", "rules": rules}
+
+
+def noisy_compile(seed: int, *, helpful: bool, flip: float = 0.25, n_train: int = 24, n_val: int = 80,
+                  **settings):
+    """Compile ChainOfThought on a fresh noisy world; return (optimizer result, target engine)."""
+    from cd_dspy import ConceptDistillation
+
+    target_engine = NoisyTarget(seed, flip=flip, blind_spot=helpful)
+    target = dspy.LM("simulated/noisy-target", engine=target_engine, cache=False)
+    teacher = dspy.LM("simulated/noisy-teacher", engine=NoisyTeacher(seed, helpful=helpful), cache=False)
+    trainset, valset = simulated_splits(n_train, n_val, seed=seed)
+    settings = {"num_trials": 10, "max_mistakes": 10, "max_rules": 6, "progress": False, **settings}
+    optimizer = ConceptDistillation(metric=answer_match, teacher_lm=teacher, target_lm=target, seed=seed,
+                                    **settings)
+    optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=trainset, valset=valset)
+    return optimizer.result, target_engine
