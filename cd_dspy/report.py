@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cd_dspy.result import ConceptDistillationResult, format_score
+from cd_dspy.result import ConceptDistillationResult, Rule, Verification, format_score
 from cd_dspy.run_dir import RunDir, RunDirError
 
 
@@ -20,6 +20,13 @@ def load_result(run_dir: str | Path) -> ConceptDistillationResult:
             return ConceptDistillationResult.from_dict(reader.read_json(name))
     raise RunDirError(f"{run} holds no result.json or progress.json; was a compile run with this run_dir?")
 
+def _status(rule: Rule) -> str:
+    if rule.selected:
+        if rule.effect is None:
+            return "selected"
+        low, high = rule.effect_interval or (rule.effect, rule.effect)
+        return f"selected, effect {rule.effect:+.1f} points [95% CI {low:+.1f}, {high:+.1f}] on confirmation"
+    return "not selected" if rule.verified else "dropped by verification"
 
 
 def render_report(run_dir: str | Path) -> str:
@@ -29,13 +36,25 @@ def render_report(run_dir: str | Path) -> str:
     mistakes = {}
     if (run / "mistakes.json").exists():
         mistakes = {m["id"]: m for m in json.loads((run / "mistakes.json").read_text())["mistakes"]}
-    lines = [f"# Concept Distillation report: {run}", "", result.message, "",
-             "| | score |", "|---|---|",
-             f"| train (target, no rules) | {format_score(result.train_score)} |",
-             f"| validation baseline | {format_score(result.baseline_score)} |",
-             f"| validation best | {format_score(result.best_score)} |", ""]
-    if result.p_value is not None:
-        lines += [f"Paired sign test, best subset vs baseline on the valset: p = {result.p_value:.3g}.", ""]
+    lines = [f"# Concept Distillation report: {run}", "", result.message, ""]
+    lines += [f"> Warning: {warning}" for warning in result.warnings]
+    lines += ["", "| | examples | score |", "|---|---|---|",
+              f"| train (target, no rules) | {result.n_train} | {format_score(result.train_score)} |",
+              f"| confirmation: baseline | {result.n_confirm} | {format_score(result.baseline_score)} |",
+              f"| confirmation: returned program | {result.n_confirm} | {format_score(result.best_score)} |",
+              f"| search: baseline | {result.n_search} | {format_score(result.search_baseline_score)} |",
+              f"| search: best subset (optimistic) | {result.n_search} | {format_score(result.search_best_score)} |",
+              "", "The decision and the reported score come from the confirmation examples, which the search "
+              "never saw; the search's best is the maximum over many subsets and is optimistic.", ""]
+    if result.candidates:
+        lines += ["| confirmed subset | search score | confirmation score | difference [95% CI] | p (adjusted) | "
+                  "accepted |", "|---|---|---|---|---|---|"]
+        for c in result.candidates:
+            low, high = c["interval"]
+            lines.append(f"| {', '.join(c['rule_ids'])} | {c['search_score']:.1f} | {c['score']:.1f} | "
+                         f"{c['difference']:+.1f} [{low:+.1f}, {high:+.1f}] | {c['p_adjusted']:.3g} | "
+                         f"{'yes' if c['accepted'] else 'no'} |")
+        lines.append("")
     if result.stopped_early:
         lines += [f"Stopped early: {result.stopped_early}.", ""]
     lines += [f"Mistakes: {result.n_mistakes} on {result.n_train} training examples, "
@@ -43,9 +62,11 @@ def render_report(run_dir: str | Path) -> str:
     if not result.rules:
         lines.append("No rules were induced.")
     for rule in result.rules:
-        mark = "selected" if rule.selected else "not selected"
-        effect = "n/a" if rule.effect is None else f"{rule.effect:+.1f}"
-        lines.append(f"- **{rule.id}** ({rule.predictor}, {mark}, effect {effect} points): {rule.text}")
+        lines.append(f"- **{rule.id}** ({rule.predictor}, {rule.origin}, {_status(rule)}): {rule.text}")
+        if rule.verification:
+            check = Verification.from_dict(rule.verification)
+            lines.append(f"  - verification: {check.describe()} (fixed {check.fixed or 'none'}, "
+                         f"broke {check.broken or 'none'}: training example indices)")
         for source in rule.sources:
             mistake = mistakes.get(source)
             if mistake:
