@@ -129,6 +129,8 @@ def cmd_compile(args) -> int:
     optimizer = ConceptDistillation(
         metric=metric, teacher_lm=teacher, target_lm=target, auto=args.auto, num_trials=args.trials,
         max_mistakes=args.max_mistakes, max_rules=args.max_rules, priming=args.priming, seed=args.seed,
+        samples_per_mistake=args.samples_per_mistake, verify=not args.no_verify, verify_correct=args.verify_correct,
+        confirm_fraction=args.confirm_fraction,
         run_dir=run_dir, num_threads=args.threads, minibatch_size=args.minibatch, resume=not args.fresh,
         max_target_calls=args.max_target_calls, max_teacher_calls=args.max_teacher_calls,
         progress=not args.quiet)
@@ -241,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--max-rules", type=int, default=None)
     comp.add_argument("--minibatch", type=int, default=None)
     comp.add_argument("--priming", default="ground_truth")
+    comp.add_argument("--samples-per-mistake", type=int, default=1, help="teacher explanations per mistake")
+    comp.add_argument("--verify-correct", type=int, default=8,
+                      help="correctly answered training examples each rule is tried on (verification)")
+    comp.add_argument("--no-verify", action="store_true", help="skip the verification of each rule")
+    comp.add_argument("--confirm-fraction", type=float, default=0.5,
+                      help="share of the valset kept from the search to confirm its result")
     comp.add_argument("--max-target-calls", type=int)
     comp.add_argument("--max-teacher-calls", type=int)
     comp.add_argument("--run-dir", help="artifacts and resume state (default runs/<task>)")
