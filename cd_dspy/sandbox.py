@@ -6,6 +6,9 @@ Containment is done by the OS, not by the Python code that runs:
   and a new PID namespace (when the program's PID-1 exits or is killed, the kernel kills every
   process left in it, including ``setsid`` daemons); when running as root the program also drops
   to ``nobody`` (it cannot touch files owned by the caller, nor signal the caller).
+* a new mount namespace with fresh, size-capped tmpfs mounts over ``/tmp``, ``/var/tmp``,
+  ``/dev/shm`` and ``/run/lock`` (the world-writable places): what the program writes there is
+  private to the run and gone when it ends (its working directory is bound back in).
 * rlimits (CPU, address space, file size, process count, open files, no core dumps).
 * a ``pids`` cgroup capping the number of processes when the host lets us create one.
 * a fresh temporary working directory (also ``HOME``/``TMPDIR``), removed afterwards, and a scrubbed
@@ -14,14 +17,16 @@ Containment is done by the OS, not by the Python code that runs:
 * at the end the whole process group gets SIGKILL, the cgroup is emptied, and ``/proc`` is scanned
   for stray processes carrying this run's unique environment token.
 
-The mechanisms are probed once (:func:`isolation_info`) and degrade gracefully; each result records
-which ones were in force. A run passes only when it exits with 0 AND prints a per-run random
-sentinel that the harness appends after the code, so ``sys.exit(0)``/``os._exit(0)`` tricks fail.
+The mechanisms are probed once (:func:`isolation_info`) and degrade gracefully but loudly: a WARNING is
+logged once naming what is missing and what that allows; each result records the mechanisms in force
+(``mechanisms``) and the missing ones (``degraded``). A run passes only when it exits with 0 AND prints a
+per-run random sentinel that the harness appends after the code, so ``sys.exit(0)``/``os._exit(0)`` tricks fail.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import re
@@ -37,10 +42,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-__all__ = ["SandboxResult", "isolation_info", "run_untrusted"]
+__all__ = ["PRIVATE_DIRS", "SandboxResult", "isolation_info", "run_untrusted"]
 
+logger = logging.getLogger(__name__)
 TOKEN_VAR = "CD_SANDBOX_TOKEN"
 _NOBODY = 65534
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# Runs as (namespace) root in the new mount namespace before the drop to nobody; "$@" is the rest. The
+# working directory (often under /tmp) is bound back in at its own path through /proc/self/cwd.
+_MOUNT_SCRIPT = (
+    f'set -e; work=$(pwd -P); for d in {" ".join(PRIVATE_DIRS)}; do [ ! -d "$d" ] || mount -t tmpfs'
+    ' -o size=64m,nr_inodes=4096,mode=1777,nosuid,nodev cd-sandbox "$d"; done; mkdir -p "$work";'
+    ' mount --no-canonicalize --bind /proc/self/cwd "$work"; cd "$work"; exec "$@"'
+)
+_EXPECTED = {  # mechanism -> what its absence allows the program to do
+    "netns": "it can use the network, including services on the host's localhost",
+    "pidns": "daemons it starts are killed only by the /proc sweep for its token",
+    "mountns": "it can read and write the host's " + ", ".join(PRIVATE_DIRS),
+    "uid-drop": "it runs as the calling user and can read, change or delete that user's files",
+    "cgroup-pids": "processes are capped only by the per-user RLIMIT_NPROC, shared by concurrent runs",
+}
 _CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")
 
 GUARD_PREAMBLE = """\
@@ -68,6 +89,8 @@ class SandboxResult:
     reason: str = ""
     network_isolation: str = "none"  # "netns" | "none"
     mechanisms: list[str] = field(default_factory=list)
+    tmp_isolation: str = "none"  # "mountns" (private /tmp, /var/tmp, /dev/shm, /run/lock) | "none"
+    degraded: list[str] = field(default_factory=list)  # expected mechanisms missing in this run
 
 
 # --------------------------------------------------------------------------- probing
@@ -78,12 +101,16 @@ def _candidate_launchers() -> list[tuple[list[str], list[str]]]:
     out: list[tuple[list[str], list[str]]] = []
     if unshare:
         ns = [unshare, "--net", "--pid", "--fork", "--kill-child"]
+        mnt = ["--mount", "/bin/sh", "-c", _MOUNT_SCRIPT, "cd-sandbox-mount"]
         if os.geteuid() == 0:
             drop = ["--setgid", str(_NOBODY), "--setuid", str(_NOBODY)]
+            out.append((ns + mnt + [unshare] + drop, ["mountns", "netns", "pidns", "uid-drop"]))
             out.append((ns + drop, ["netns", "pidns", "uid-drop"]))
             out.append((ns, ["netns", "pidns"]))
         else:
-            out.append(([unshare, "--user", "--map-root-user", *ns[1:]], ["userns", "netns", "pidns"]))
+            ns = [unshare, "--user", "--map-root-user", *ns[1:]]
+            out.append((ns + mnt, ["userns", "mountns", "netns", "pidns"]))
+            out.append((ns, ["userns", "netns", "pidns"]))
         out.append(([unshare, "--net"], ["netns"]))
     out.append(([], []))
     return out
@@ -99,25 +126,39 @@ def _candidate_interpreters() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def isolation_info() -> dict:
-    """Probe once which launcher works here; returns {launcher, interpreter, mechanisms, cgroup_root}."""
+    """Probe once which launcher works here (warns once about what is missing); returns
+    {launcher, interpreter, mechanisms, cgroup_root, degraded}."""
     probe = "import socket,os; s=socket.socket(); s.settimeout(1); print(s.connect_ex(('127.0.0.1', 9)))"
+    marker = f"/tmp/cd-sandbox-probe-{uuid.uuid4().hex}"  # written inside; must not appear out here
     for prefix, mechs in _candidate_launchers():
         for interp in _candidate_interpreters():
             tmp = tempfile.mkdtemp(prefix="cd-sandbox-probe-")
+            code = probe + (f"; open({marker!r}, 'w').close()" if "mountns" in mechs else "")
             try:
                 if "uid-drop" in mechs:
                     os.chown(tmp, _NOBODY, _NOBODY)
                 r = subprocess.run(
-                    [*prefix, interp, "-I", "-S", "-c", probe], cwd=tmp, capture_output=True,
+                    [*prefix, interp, "-I", "-S", "-c", code], cwd=tmp, capture_output=True,
                     timeout=15, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True,
                 )
             except (OSError, subprocess.SubprocessError):
                 continue
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.exists(marker):  # the mount namespace did not hide the host's /tmp
+                os.remove(marker)
+                continue
             if r.returncode == 0:
-                return {"launcher": prefix, "interpreter": interp, "mechanisms": list(mechs),
+                info = {"launcher": prefix, "interpreter": interp, "mechanisms": list(mechs),
                         "cgroup_root": _probe_cgroup()}
+                have = set(mechs) | ({"cgroup-pids"} if info["cgroup_root"] else set())
+                info["degraded"] = [m for m in _EXPECTED if m not in have]
+                if info["degraded"]:
+                    why = "" if shutil.which("unshare") else " (`unshare` from util-linux is not on PATH)"
+                    logger.warning(
+                        "Sandbox isolation is degraded%s; model-written code runs without: %s", why,
+                        "; ".join(f"{m} ({_EXPECTED[m]})" for m in info["degraded"]))
+                return info
     raise RuntimeError("no Python interpreter could be started for the sandbox")
 
 
@@ -283,6 +324,7 @@ def run_untrusted(
     cgroup = _make_cgroup(info["cgroup_root"], token, max_procs)
     if cgroup:
         mechs.append("cgroup-pids")
+    degraded = [m for m in _EXPECTED if m not in mechs]
     cpu = math.ceil(timeout_s) + 1
     limits = {
         resource.RLIMIT_CPU: cpu,
@@ -297,6 +339,7 @@ def run_untrusted(
     if "pidns" in mechs:  # a tiny shell is PID 1, so the program keeps normal signal semantics
         argv = [*info["launcher"], "/bin/sh", "-c", '"$0" -I -S -; exit $?', info["interpreter"]]
     net = "netns" if "netns" in mechs else "none"
+    iso = {"tmp_isolation": "mountns" if "mountns" in mechs else "none", "degraded": degraded}
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -308,7 +351,7 @@ def run_untrusted(
         _empty_cgroup(cgroup)
         shutil.rmtree(workdir, ignore_errors=True)
         return SandboxResult(False, "error", "", "", time.monotonic() - start, None,
-                             f"could not start the sandbox: {e}", net, mechs)
+                             f"could not start the sandbox: {e}", net, mechs, **iso)
 
     def feed() -> None:
         try:
@@ -379,4 +422,4 @@ def run_untrusted(
             status, reason = "failed", "exited 0 before the harness sentinel was printed"
         else:
             status, reason = "failed", f"exit status {rc}"
-    return SandboxResult(status == "passed", status, stdout, stderr, duration, rc, reason, net, mechs)
+    return SandboxResult(status == "passed", status, stdout, stderr, duration, rc, reason, net, mechs, **iso)
