@@ -19,10 +19,11 @@ from dspy.evaluate import Evaluate
 from dspy.teleprompt import bootstrap_trace
 from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
 
-from cd_dspy.evaluation import ScoredMetric
+from cd_dspy.evaluation import ScoredMetric, program_lm
+from cd_dspy.failures import LMUnavailableError
 from cd_dspy.result import Mistake, Step
 from cd_dspy.run_dir import RunDir
-from cd_dspy.usage import BudgetExhausted, UsageMeter
+from cd_dspy.usage import TARGET, BudgetExhausted, UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,8 @@ def _quiet_evaluate():
 
 
 def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], metric: ScoredMetric, *,
-                     num_threads: int, threshold: float) -> tuple[list[Mistake], float, int, list[int]]:
-    """Run `program` on `trainset`; return (mistakes, train score 0-100, examples that crashed, indices of
-    the examples it got right).
+                     num_threads: int, threshold: float) -> tuple[list[Mistake], dict[int, float]]:
+    """Run `program` on `trainset`; return (mistakes, score of each example that did not crash, by position).
 
     Pass a throwaway copy: `bootstrap_trace_data` leaves `forward` bound on the instance it ran.
     """
@@ -82,12 +82,11 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
                                        raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
                                        format_failure_score=0.0, capture_crashes=True)
     metric.raise_if_failed()
-    mistakes, total, correct = [], 0.0, []
+    mistakes, scores = [], {}
     for record in records:
         index, example, score = record["example_ind"], record["example"], float(record.get("score") or 0.0)
-        total += score
+        scores[index] = score
         if score >= threshold:
-            correct.append(index)
             continue
         steps, any_failed = [], False
         for predictor, inputs, outputs in record["trace"]:
@@ -103,11 +102,7 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
             feedback=feedback if feedback is not None else (PARSE_FAILURE_FEEDBACK if failed else None),
             steps=steps, parse_failed=failed or any_failed, kind=_kind(example),
         ))
-    crashed = len(trainset) - len(records)
-    train_score = 100.0 * total / max(1, len(records))
-    logger.debug("Collect: %d of %d examples were mistakes (score %.1f; %d crashed).",
-                 len(mistakes), len(records), train_score, crashed)
-    return mistakes, train_score, crashed, sorted(correct)
+    return mistakes, scores
 
 
 def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequence[dspy.Example],
@@ -115,6 +110,10 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
                       on_chunk: Callable[[int], Any] = lambda n: None) -> tuple[list[Mistake], float, list[int]]:
     """Collect `num_threads` examples at a time, logging each chunk to collect.jsonl: a killed run
     resumes after the last finished chunk, so no finished target call is paid for twice.
+
+    An example whose run failed (after the LM's own retries) scores 0 here, as in selection, and is
+    not stored as finished: a rerun tries it again. A fatal LM failure, or every example failing,
+    raises `LMUnavailableError` before the chunk is stored.
     Returns (mistakes, train score 0-100, trainset indices of the examples the target got right)."""
     chunks = run.read_jsonl(COLLECT_LOG)
     done = {i for chunk in chunks for i in chunk["indices"]}
@@ -124,28 +123,40 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
                     run.file(COLLECT_LOG))
     on_chunk(len(done))
     size = max(1, num_threads) if run.enabled else max(1, len(todo))
+    failed: list[int] = []
     for start in range(0, len(todo), size):
         indices = todo[start:start + size]
         refused = meter.refused
-        found, score, crashed, right = collect_mistakes(make_program(), [trainset[i] for i in indices], metric,
-                                                 num_threads=num_threads, threshold=threshold)
+        program = make_program()
+        found, scores = collect_mistakes(program, [trainset[i] for i in indices], metric,
+                                         num_threads=num_threads, threshold=threshold)
+        meter.raise_if_fatal()
         if meter.refused > refused:  # failures of refused calls are not the target's mistakes
             raise BudgetExhausted(meter.exhausted or "budget reached while collecting mistakes")
         for mistake in found:  # indices are the chunk's: make them the trainset's
             mistake.example_index = indices[mistake.example_index]
             mistake.id = f"m{mistake.example_index}"
-        chunk = {"indices": indices, "score_sum": score / 100.0 * (len(indices) - crashed),
-                 "scored": len(indices) - crashed, "mistakes": [m.to_dict() for m in found],
-                 "correct": [indices[i] for i in right]}
-        run.append_jsonl(COLLECT_LOG, chunk)
-        chunks.append(chunk)
+        for position in sorted(set(range(len(indices))) - set(scores)):
+            failed.append(indices[position])
+            meter.count_failure(TARGET, "failed_example")
+            logger.warning("Collect: training example %d failed (see the DEBUG log); it scores 0 and is retried "
+                           "on the next run.", indices[position])
+        chunk = {"indices": [indices[p] for p in sorted(scores)], "score_sum": sum(scores.values()),
+                 "mistakes": [m.to_dict() for m in found],
+                 "correct": [indices[p] for p, score in sorted(scores.items()) if score >= threshold]}
+        if chunk["indices"]:
+            run.append_jsonl(COLLECT_LOG, chunk)
+            chunks.append(chunk)
         on_chunk(len(indices))
+    scored = sum(len(chunk["indices"]) for chunk in chunks)
+    if trainset and scored == 0:
+        raise LMUnavailableError(TARGET, program_lm(make_program()), f"every one of the {len(trainset)} training "
+                                 "examples failed (see the WARNING and DEBUG log for the LM's errors)")
     mistakes = sorted((Mistake.from_dict(m) for chunk in chunks for m in chunk["mistakes"]),
                       key=lambda m: m.example_index)
-    scored = sum(chunk["scored"] for chunk in chunks)
-    train_score = 100.0 * sum(chunk["score_sum"] for chunk in chunks) / max(1, scored)
-    logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d crashed).",
-                len(mistakes), scored, train_score, len(trainset) - scored)
+    train_score = 100.0 * sum(chunk["score_sum"] for chunk in chunks) / len(trainset)  # failures score 0
+    logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d failed).",
+                len(mistakes), len(trainset), train_score, len(failed))
     correct = sorted(i for chunk in chunks for i in chunk.get("correct", []))
     return mistakes, train_score, correct
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from cd_dspy.run_dir import RunDir
 from cd_dspy.usage import UsageMeter
 
 EVALUATIONS_FILE = "evaluations.jsonl"
+logger = logging.getLogger(__name__)
 
 
 class MetricError(ValueError):
@@ -109,8 +111,13 @@ class CachedEvaluator:
         return [self.scores[(key, i)] for i in indices]
 
     def _run(self, program: dspy.Module, key: str, indices: list[int]) -> None:
-        """Score `indices`; each score is logged as soon as its example is scored (a kill loses none)."""
-        from cd_dspy.usage import BudgetExhausted
+        """Score `indices`; each real score is logged as soon as its example is scored (a kill loses none).
+
+        An example whose run failed gets `failure_score` for this compile but is not logged, so a rerun
+        tries it again; a fatal LM failure, or every example of a batch of several failing, raises
+        `LMUnavailableError` (`cd_dspy.failures`)."""
+        from cd_dspy.failures import LMUnavailableError
+        from cd_dspy.usage import TARGET, BudgetExhausted
 
         devset = [self.examples[i] for i in indices]
         positions: dict[int, list[int]] = {}
@@ -131,11 +138,19 @@ class CachedEvaluator:
                                  failure_score=self.failure_score, provide_traceback=False)
         evaluate(program)
         self.metric.raise_if_failed()
+        self.meter.raise_if_fatal()
         if self.meter.refused > refused:  # failures of refused calls are not real scores: keep none of them
             raise BudgetExhausted(self.meter.exhausted or "budget reached")
-        for index in indices:  # the program failed on these (crash, unparseable output): a failure score
-            if (key, index) not in self.scores:
-                self._keep(key, index, self.failure_score)
+        failed = [i for i in indices if (key, i) not in self.scores]
+        if len(failed) == len(indices) > 1:
+            raise LMUnavailableError(TARGET, program_lm(program), f"every one of {len(indices)} examples failed "
+                                     "(see the WARNING and DEBUG log for the LM's errors)")
+        for index in failed:  # the program failed here (an LM error, an unparseable reply): a failure score
+            self.meter.count_failure(TARGET, "failed_example")
+            logger.warning("Evaluate: example %d failed (see the DEBUG log); it scores %g in this compile and is "
+                           "retried on the next run.", index, self.failure_score)
+            with self._lock:
+                self.scores[(key, index)] = self.failure_score  # not logged: never stored as finished work
 
     def _keep(self, key: str, index: int, score: float) -> None:
         with self._lock:
@@ -143,3 +158,8 @@ class CachedEvaluator:
                 return
             self.scores[(key, index)] = float(score)
         self.run_dir.append_jsonl(self.log_name, {"key": key, "index": index, "score": float(score)})
+
+
+def program_lm(program: dspy.Module) -> Any:
+    """The LM a program runs on: its first predictor's, or DSPy's configured one."""
+    return next((p.lm for _, p in program.named_predictors() if p.lm is not None), None) or dspy.settings.lm

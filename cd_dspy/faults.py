@@ -8,6 +8,7 @@ and makes a seeded share of its calls fail the ways real providers fail:
     empty        returns a Response with no text     (the adapter cannot parse it)
     malformed    returns prose without the fields    (the adapter cannot parse it)
     exception    raises a plain RuntimeError         (an engine bug: DSPy does not retry it)
+    refused      raises ConnectionRefusedError       (the server is down: a fatal failure, see failures.py)
 
 Whether a call fails depends only on the seed, the request's content and how many times that same
 request was sent before (its attempt number), never on thread scheduling or the order of other
@@ -32,6 +33,7 @@ from dspy import lm15
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 FAULT_KINDS = ("timeout", "rate_limit", "empty", "malformed", "exception")
+OUTAGE_KINDS = ("refused",)  # not in FAULT_KINDS: a rate of them stops a compile
 RETRYABLE_KINDS = ("timeout", "rate_limit")
 MALFORMED_TEXT = "Sorry, I got a little lost there. The answer might be something like { \"answer\": "
 
@@ -118,9 +120,9 @@ class FaultyEngine:
 
     def __init__(self, inner_engine: Any, rate: float = 0.2, seed: int = 0, kinds: Sequence[str] = FAULT_KINDS,
                  backoff: float | None = None):
-        unknown = sorted(set(kinds) - set(FAULT_KINDS))
+        unknown = sorted(set(kinds) - set(FAULT_KINDS) - set(OUTAGE_KINDS))
         if unknown or not kinds:
-            raise ValueError(f"kinds must be a non-empty subset of {FAULT_KINDS}, got {tuple(kinds)!r}.")
+            raise ValueError(f"kinds must be a non-empty subset of {FAULT_KINDS + OUTAGE_KINDS}, got {tuple(kinds)!r}.")
         if not 0 <= rate <= 1:
             raise ValueError(f"rate must be between 0 and 1, got {rate!r}.")
         self.inner = inner_engine
@@ -156,6 +158,8 @@ class FaultyEngine:
             raise lm15.RateLimitError(f"injected rate limit (attempt {attempt})", status=429, retry_after=hint)
         if fault == "exception":
             raise InjectedFault(f"injected engine crash (attempt {attempt})")
+        if fault == "refused":
+            raise ConnectionRefusedError(111, f"injected: connection refused (attempt {attempt})")
         if fault in ("empty", "malformed"):
             text = "" if fault == "empty" else MALFORMED_TEXT
             return Response(id=None, model=self.model, message=Message.assistant((TextPart(text),)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
 import json
 import keyword
 import logging
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import dspy
 from dspy.utils.parallelizer import ParallelExecutor
 
+from cd_dspy.failures import LMUnavailableError, is_fatal
 from cd_dspy.priming import primed
 from cd_dspy.result import Explanation, Mistake, Rule
 from cd_dspy.usage import BudgetExhausted
@@ -170,6 +172,12 @@ def is_instance_specific(rule: str, source_texts: Sequence[str]) -> bool:
     return delexicalise(rule, source_texts).specific
 
 
+def rule_id(predictor: str, text: str) -> str:
+    """A rule's id, derived from its content: the same rule has the same id (and Optuna parameter name)
+    in every run, and a different rule never inherits another's scores."""
+    return "R" + hashlib.sha256(f"{predictor}\n{text}".encode()).hexdigest()[:8]
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 
@@ -214,7 +222,9 @@ def teacher_call(predictor: dspy.Predict, retries: int, sample: int = 0, **input
             return predictor(**inputs, config=config)
         except BudgetExhausted:
             raise
-        except Exception as exc:  # parse errors and LM errors alike: retry, then skip
+        except Exception as exc:  # parse errors and transient LM errors: retry, then skip
+            if is_fatal(exc):
+                raise LMUnavailableError("teacher", predictor.lm, exc) from exc
             last = exc
             logger.warning("Teacher call failed (attempt %d of %d): %s", attempt + 1, retries + 1, exc)
     raise RuntimeError(f"teacher failed after {retries + 1} attempts: {last}")
@@ -224,27 +234,35 @@ def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teach
                      num_threads: int, retries: int, on_done: Callable[[Explanation], None],
                      samples: int = 1) -> list[Explanation]:
     """Teacher explanations (with rules) per mistake, `samples` of them (the first greedy, the others
-    sampled), pooled into one Explanation handed to `on_done` as it finishes."""
+    sampled), pooled into one Explanation; each successful one is handed to `on_done` as it finishes
+    (failed ones are returned with ok=False but never stored, so a rerun retries them). Raises
+    `LMUnavailableError` on a fatal teacher failure, or when every explanation failed."""
     names = [name for name, _ in program.named_predictors()]
     task = describe_program(program)
     explain = dspy.Predict(ExplainMistake.with_instructions(primed(ExplainMistake.instructions, priming)))
     explain.set_lm(teacher_lm)
 
-    def run(mistake: Mistake) -> Explanation:
+    fatal: list[LMUnavailableError] = []
+
+    def run(mistake: Mistake) -> Explanation | None:
         evaluation = f"score {mistake.score:g}" + (f"; feedback: {mistake.feedback}" if mistake.feedback else "")
-        outs = []
+        attempt = describe_attempt(mistake)
+        outs, error = [], None
         for sample in range(samples):
             try:
-                outs.append(teacher_call(explain, retries, sample, task=task, student_attempt=describe_attempt(mistake),
+                outs.append(teacher_call(explain, retries, sample, task=task, student_attempt=attempt,
                                          correct_answer=json.dumps(mistake.gold, ensure_ascii=False),
                                          evaluation=evaluation, steps=names))
             except BudgetExhausted:
                 return Explanation(mistake.id, "", "", [], ok=False, error="budget")
+            except LMUnavailableError as exc:
+                fatal.append(exc)
+                return None
             except RuntimeError as exc:
-                if not outs and sample == samples - 1:
-                    explanation = Explanation(mistake.id, "", "", [], ok=False, error=str(exc))
-                    on_done(explanation)
-                    return explanation
+                error = str(exc)
+        if not outs:
+            logger.warning("Induce: no explanation for mistake %s (%s).", mistake.id, error)
+            return Explanation(mistake.id, "", "", [], ok=False, error=error)
         rules = list(dict.fromkeys(clean_rule(r) for out in outs for r in (out.rules or []) if clean_rule(r)))
         explanation = Explanation(mistake.id, _match_step(outs[0].step, names, mistake),
                                   "\n\n".join(str(out.explanation) for out in outs), rules)
@@ -253,7 +271,14 @@ def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teach
 
     executor = ParallelExecutor(num_threads=num_threads, disable_progress_bar=True, timeout=24 * 3600,
                                 max_errors=len(mistakes) + 1)
-    return [e for e in executor.execute(run, list(mistakes)) if e is not None]
+    explanations = [e for e in executor.execute(run, list(mistakes)) if e is not None]
+    if fatal:
+        raise fatal[0]
+    failed = [e for e in explanations if not e.ok and e.error != "budget"]
+    if mistakes and len(failed) == len(mistakes):
+        raise LMUnavailableError("teacher", teacher_lm, f"every one of the {len(mistakes)} explanations failed; "
+                                 f"the last: {failed[-1].error}")
+    return explanations
 
 
 def _match_step(step: object, names: list[str], mistake: Mistake) -> str:
@@ -316,7 +341,7 @@ def build_rules(program: dspy.Module, explanations: Sequence[Explanation], mista
                         len(dropped), name, dropped)
         origin = {t: o for t, _, o in kept}
         for text, sources in dedupe([(t, s) for t, s, _ in kept])[:max_rules]:
-            rules.append(Rule(id=f"R{len(rules) + 1}", text=text, predictor=name, sources=sorted(sources),
+            rules.append(Rule(id=rule_id(name, text), text=text, predictor=name, sources=sorted(sources),
                               origin=origin.get(text, "teacher")))
     logger.info("Induce: %d rule(s) from %d explanation(s).", len(rules), len(explanations))
     return rules
@@ -327,6 +352,8 @@ def _consolidate(merge, name, pred, candidates, max_rules, retries) -> list[tupl
     try:
         out = teacher_call(merge, retries, task=f"Step `{name}`: {pred.signature.instructions}",
                            candidate_rules=[t for t, _ in candidates], max_rules=max_rules)
+    except LMUnavailableError:
+        raise
     except RuntimeError as exc:
         logger.warning("Induce: consolidation failed for `%s` (%s); keeping the deduplicated rules.", name, exc)
         return candidates

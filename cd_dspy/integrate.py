@@ -28,7 +28,9 @@ def render_instructions(instructions: str, rules: Sequence[str]) -> str:
 
 
 def with_rules(program: dspy.Module, rules: Sequence[Rule], lm=None) -> dspy.Module:
-    """A deep copy of `program` whose predictors' instructions hold their rules (and `lm`, if given).
+    """A deep copy of `program` whose predictors' instructions hold their rules, with `lm` (if given)
+    bound to the predictors that have no LM of their own (a step that deliberately runs on another LM
+    keeps it).
 
     Only `signature.with_instructions` is used: signature classes are shared between copies, so
     assigning to `signature.instructions` would change the user's program too.
@@ -38,6 +40,6 @@ def with_rules(program: dspy.Module, rules: Sequence[Rule], lm=None) -> dspy.Mod
         texts = [r.text for r in rules if r.predictor == name]
         if texts:
             pred.signature = pred.signature.with_instructions(render_instructions(pred.signature.instructions, texts))
-    if lm is not None:
-        compiled.set_lm(lm)
+        if lm is not None and pred.lm is None:
+            pred.lm = lm
     return compiled

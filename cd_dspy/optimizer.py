@@ -11,6 +11,8 @@ resumes after the last finished phase (and, inside the study, after the last fin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
@@ -27,12 +29,12 @@ from cd_dspy.collect import collect_resumable, sample_mistakes
 from cd_dspy.confirm import Decision, confirm, small_sample_warning, split_sizes
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
-from cd_dspy.induce import build_rules, explain_mistakes
+from cd_dspy.induce import build_rules, explain_mistakes, rule_id
 from cd_dspy.integrate import with_rules
 from cd_dspy.progress import Progress
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
 from cd_dspy.run_dir import RunDir
-from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials
+from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials, delete_study
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
 from cd_dspy.verify import VERIFICATION_LOG, correct_sample, verify_rules
 
@@ -180,6 +182,7 @@ class ConceptDistillation(Teleprompter):
             try:
                 compiled = self._run_phases(base, trainset, valset, run, meter, result, progress)
             finally:
+                meter.close()  # no call of this compile is still running when it returns or raises
                 progress.close()
         result.usage = meter.snapshot()
         result.phase_seconds["total"] = round(time.perf_counter() - started, 3)
@@ -261,10 +264,12 @@ class ConceptDistillation(Teleprompter):
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
         result.n_mistakes_used = len(used)
         if run.exists("rules.json"):
-            rules = [Rule.from_dict(r) for r in run.read_json("rules.json")]
+            saved = run.read_json("rules.json")
+            rules = [Rule.from_dict({**r, "id": rule_id(r["predictor"], r["text"])}) for r in saved]
             logger.info("Induce: reusing %d rules from %s.", len(rules), run.file("rules.json"))
             return rules
-        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl("explanations.jsonl")}
+        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl("explanations.jsonl")
+                if e.get("ok", True)}  # a failed explanation is never finished work
         todo = [m for m in used if m.id not in done]
         bar = progress.bar("explain mistakes", total=len(used), initial=len(used) - len(todo))
 
@@ -326,9 +331,14 @@ class ConceptDistillation(Teleprompter):
             result.trials.append(trial)
             checkpoint()
 
+        # one study per rule set and search part: a trial's parameters always name this study's rules
+        scope = hashlib.sha256(json.dumps([sorted(r.id for r in rules), search]).encode()).hexdigest()[:10]
+        study_name = f"{self.study_name}-{scope}"
+        if not self.resume:
+            delete_study(study_name, storage)
         selector = RuleSelector(base, rules, evaluator, indices=search, target_lm=self.target_lm,
                                 num_trials=self.num_trials, seed=self.seed, storage=storage,
-                                study_name=self.study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
+                                study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
         selection = selector.run()
         bar.close()
         if selection.stopped_early:  # the trial a budget stop interrupted is a failed trial, not a running one

@@ -123,6 +123,7 @@ class RoleUsage(_Record):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)  # failed calls and examples by kind
 
 
 @dataclass

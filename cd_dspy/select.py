@@ -63,6 +63,16 @@ def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
     return [r.id for r in rules if params.get(r.id)]
 
 
+def delete_study(name: str, storage: str | None) -> None:
+    """Delete the study `name` from `storage` if it is there (a fresh start with resume=False)."""
+    if storage is None:
+        return
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+
+
 def _fail_interrupted_trials(study: optuna.Study) -> None:
     """Trials left RUNNING by a killed process are marked failed; their scores are in the cache."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -1,10 +1,12 @@
 """Per-role LM accounting (target vs teacher) and hard budgets.
 
-DSPy tells a callback when any LM call starts, and tells `settings.usage_tracker` the usage of
-every call that was not a cache hit. `UsageMeter` is both: the callback notes which role's LM is
-calling (by LM identity), the tracker attributes the billed usage to that role. A call that would
-exceed a cap is refused before it reaches the model, and the meter remembers that the budget ran
-out so the optimizer can stop cleanly with the best program so far.
+DSPy tells a callback when any LM call starts and ends, and tells `settings.usage_tracker` the
+usage of every call that was not a cache hit. `UsageMeter` is both: the callback notes which role's
+LM is calling (by LM identity), the tracker attributes the billed usage to that role. Each call
+reserves its place in the budget when it starts (calls in flight on other threads count), so a cap
+is exact with any number of threads; a call that would exceed a cap is refused before it reaches
+the model. Failed calls are counted per role and kind, and the first fatal one is kept so the
+optimizer can stop loudly (`cd_dspy.failures`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from dspy.utils.callback import BaseCallback
 
+from cd_dspy.failures import LMUnavailableError, failure_kind, is_fatal
 from cd_dspy.result import RoleUsage
 
 TARGET, TEACHER = "target", "teacher"
@@ -54,9 +57,14 @@ class UsageMeter(BaseCallback):
         self.usage = {TARGET: RoleUsage(), TEACHER: RoleUsage()}
         self.exhausted: str | None = None
         self.refused = 0  # calls refused by a cap (a batch that saw one holds failures that are not real)
+        self.fatal: tuple[str, Any, BaseException] | None = None  # (role, LM, exception) of the first fatal call
+        self._in_flight = {TARGET: 0, TEACHER: 0}
+        self._billed: set[str] = set()  # call ids that reached the model (not cache hits)
         self._costed: set[str] = set()  # history entries whose cost is counted
         self._calls: dict[str, Any] = {}  # call id -> (LM, its history length at the start)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._closed: str | None = None
         self._local = threading.local()
 
     # DSPy copies the usage tracker into worker threads; the meter must stay one shared object.
@@ -69,26 +77,40 @@ class UsageMeter(BaseCallback):
     # -- DSPy callback -------------------------------------------------------------------------
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         role = self.role_of(instance)
-        self._local.role = role
+        self._local.role, self._local.call_id = role, call_id
         with self._lock:
-            reason = self._over_budget(role)
+            reason = self._closed or self._over_budget(role)
             if reason:
                 self.exhausted = self.exhausted or reason
                 self.refused += 1
             else:
-                self.usage[role].cached_calls += 1  # corrected to a billed call in add_usage
+                self._in_flight[role] += 1  # reserved until the call ends
                 self._calls[call_id] = (instance, len(getattr(instance, "history", None) or ()))
         if reason:
             raise BudgetExhausted(reason)
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
-        """Add the cost DSPy priced for this call (the `cost` of the LM's new history entries)."""
+        """Release the call's reservation, count a cache hit or a failure, and add the call's cost."""
         with self._lock:
-            instance, start = self._calls.pop(call_id, (None, 0))
+            if call_id not in self._calls:
+                return  # a call this meter refused
+            instance, start = self._calls.pop(call_id)
+            role = self.role_of(instance)
+            self._in_flight[role] -= 1
+            self._idle.notify_all()
+            billed = call_id in self._billed
+            self._billed.discard(call_id)
+            if exception is not None and not isinstance(exception, BudgetExhausted):
+                failures = self.usage[role].failures
+                kind = failure_kind(exception)
+                failures[kind] = failures.get(kind, 0) + 1
+                if is_fatal(exception) and self.fatal is None:
+                    self.fatal = (role, instance, exception)
+            elif not billed:
+                self.usage[role].cached_calls += 1
         history = getattr(instance, "history", None)
         if not isinstance(history, list):
             return
-        role = self.role_of(instance)
         # Another thread's call on the same LM may have added entries too: each is counted once.
         for entry in list(history[max(0, min(start, len(history)) - 64):]):
             cost, uid = (entry.get("cost"), entry.get("uuid")) if isinstance(entry, dict) else (None, None)
@@ -99,13 +121,32 @@ class UsageMeter(BaseCallback):
                     self._costed.add(uid)
                     self.usage[role].cost_usd += float(cost)
 
+    def close(self, timeout: float = 600.0) -> None:
+        """Refuse every further call, then wait (up to `timeout` s) for the calls still in flight on other
+        threads: when a compile returns or raises, none of its LM calls is still running or counting."""
+        with self._lock:
+            self._closed = self._closed or "the compile has ended"
+            self._idle.wait_for(lambda: not self._calls, timeout=timeout)
+
+    def raise_if_fatal(self) -> None:
+        """Raise `LMUnavailableError` if any call so far failed fatally."""
+        if self.fatal is not None:
+            role, lm, exc = self.fatal
+            raise LMUnavailableError(role, lm, exc)
+
+    def count_failure(self, role: str, kind: str) -> None:
+        """Count a per-example failure found after the call (e.g. an unparseable reply)."""
+        with self._lock:
+            failures = self.usage[role].failures
+            failures[kind] = failures.get(kind, 0) + 1
+
     # -- DSPy usage tracker (called only for calls that were not cache hits) --------------------
     def add_usage(self, model: str, usage: dict[str, Any] | None) -> None:
         role = getattr(self._local, "role", TARGET)
         usage = dict(usage or {})
         with self._lock:
+            self._billed.add(getattr(self._local, "call_id", None))
             record = self.usage[role]
-            record.cached_calls -= 1
             record.calls += 1
             record.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
             record.completion_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
@@ -116,10 +157,11 @@ class UsageMeter(BaseCallback):
             self.usage[role].cost_usd += cost_usd
 
     def _over_budget(self, role: str) -> str | None:
-        b, u = self.budget, self.usage
-        if role == TARGET and b.max_target_calls is not None and u[TARGET].calls >= b.max_target_calls:
+        b, u, flying = self.budget, self.usage, self._in_flight
+        if role == TARGET and b.max_target_calls is not None and u[TARGET].calls + flying[TARGET] >= b.max_target_calls:
             return f"target call budget reached ({b.max_target_calls} calls)"
-        if role == TEACHER and b.max_teacher_calls is not None and u[TEACHER].calls >= b.max_teacher_calls:
+        if (role == TEACHER and b.max_teacher_calls is not None
+                and u[TEACHER].calls + flying[TEACHER] >= b.max_teacher_calls):
             return f"teacher call budget reached ({b.max_teacher_calls} calls)"
         tokens = sum(r.prompt_tokens + r.completion_tokens for r in u.values())
         if b.max_tokens is not None and tokens >= b.max_tokens:
@@ -131,10 +173,10 @@ class UsageMeter(BaseCallback):
 
     def snapshot(self) -> dict[str, RoleUsage]:
         with self._lock:
-            return {role: RoleUsage(**vars(u)) for role, u in self.usage.items()}
+            return {role: RoleUsage.from_dict(u.to_dict()) for role, u in self.usage.items()}
 
     def restore(self, usage: dict[str, RoleUsage]) -> None:
         """Start from the usage of an earlier, interrupted run of the same compile."""
         with self._lock:
             for role, record in usage.items():
-                self.usage[role] = RoleUsage(**vars(record))
+                self.usage[role] = RoleUsage.from_dict(record.to_dict())

@@ -11,6 +11,7 @@ import pytest
 
 from cd_dspy import ConceptDistillation
 from cd_dspy.evaluation import MetricError
+from cd_dspy.failures import LMUnavailableError
 from cd_dspy.run_dir import RunDirError
 
 COT = "question -> answer: float"
@@ -143,7 +144,8 @@ def test_compile_unknown_argument(sim):
 def test_teacher_is_the_target_warns(sim, caplog):
     cd = ConceptDistillation(metric=sim.metric, teacher_lm=sim.target, target_lm=sim.target, num_trials=4,
                              run_dir=sim.tmp_path / "run", progress=False)
-    with caplog.at_level(logging.WARNING, logger="cd_dspy"):
+    # the simulated target cannot write explanations: every teacher call fails, a loud error
+    with caplog.at_level(logging.WARNING, logger="cd_dspy"), pytest.raises(LMUnavailableError):
         cd.compile(program(), trainset=sim.trainset[:4], valset=sim.valset[:4])
     assert "The teacher LM is the target LM" in caplog.text and "stronger teacher" in caplog.text
 

@@ -10,6 +10,7 @@ import pytest
 from dspy.utils.exceptions import LMTimeoutError
 
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.failures import LMUnavailableError
 from cd_dspy.faults import FAULT_KINDS, FaultyEngine, simulated_faulty_compile
 from cd_dspy.run_dir import RunDir
 from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
@@ -56,32 +57,61 @@ def test_dspy_retries_retryable_faults_with_exponential_backoff():
     assert timeouts.stats.calls == 3  # one attempt plus num_retries
 
 
-@pytest.mark.parametrize("kind", ["empty", "malformed", "exception", "timeout"])
-def test_failed_target_calls_score_as_failures_not_crashes(tmp_path, kind):
-    engine = FaultyEngine(SimulatedTarget(), rate=1.0, kinds=(kind,), backoff=0.0)
+def faulty_evaluator(tmp_path, engine, n=4):
     program = dspy.Predict("question -> answer: float")
     program.set_lm(dspy.LM("simulated/target", engine=engine, cache=False, num_retries=1))
-    valset = simulated_splits(4, seed=2)[0]
-    evaluator = CachedEvaluator(valset, ScoredMetric(answer_match), run_dir=RunDir(tmp_path), meter=UsageMeter(),
-                                num_threads=1)
-    assert evaluator(program, [0, 1, 2, 3]) == [0.0] * 4
+    valset = simulated_splits(n, seed=2)[0]
+    meter = UsageMeter()
+    return program, CachedEvaluator(valset, ScoredMetric(answer_match), run_dir=RunDir(tmp_path), meter=meter,
+                                    num_threads=1), meter
+
+
+@pytest.mark.parametrize("kind", ["empty", "malformed", "exception", "timeout"])
+def test_a_target_failing_on_every_example_is_an_outage_not_a_score(tmp_path, kind):
+    engine = FaultyEngine(SimulatedTarget(), rate=1.0, kinds=(kind,), backoff=0.0)
+    program, evaluator, meter = faulty_evaluator(tmp_path, engine)
+    with dspy.context(callbacks=[meter], usage_tracker=meter):
+        with pytest.raises(LMUnavailableError, match="target LM 'simulated/target' is unavailable"):
+            evaluator(program, [0, 1, 2, 3])
     assert engine.stats.injected == engine.stats.calls >= 4
-    logged = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
-    assert sorted(r["index"] for r in logged) == [0, 1, 2, 3] and {r["score"] for r in logged} == {0.0}
+    assert not (tmp_path / "evaluations.jsonl").exists()  # nothing stored as finished work
 
 
-def test_unparseable_teacher_replies_are_retried_then_skipped(sim, caplog):
+def test_failed_examples_score_zero_now_and_are_retried_on_the_next_run(tmp_path, caplog):
+    engine = FaultyEngine(SimulatedTarget(), rate=0.5, seed=1, kinds=("exception",), backoff=0.0)
+    program, evaluator, meter = faulty_evaluator(tmp_path, engine, n=8)
+    with dspy.context(callbacks=[meter], usage_tracker=meter), caplog.at_level("WARNING"):
+        scores = evaluator(program, list(range(8)))
+    failed = [i for i in range(8) if not [r for r in _logged(tmp_path) if r["index"] == i]]
+    assert failed and all(scores[i] == 0.0 for i in failed)
+    assert meter.usage["target"].failures["failed_example"] == len(failed)
+    assert meter.usage["target"].failures["error"] >= len(failed)  # each failed call, counted by kind
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "failed" in r.getMessage()]
+    assert len([w for w in warnings if w.name == "cd_dspy.evaluation"]) == len(failed)
+    assert all("\n" not in w.getMessage() for w in warnings)  # one line each, no LM reply dump
+    # a rerun with a healthy LM calls the target only for the examples that failed
+    healthy = FaultyEngine(SimulatedTarget(), rate=0.0)
+    program.set_lm(dspy.LM("simulated/target", engine=healthy, cache=False))
+    again = CachedEvaluator(evaluator.examples, ScoredMetric(answer_match), run_dir=RunDir(tmp_path),
+                            meter=UsageMeter(), num_threads=1)
+    again(program, list(range(8)))
+    assert healthy.stats.calls == len(failed)
+
+
+def _logged(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+
+
+def test_a_teacher_failing_on_every_mistake_stops_loudly_and_stores_nothing(sim, caplog):
     sim.teacher_engine = FaultyEngine(SimulatedTeacher(), rate=1.0, kinds=("malformed", "empty"), backoff=0.0)
     sim.teacher = dspy.LM("simulated/teacher", engine=sim.teacher_engine, cache=False)
     cd = sim.optimizer(num_trials=6, teacher_retries=2)
     program = dspy.ChainOfThought("question -> answer: float")
-    compiled = cd.compile(program, trainset=sim.trainset[:8], valset=sim.valset[:4])
-    assert "no usable rules" in cd.result.message
-    assert compiled.predict.signature.instructions == program.predict.signature.instructions
-    explanations = [json.loads(x) for x in (sim.tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
-    assert len(explanations) == cd.result.n_mistakes_used and not any(e["ok"] for e in explanations)
-    assert all("3 attempts" in e["error"] for e in explanations)  # 1 try + teacher_retries, then skipped
-    assert "Teacher call failed (attempt 3 of 3)" in caplog.text
+    with pytest.raises(LMUnavailableError, match="teacher LM 'simulated/teacher' is unavailable.*every one of"):
+        cd.compile(program, trainset=sim.trainset[:8], valset=sim.valset)
+    run = sim.tmp_path / "run"
+    assert not (run / "explanations.jsonl").exists() and not (run / "rules.json").exists()
+    assert "Teacher call failed (attempt 3 of 3)" in caplog.text  # 1 try + teacher_retries for each
 
 
 def test_teacher_recovers_from_some_unparseable_replies(sim):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dspy
 
-from cd_dspy.induce import build_rules, clean_rule, dedupe, is_instance_specific
+from cd_dspy.induce import build_rules, clean_rule, dedupe, is_instance_specific, rule_id
 from cd_dspy.result import Explanation, Mistake
 from cd_dspy.simulated import ScriptedEngine
 
@@ -55,7 +55,8 @@ def test_instance_specific_rules_are_generalised_or_dropped():
 def test_few_general_rules_skip_consolidation():
     texts, calls, rules = run({0: ["Use the remainder of the division."], 1: ["Multiply hours by 60."]}, [])
     assert calls == 0 and texts == ["Use the remainder of the division.", "Multiply hours by 60."]
-    assert [r.sources for r in rules] == [["m0"], ["m1"]] and [r.id for r in rules] == ["R1", "R2"]
+    assert [r.sources for r in rules] == [["m0"], ["m1"]]
+    assert [r.id for r in rules] == [rule_id("self", t) for t in texts] and len({r.id for r in rules}) == 2
 
 
 def test_lossy_consolidation_does_not_lose_general_rules():

@@ -1,0 +1,114 @@
+"""The failure model (issue: outages stop loudly, resume never replays a wrong answer)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import dspy
+import pytest
+
+from cd_dspy.failures import LMUnavailableError, failure_kind, is_fatal
+from cd_dspy.faults import FaultyEngine
+from cd_dspy.integrate import with_rules
+from cd_dspy.result import Rule
+from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher
+
+COT = "question -> answer: float"
+
+
+def down(inner) -> FaultyEngine:
+    return FaultyEngine(inner, rate=1.0, kinds=("refused",), backoff=0.0)
+
+
+def test_teacher_down_then_fixed_then_rerun_produces_rules(sim):
+    healthy = sim.teacher
+    sim.teacher = dspy.LM("simulated/teacher", engine=down(SimulatedTeacher()), cache=False)
+    with pytest.raises(LMUnavailableError, match="teacher LM 'simulated/teacher' is unavailable.*ConnectionRefused"):
+        sim.optimizer().compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    run = sim.tmp_path / "run"
+    assert (run / "mistakes.json").exists()  # the target's work is kept
+    assert not (run / "explanations.jsonl").exists() and not (run / "rules.json").exists()
+    sim.teacher = healthy  # the server is back
+    cd = sim.optimizer()
+    cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    assert cd.result.rules and cd.result.improved
+
+
+def test_target_down_is_an_error_not_no_mistakes(sim):
+    sim.target = dspy.LM("simulated/target", engine=down(SimulatedTarget()), cache=False)
+    cd = sim.optimizer()
+    with pytest.raises(LMUnavailableError, match="target LM 'simulated/target' is unavailable"):
+        cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    run = sim.tmp_path / "run"
+    assert not (run / "collect.jsonl").exists() and not (run / "mistakes.json").exists()
+    assert sim.teacher_engine.calls == 0
+
+
+def test_fatal_and_per_example_failures_are_told_apart():
+    import litellm
+
+    auth = litellm.AuthenticationError("bad key", llm_provider="openai", model="gpt-4o")
+    assert is_fatal(auth) and is_fatal(ConnectionRefusedError()) and not is_fatal(TimeoutError())
+    wrapped = RuntimeError("call failed")
+    wrapped.__cause__ = litellm.NotFoundError("no such model", llm_provider="openai", model="x")
+    assert is_fatal(wrapped)
+    assert failure_kind(TimeoutError()) == "timeout" and failure_kind(ValueError()) == "error"
+
+
+class SlowTarget(SimulatedTarget):
+    def complete(self, request):
+        time.sleep(0.01)
+        return super().complete(request)
+
+
+def test_four_threads_never_exceed_a_target_call_cap(sim):
+    engine = SlowTarget()
+    sim.target, sim.target_engine = dspy.LM("simulated/target", engine=engine, cache=False), engine
+    for cap in (7, 25, 60):
+        engine.calls = 0
+        cd = sim.optimizer(num_threads=4, max_target_calls=cap, run_dir=sim.tmp_path / f"cap{cap}")
+        cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+        assert engine.calls <= cap and cd.result.usage["target"].calls == engine.calls
+        assert cd.result.stopped_early
+    assert threading.active_count() < 8  # no worker thread of a compile outlives it
+
+
+def test_two_lm_pipeline_keeps_its_second_lm(sim):
+    class TwoLMs(dspy.Module):
+        def __init__(self, other):
+            super().__init__()
+            self.plan = dspy.Predict("question -> plan")
+            self.solve = dspy.Predict("question, plan -> answer: float")
+            self.plan.set_lm(other)  # this step deliberately runs on another LM
+
+        def forward(self, question):
+            return self.solve(question=question, plan=self.plan(question=question).plan)
+
+    other = dspy.LM("simulated/other", engine=SimulatedTarget(), cache=False)
+    program = TwoLMs(other)
+    compiled = with_rules(program, [Rule("r1", "Be careful.", "solve")], lm=sim.target)
+    assert compiled.plan.lm.model == "simulated/other" and compiled.solve.lm is sim.target
+    cd = sim.optimizer()
+    compiled = cd.compile(program, trainset=sim.trainset, valset=sim.valset)
+    assert compiled.plan.lm.model == "simulated/other" and compiled.solve.lm is sim.target
+    assert program.plan.lm is other and program.solve.lm is None  # the user's program is untouched
+
+
+def test_regenerated_rules_never_inherit_old_scores(sim):
+    cd = sim.optimizer()
+    cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    run = sim.tmp_path / "run"
+    rules = json.loads((run / "rules.json").read_text())
+    rules = [rules[-1]] + rules[:-1]  # regenerated: the same texts in another order, plus a new one
+    rules.append({**rules[0], "text": "When in doubt, answer 0.", "id": "R99", "verification": None})
+    (run / "rules.json").write_text(json.dumps(rules))
+    again = sim.optimizer()
+    again.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    by_text = {r.text: r for r in again.result.rules}
+    ids = {r.id for r in again.result.rules}
+    assert len(ids) == len(again.result.rules)
+    for trial in again.result.trials:  # every trial's rules are the rules of this rule set, by content
+        assert set(trial.rule_ids) <= ids
+    assert not by_text["When in doubt, answer 0."].selected
