@@ -88,11 +88,12 @@ def load_task_and_splits(args):
     return task, splits, metric
 
 
-def configure_adapter(name: str) -> None:
+def adapter_context(name: str):
+    """A `dspy.context` with the chosen adapter (the CLI never changes DSPy's global settings)."""
     import dspy
 
     adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
-    dspy.configure(adapter=adapters[name]())
+    return dspy.context(adapter=adapters[name]())
 
 
 def evaluate(program, examples, metric, threads: int) -> float:
@@ -120,7 +121,6 @@ def cmd_compile(args) -> int:
     from cd_dspy.report import render_report
     from cd_dspy.stats import paired_difference, score_interval
 
-    configure_adapter(args.adapter)
     task, splits, metric = load_task_and_splits(args)
     target = resolve_lm(args.target, "target", args.target_api_base)
     teacher = resolve_lm(args.teacher, "teacher", args.teacher_api_base)
@@ -175,7 +175,6 @@ def cmd_compile(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    configure_adapter(args.adapter)
     task, splits, metric = load_task_and_splits(args)
     program = make_program(args, task)
     if args.load:
@@ -281,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("dspy").setLevel(logging.ERROR)
     try:
-        return args.func(args)
+        with adapter_context(getattr(args, "adapter", "json")):
+            return args.func(args)
     except CLIError as exc:
         print(f"cd-dspy: error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,8 @@ from cd_dspy.usage import TARGET, BudgetExhausted, UsageMeter
 logger = logging.getLogger(__name__)
 
 COLLECT_LOG = "collect.jsonl"
+MISTAKES_FILE = "mistakes.json"
+ARTIFACTS = (COLLECT_LOG, MISTAKES_FILE)
 PARSE_FAILURE_FEEDBACK = "The output could not be parsed: it did not follow the required output format."
 
 

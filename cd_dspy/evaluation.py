@@ -8,8 +8,6 @@ failure scores `dspy.Evaluate` would give). `CachedEvaluator` runs `dspy.Evaluat
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import threading
@@ -18,6 +16,7 @@ from typing import Any
 
 import dspy
 
+from cd_dspy.keys import digest, metric_key, program_key
 from cd_dspy.run_dir import RunDir
 from cd_dspy.usage import UsageMeter
 
@@ -79,18 +78,21 @@ class ScoredMetric:
 
 
 def prompt_key(program: dspy.Module) -> str:
-    """A stable hash of everything the rules change: each predictor's instructions."""
-    instructions = {name: pred.signature.instructions for name, pred in program.named_predictors()}
-    return hashlib.sha256(json.dumps(instructions, sort_keys=True).encode()).hexdigest()[:16]
+    """A stable hash of everything that shapes the program's calls (`keys.program_key`)."""
+    return program_key(program)
 
 
 class CachedEvaluator:
-    """Scores programs on a fixed example list; each (prompt, example) is run at most once."""
+    """Scores programs on a fixed example list; each (prompt, example) is run at most once.
+
+    Scores are keyed by the program (instructions, fields, demos, LM settings, adapter) and the metric,
+    so a changed adapter, LM setting or metric never replays another's scores."""
 
     def __init__(self, examples: Sequence[dspy.Example], metric: ScoredMetric, *, run_dir: RunDir,
                  meter: UsageMeter, num_threads: int, failure_score: float = 0.0,
                  log_name: str = EVALUATIONS_FILE):
         self.log_name = log_name
+        self.metric_key = metric_key(metric)
         self.examples = list(examples)
         self.metric = metric
         self.run_dir = run_dir
@@ -104,7 +106,7 @@ class CachedEvaluator:
 
     def __call__(self, program: dspy.Module, indices: Sequence[int]) -> list[float]:
         """Scores of `program` on the examples at `indices` (in that order)."""
-        key = prompt_key(program)
+        key = digest([prompt_key(program), self.metric_key])
         missing = [i for i in indices if (key, i) not in self.scores]
         if missing:
             self._run(program, key, missing)

@@ -29,6 +29,10 @@ from cd_dspy.usage import BudgetExhausted
 
 logger = logging.getLogger(__name__)
 
+EXPLANATIONS_LOG = "explanations.jsonl"
+RULES_FILE = "rules.json"
+ARTIFACTS = (EXPLANATIONS_LOG, RULES_FILE)
+
 
 class ExplainMistake(dspy.Signature):
     """A small student language model ran the program described in `task` and made the mistake shown

@@ -11,8 +11,6 @@ resumes after the last finished phase (and, inside the study, after the last fin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
@@ -24,12 +22,14 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from cd_dspy import validation
-from cd_dspy.collect import collect_resumable, sample_mistakes
+from cd_dspy import keys, validation
+from cd_dspy.collect import ARTIFACTS as COLLECT_ARTIFACTS
+from cd_dspy.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
 from cd_dspy.confirm import Decision, confirm, small_sample_warning, split_sizes
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
-from cd_dspy.induce import build_rules, explain_mistakes, rule_id
+from cd_dspy.induce import ARTIFACTS as INDUCE_ARTIFACTS
+from cd_dspy.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mistakes, rule_id
 from cd_dspy.integrate import with_rules
 from cd_dspy.progress import Progress
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
@@ -47,6 +47,8 @@ class Preset:
     max_rules: int
     num_trials: int
 
+
+PHASE_ARTIFACTS = {"collect": COLLECT_ARTIFACTS, "induce": INDUCE_ARTIFACTS}
 
 AUTO_PRESETS = {
     "light": Preset(max_mistakes=8, max_rules=5, num_trials=10),
@@ -168,10 +170,10 @@ class ConceptDistillation(Teleprompter):
             self.teacher_lm = teacher
         validation.check_program(student)
         trainset, valset = self._split(trainset, valset)
-        target = validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)
+        validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)  # raises or warns
         started = time.perf_counter()
         run = RunDir(self.run_dir)
-        run.check_fingerprint(self._fingerprint(student, trainset, valset, target), resume=self.resume)
+        run.refresh(self._phase_keys(student, trainset, valset), PHASE_ARTIFACTS, resume=self.resume)
         meter = UsageMeter(self.teacher_lm, self.budget)
         result = ConceptDistillationResult(n_train=len(trainset), n_val=len(valset), settings=self.settings())
         if run.exists("progress.json"):
@@ -242,39 +244,39 @@ class ConceptDistillation(Teleprompter):
 
     # -- phases ----------------------------------------------------------------------------------
     def _collect(self, base, trainset, metric, run: RunDir, result, meter: UsageMeter, progress) -> list[Mistake]:
-        if run.exists("mistakes.json"):
-            saved = run.read_json("mistakes.json")
+        if run.exists(MISTAKES_FILE):
+            saved = run.read_json(MISTAKES_FILE)
             mistakes = [Mistake.from_dict(m) for m in saved["mistakes"]]
             result.train_score = saved["train_score"]
-            logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file("mistakes.json"))
+            logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file(MISTAKES_FILE))
         else:
             bar = progress.bar("collect mistakes", total=len(trainset))
             mistakes, result.train_score, correct = collect_resumable(
                 lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.num_threads,
                 threshold=self.mistake_threshold, on_chunk=bar.update)
             bar.close()
-            run.write_json("mistakes.json", {"train_score": result.train_score, "correct": correct,
+            run.write_json(MISTAKES_FILE, {"train_score": result.train_score, "correct": correct,
                                              "mistakes": [m.to_dict() for m in mistakes]})
-        if run.exists("mistakes.json"):
-            correct = run.read_json("mistakes.json").get("correct", [])
+        if run.exists(MISTAKES_FILE):
+            correct = run.read_json(MISTAKES_FILE).get("correct", [])
         result.n_mistakes = len(mistakes)
         return mistakes, correct
 
     def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
         result.n_mistakes_used = len(used)
-        if run.exists("rules.json"):
-            saved = run.read_json("rules.json")
+        if run.exists(RULES_FILE):
+            saved = run.read_json(RULES_FILE)
             rules = [Rule.from_dict({**r, "id": rule_id(r["predictor"], r["text"])}) for r in saved]
-            logger.info("Induce: reusing %d rules from %s.", len(rules), run.file("rules.json"))
+            logger.info("Induce: reusing %d rules from %s.", len(rules), run.file(RULES_FILE))
             return rules
-        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl("explanations.jsonl")
+        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl(EXPLANATIONS_LOG)
                 if e.get("ok", True)}  # a failed explanation is never finished work
         todo = [m for m in used if m.id not in done]
         bar = progress.bar("explain mistakes", total=len(used), initial=len(used) - len(todo))
 
         def on_done(explanation: Explanation) -> None:
-            run.append_jsonl("explanations.jsonl", explanation.to_dict())
+            run.append_jsonl(EXPLANATIONS_LOG, explanation.to_dict())
             bar.update(1)
 
         fresh = explain_mistakes(base, todo, teacher_lm=self.teacher_lm, priming=self.priming,
@@ -291,7 +293,7 @@ class ConceptDistillation(Teleprompter):
         rules = build_rules(base, explanations, used, teacher_lm=self.teacher_lm, priming=self.priming,
                             max_rules=self.max_rules, consolidate=self.consolidate, retries=self.teacher_retries,
                             filter_specific=self.filter_specific_rules)
-        run.write_json("rules.json", [r.to_dict() for r in rules])
+        run.write_json(RULES_FILE, [r.to_dict() for r in rules])
         return rules
 
     def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> None:
@@ -304,7 +306,7 @@ class ConceptDistillation(Teleprompter):
                      threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
                      on_rule=lambda rule: bar.update(1))
         bar.close()
-        run.write_json("rules.json", [r.to_dict() for r in rules])
+        run.write_json(RULES_FILE, [r.to_dict() for r in rules])
 
     def _split_valset(self, valset, result) -> tuple[list[int], list[int]]:
         """Seeded disjoint (search, confirmation) index lists over the valset."""
@@ -332,7 +334,8 @@ class ConceptDistillation(Teleprompter):
             checkpoint()
 
         # one study per rule set and search part: a trial's parameters always name this study's rules
-        scope = hashlib.sha256(json.dumps([sorted(r.id for r in rules), search]).encode()).hexdigest()[:10]
+        scope = keys.digest([sorted(r.id for r in rules), search, run.read_json("fingerprint.json")["select"]
+                             if run.exists("fingerprint.json") else None])[:10]
         study_name = f"{self.study_name}-{scope}"
         if not self.resume:
             delete_study(study_name, storage)
@@ -403,12 +406,17 @@ class ConceptDistillation(Teleprompter):
         logger.info("No valset given: holding out %d of %d training examples for selection.", n_val, len(trainset))
         return shuffled[n_val:], shuffled[:n_val]
 
-    def _fingerprint(self, student, trainset, valset, target) -> dict[str, Any]:
-        return {"settings": self.settings(), "program": validation.program_fingerprint(student),
-                "trainset": validation.examples_fingerprint(trainset),
-                "valset": validation.examples_fingerprint(valset),
-                "target_lm": getattr(target, "model", str(target)),
-                "teacher_lm": getattr(self.teacher_lm, "model", str(self.teacher_lm))}
+    def _phase_keys(self, student, trainset, valset) -> dict[str, str]:
+        """The key of each phase's inputs (each includes the keys of the phases before it)."""
+        program = keys.program_key(self._bind(student))
+        collect = keys.digest([keys.examples_key(trainset), program, keys.metric_key(self.metric),
+                               self.mistake_threshold])
+        induce = keys.digest([collect, keys.lm_state(self.teacher_lm), self.priming, self.max_mistakes,
+                              self.max_rules, self.consolidate, self.filter_specific_rules, self.samples_per_mistake,
+                              self.seed])
+        select = keys.digest([induce, keys.examples_key(valset), self.verify, self.verify_correct,
+                              self.verify_max_sources, self.confirm_fraction, self.num_trials, self.minibatch_size])
+        return {"collect": collect, "induce": induce, "select": select}
 
     def _save_program(self, compiled: dspy.Module, run: RunDir) -> None:
         path = run.file("program.json")

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,22 +104,28 @@ class RunDir:
                 logger.warning("Skipping a torn line %d in %s (an interrupted write).", number, name)
         return records
 
-    def check_fingerprint(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
-        """Refuse to resume a run directory made for other data or settings."""
+    def refresh(self, keys: dict[str, str], artifacts: dict[str, Sequence[str]], *, resume: bool) -> list[str]:
+        """Keep the finished work whose inputs are unchanged; return the phases to redo.
+
+        `keys` maps each phase, in order, to the key of its inputs; `artifacts` maps it to its files. The
+        first phase whose key changed and every phase after it lose their files. resume=False starts over.
+        """
         if self.path is None:
-            return
+            return list(keys)
         name = "fingerprint.json"
-        if self.exists(name) and resume:
-            previous = self.read_json(name)
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            if changed:
-                raise RunDirError(
-                    f"run_dir {str(self.path)!r} holds a compile with different {', '.join(changed)}; "
-                    "use a new run_dir, or pass resume=False to start over in this one."
-                )
-            return
         if not resume:
             for child in self.path.iterdir():
                 if child.is_file():
                     child.unlink()
-        self.write_json(name, fingerprint)
+        previous = self.read_json(name) if self.exists(name) else {}
+        phases = list(keys)
+        changed = next((i for i, phase in enumerate(phases) if previous.get(phase) != keys[phase]), len(phases))
+        redo = phases[changed:]
+        stale = [f for phase in redo for f in artifacts.get(phase, ()) if self.exists(f)]
+        if stale:
+            logger.info("Run dir %s: the inputs of %s changed; redoing from there (removing %s).", self.path,
+                        redo[0], ", ".join(stale))
+        for file in stale:
+            self.file(file).unlink()
+        self.write_json(name, keys)
+        return redo

@@ -25,8 +25,8 @@ class SimWorld:
         settings.setdefault("run_dir", self.tmp_path / "run")
         settings.setdefault("progress", False)
         settings.setdefault("num_trials", 16)
-        return ConceptDistillation(metric=self.metric, teacher_lm=self.teacher, target_lm=self.target, seed=0,
-                                   **settings)
+        settings.setdefault("metric", self.metric)
+        return ConceptDistillation(teacher_lm=self.teacher, target_lm=self.target, seed=0, **settings)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -224,8 +225,14 @@ def test_corrupt_artifact_names_the_file_and_the_fix(sim, finished_run, name):
     assert "delete it" in message and "fresh run_dir" in message
 
 
-def test_run_dir_from_a_compile_on_other_data(sim, finished_run):
-    shutil.copytree(finished_run, sim.tmp_path / "run")
-    with pytest.raises(RunDirError, match="holds a compile with different trainset.*new run_dir.*resume=False"):
-        compile_with(sim).compile(program(), trainset=sim.trainset[1:9], valset=sim.valset[:4])
-    assert sim.target_engine.calls == 0
+def test_run_dir_from_a_compile_on_other_data_redoes_the_work(sim, finished_run):
+    run = sim.tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    other = sim.trainset[1:9]
+    compile_with(sim).compile(program(), trainset=other, valset=sim.valset[:4])
+    assert sim.target_engine.calls >= len(other)  # collect was redone on the new data...
+    questions = {e.question for e in other}
+    mistakes = json.loads((run / "mistakes.json").read_text())["mistakes"]
+    assert all(m["inputs"]["question"] in questions for m in mistakes)  # ...and nothing stale was kept
+
+

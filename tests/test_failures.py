@@ -112,3 +112,41 @@ def test_regenerated_rules_never_inherit_old_scores(sim):
     for trial in again.result.trials:  # every trial's rules are the rules of this rule set, by content
         assert set(trial.rule_ids) <= ids
     assert not by_text["When in doubt, answer 0."].selected
+
+
+def _calls_of_a_compile(sim, run_dir, adapter=None):
+    calls = (sim.target_engine.calls, sim.teacher_engine.calls)
+    with dspy.context(adapter=adapter):
+        sim.optimizer(run_dir=run_dir).compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    return sim.target_engine.calls - calls[0], sim.teacher_engine.calls - calls[1]
+
+
+def test_an_adapter_change_redoes_collect_and_select(sim):
+    run = sim.tmp_path / "run"
+    first = _calls_of_a_compile(sim, run)
+    assert _calls_of_a_compile(sim, run) == (0, 0)  # unchanged: everything reused
+    json_run = _calls_of_a_compile(sim, run, adapter=dspy.JSONAdapter())
+    fresh = _calls_of_a_compile(sim, sim.tmp_path / "fresh", adapter=dspy.JSONAdapter())
+    assert json_run == fresh and json_run[0] > len(sim.trainset)  # nothing of the chat-adapter run replayed
+    assert first[0] > 0
+
+
+def test_an_lm_setting_change_redoes_the_target_work_but_keeps_the_teacher_settings_apart(sim):
+    run = sim.tmp_path / "run"
+    _calls_of_a_compile(sim, run)
+    sim.target = dspy.LM("simulated/target", engine=sim.target_engine, cache=False, temperature=0.7)
+    target_calls, teacher_calls = _calls_of_a_compile(sim, run)
+    assert target_calls >= len(sim.trainset) and teacher_calls > 0  # collect (and all after it) redone
+
+
+def test_a_metric_change_never_replays_scores(sim):
+    run = sim.tmp_path / "run"
+    _calls_of_a_compile(sim, run)
+
+    def strict(example, prediction, trace=None):
+        return sim.metric(example, prediction, trace) and "." not in str(prediction.answer)
+
+    calls = sim.target_engine.calls
+    sim.optimizer(run_dir=run, metric=strict).compile(dspy.ChainOfThought(COT), trainset=sim.trainset,
+                                                      valset=sim.valset)
+    assert sim.target_engine.calls - calls >= len(sim.trainset)
