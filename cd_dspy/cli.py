@@ -167,6 +167,11 @@ def cmd_compile(args) -> int:
     usage = result.usage
     lines.append(f"LM calls: target {usage['target'].calls} (+{usage['target'].cached_calls} cached), "
                  f"teacher {usage['teacher'].calls} (+{usage['teacher'].cached_calls} cached) during compile")
+    failures = {role: u.failures for role, u in usage.items() if u.failures}
+    if failures:
+        lines.append("failures (scored 0, retried on the next run): " + "; ".join(
+            f"{role} " + ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+            for role, counts in failures.items()))
     lines.append(f"wall time: {time.perf_counter() - started:.0f} s")
     (run_dir / "report.md").write_text(render_report(run_dir))
     lines.append(f"compiled program: {run_dir / 'program.json'}   report: {run_dir / 'report.md'}")

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 FATAL_ERRORS = frozenset({
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "APIConnectionError",
@@ -61,3 +63,34 @@ def failure_kind(exc: BaseException) -> str:
     """A short name for a per-example failure: timeout, rate_limit, unparseable or error."""
     names = _names(exc)
     return next((kind for name, kind in KINDS.items() if name in names), "error")
+
+
+DSPY_EXAMPLE_ERRORS = ("Error for", "Failed to run or to evaluate")
+
+
+class _Demote(logging.Filter):
+    """Turns DSPy's per-example ERROR records (the whole example and LM reply) into DEBUG ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(DSPY_EXAMPLE_ERRORS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+DSPY_EXAMPLE_LOGGERS = ("dspy.utils.parallelizer", "dspy.evaluate.evaluate", "dspy.teleprompt.bootstrap_trace")
+
+
+@contextmanager
+def quiet_example_errors():
+    """While a compile runs, DSPy's per-example error dumps go to DEBUG; cd-dspy logs one WARNING line
+    per failed example (its index) and counts failures per role and kind in the result."""
+    demote = _Demote()
+    loggers = [logging.getLogger(name) for name in DSPY_EXAMPLE_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(demote)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(demote)

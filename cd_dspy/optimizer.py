@@ -28,6 +28,7 @@ from cd_dspy.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
 from cd_dspy.confirm import Decision, confirm, small_sample_warning, split_sizes
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.failures import quiet_example_errors
 from cd_dspy.induce import ARTIFACTS as INDUCE_ARTIFACTS
 from cd_dspy.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mistakes, rule_id
 from cd_dspy.integrate import with_rules
@@ -180,7 +181,8 @@ class ConceptDistillation(Teleprompter):
             meter.restore(ConceptDistillationResult.from_dict(run.read_json("progress.json")).usage)
         base = student.deepcopy()  # the LM is bound only on the copies made from it (with_rules)
         progress = Progress(enabled=self.progress)
-        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter):
+        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter), \
+                quiet_example_errors():
             try:
                 compiled = self._run_phases(base, trainset, valset, run, meter, result, progress)
             finally:
