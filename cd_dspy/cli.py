@@ -130,7 +130,7 @@ def cmd_compile(args) -> int:
         metric=metric, teacher_lm=teacher, target_lm=target, auto=args.auto, num_trials=args.trials,
         max_mistakes=args.max_mistakes, max_rules=args.max_rules, priming=args.priming, seed=args.seed,
         samples_per_mistake=args.samples_per_mistake, verify=not args.no_verify, verify_correct=args.verify_correct,
-        confirm_fraction=args.confirm_fraction,
+        confirm_fraction=args.confirm_fraction, conditional_rules=args.conditional_rules,
         run_dir=run_dir, num_threads=args.threads, minibatch_size=args.minibatch, resume=not args.fresh,
         max_target_calls=args.max_target_calls, max_teacher_calls=args.max_teacher_calls,
         progress=not args.quiet)
@@ -185,7 +185,9 @@ def cmd_evaluate(args) -> int:
     if args.load:
         if not Path(args.load).exists():
             raise CLIError(f"no saved program at {args.load}")
-        program.load(args.load, allow_unsafe_lm_state=True)
+        from cd_dspy.integrate import load_program
+
+        load_program(program, args.load, allow_unsafe_lm_state=True)
     program.set_lm(resolve_lm(args.lm, "target", args.api_base))
     examples = splits[args.split][: args.n] if args.n else splits[args.split]
     score = evaluate(program, examples, metric, args.threads)
@@ -251,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--verify-correct", type=int, default=8,
                       help="correctly answered training examples each rule is tried on (verification)")
     comp.add_argument("--no-verify", action="store_true", help="skip the verification of each rule")
+    comp.add_argument("--conditional-rules", action="store_true",
+                      help="show each rule only to inputs that meet its 'When ...' condition")
     comp.add_argument("--confirm-fraction", type=float, default=0.5,
                       help="share of the valset kept from the search to confirm its result")
     comp.add_argument("--max-target-calls", type=int)

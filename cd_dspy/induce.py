@@ -23,6 +23,7 @@ import dspy
 from dspy.utils.parallelizer import ParallelExecutor
 
 from cd_dspy.failures import LMUnavailableError, is_fatal
+from cd_dspy.integrate import triggers
 from cd_dspy.priming import primed
 from cd_dspy.result import Explanation, Mistake, Rule
 from cd_dspy.usage import BudgetExhausted
@@ -345,8 +346,9 @@ def build_rules(program: dspy.Module, explanations: Sequence[Explanation], mista
                         len(dropped), name, dropped)
         origin = {t: o for t, _, o in kept}
         for text, sources in dedupe([(t, s) for t, s, _ in kept])[:max_rules]:
+            questions = [json.dumps(m.inputs, ensure_ascii=False) for m in mistakes if m.id in sources]
             rules.append(Rule(id=rule_id(name, text), text=text, predictor=name, sources=sorted(sources),
-                              origin=origin.get(text, "teacher")))
+                              origin=origin.get(text, "teacher"), triggers=triggers(text, questions)))
     logger.info("Induce: %d rule(s) from %d explanation(s).", len(rules), len(explanations))
     return rules
 

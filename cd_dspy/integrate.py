@@ -1,23 +1,37 @@
 """Phase 4: write rules into the instructions of a deep copy of the program.
 
-The format is stable and readable, so a saved program shows exactly what was added:
+Always-on rules are written into each predictor's instructions in a stable, readable format, so a
+saved program shows exactly what was added:
 
     <original instructions>
 
     Follow these rules:
     - <rule>
-    - <rule>
+
+Conditional rules (`conditional=True`) are held by a `RulePredict`, a `dspy.Predict` that shows each
+rule only to inputs meeting its condition (the "When ..." clause of the rule, matched by its
+keywords: no LM call). `save()` keeps them in the predictor's state; `load_program` (or DSPy's
+whole-program `save(..., save_program=True)` / `dspy.load`) restores them.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import dspy
 
 from cd_dspy.result import Rule
 
 RULES_HEADER = "Follow these rules:"
+_CONDITION = re.compile(r"^\s*(?:when|whenever|if)\s+(.+?),", re.I)
+_GENERIC = frozenset("""a an the and or of to in on for with by from as at is are be it its this that these those
+    you your they their there what which who how many much any each every some all when whenever if then than
+    asked ask asks asking question questions problem problems task number numbers answer answers value values
+    result results given find calculate compute give gives write use using need needs needed""".split())
 
 
 def render_instructions(instructions: str, rules: Sequence[str]) -> str:
@@ -27,19 +41,107 @@ def render_instructions(instructions: str, rules: Sequence[str]) -> str:
     return f"{instructions.rstrip()}\n\n{RULES_HEADER}\n{bullets}"
 
 
-def with_rules(program: dspy.Module, rules: Sequence[Rule], lm=None) -> dspy.Module:
-    """A deep copy of `program` whose predictors' instructions hold their rules, with `lm` (if given)
-    bound to the predictors that have no LM of their own (a step that deliberately runs on another LM
-    keeps it).
+def _stem(word: str) -> str:
+    return word[:6]
 
-    Only `signature.with_instructions` is used: signature classes are shared between copies, so
-    assigning to `signature.instructions` would change the user's program too.
+
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in re.findall(r"[a-z]+", text.lower())}
+
+
+def triggers(rule_text: str, source_texts: Sequence[str] = ()) -> list[str]:
+    """The keyword stems of a rule's "When ..." condition that its source questions contain (a word of
+    the condition its own questions lack is a paraphrase that would never match); [] means always on:
+    no condition, or none of its words in its sources."""
+    match = _CONDITION.match(rule_text)
+    if not match:
+        return []
+    words = re.findall(r"[a-z]+", match.group(1).lower())
+    stems = {_stem(w) for w in words if len(w) > 2 and w not in _GENERIC}
+    if source_texts:
+        stems &= _stems(" ".join(source_texts))
+    return sorted(stems)
+
+
+def applies(rule: dict[str, Any], text: str) -> bool:
+    """True when `text` holds at least half of the rule's trigger stems (always, when it has none)."""
+    stems = rule.get("triggers") or []
+    if not stems:
+        return True
+    present = _stems(text)
+    return 2 * sum(s in present for s in stems) >= len(stems)
+
+
+class RulePredict(dspy.Predict):
+    """A `dspy.Predict` whose rules each speak only to the inputs that meet their condition."""
+
+    def __init__(self, signature, conditional_rules: Sequence[dict[str, Any]] = (), **config):
+        super().__init__(signature, **config)
+        self.conditional_rules = list(conditional_rules)
+
+    @classmethod
+    def from_predict(cls, predict: dspy.Predict, rules: Sequence[Rule]) -> RulePredict:
+        new = cls(predict.signature, [{"text": r.text, "triggers": triggers(r.text) if r.triggers is None
+                                       else r.triggers} for r in rules], **predict.config)
+        new.demos, new.lm, new.traces, new.train = list(predict.demos), predict.lm, predict.traces, predict.train
+        return new
+
+    def active_rules(self, inputs: dict[str, Any]) -> list[str]:
+        text = " ".join(str(inputs.get(name, "")) for name in self.signature.input_fields)
+        return [rule["text"] for rule in self.conditional_rules if applies(rule, text)]
+
+    def _with_active(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "signature" in kwargs or not self.conditional_rules:
+            return kwargs
+        instructions = render_instructions(self.signature.instructions, self.active_rules(kwargs))
+        return {**kwargs, "signature": self.signature.with_instructions(instructions)}
+
+    def forward(self, **kwargs):
+        return super().forward(**self._with_active(kwargs))
+
+    async def aforward(self, **kwargs):
+        return await super().aforward(**self._with_active(kwargs))
+
+    def dump_state(self, json_mode=True):
+        return {**super().dump_state(json_mode), "conditional_rules": self.conditional_rules}
+
+
+def _replace(module: dspy.Module, dotted: str, new: dspy.Predict) -> None:
+    *parents, last = dotted.split(".")
+    for name in parents:
+        module = getattr(module, name)
+    setattr(module, last, new)
+
+
+def with_rules(program: dspy.Module, rules: Sequence[Rule], lm: Any = None, conditional: bool = False) -> dspy.Module:
+    """A deep copy of `program` whose predictors hold their rules, with `lm` (if given) bound to the
+    predictors that have no LM of their own (a step that deliberately runs on another LM keeps it).
+
+    Always-on rules go into the instructions through `signature.with_instructions` (signature classes
+    are shared between copies: assigning `signature.instructions` would change the user's program);
+    conditional ones into a `RulePredict` that replaces the predictor in the copy.
     """
     compiled = program.deepcopy()
     for name, pred in compiled.named_predictors():
-        texts = [r.text for r in rules if r.predictor == name]
-        if texts:
+        own = [r for r in rules if r.predictor == name]
+        if own and conditional:
+            pred = RulePredict.from_predict(pred, own)
+            _replace(compiled, name, pred)
+        elif own:
+            texts = [r.text for r in own]
             pred.signature = pred.signature.with_instructions(render_instructions(pred.signature.instructions, texts))
         if lm is not None and pred.lm is None:
             pred.lm = lm
     return compiled
+
+
+def load_program(program: dspy.Module, path: str | Path, **kwargs) -> dspy.Module:
+    """`program.load(path)` that also restores conditional rules (a `RulePredict` where the saved
+    state holds them); `program` is changed in place and returned, like DSPy's `load`."""
+    state = json.loads(Path(path).read_text())
+    for name, pred in program.named_predictors():
+        saved = state.get(name, {}).get("conditional_rules")
+        if saved and not isinstance(pred, RulePredict):
+            _replace(program, name, RulePredict.from_predict(pred, []))
+    program.load(str(path), **kwargs)
+    return program

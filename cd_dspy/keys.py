@@ -44,7 +44,8 @@ def predictor_state(predictor: Any) -> dict[str, Any]:
               for name, field in signature.fields.items()]
     demos = [dict(demo) if hasattr(demo, "items") else str(demo) for demo in predictor.demos or []]
     return {"instructions": signature.instructions, "fields": fields, "demos": demos,
-            "lm": lm_state(predictor.lm or dspy.settings.lm)}
+            "lm": lm_state(predictor.lm or dspy.settings.lm),
+            "conditional_rules": getattr(predictor, "conditional_rules", None)}
 
 
 def program_key(program: dspy.Module) -> str:

@@ -84,6 +84,8 @@ class ConceptDistillation(Teleprompter):
         verify_correct, verify_max_sources: the sizes of that check.
         confirm_fraction: share of the valset held out from the search to confirm its best subsets.
         confirm_top_k: how many of the search's best subsets are confirmed.
+        conditional_rules: show each rule only to inputs that meet its "When ..." condition (matched by
+            keywords, no LM call) instead of to every input (`integrate.RulePredict`).
         budget / max_target_calls / max_teacher_calls / max_tokens / max_cost_usd: hard caps.
         run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
         storage, study_name: the Optuna storage URL (default SQLite in run_dir) and study name.
@@ -97,7 +99,8 @@ class ConceptDistillation(Teleprompter):
                  valset_fraction: float = 0.5, min_improvement: float = 0.0,
                  require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
                  verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
-                 confirm_top_k: int = 3, num_threads: int = 1, teacher_retries: int = 2,
+                 confirm_top_k: int = 3, conditional_rules: bool = False, num_threads: int = 1,
+                 teacher_retries: int = 2,
                  budget: Budget | None = None, max_target_calls: int | None = None,
                  max_teacher_calls: int | None = None, max_tokens: int | None = None,
                  max_cost_usd: float | None = None, seed: int = 0, run_dir: str | os.PathLike | None = None,
@@ -132,6 +135,7 @@ class ConceptDistillation(Teleprompter):
         self.verify_max_sources = verify_max_sources
         self.confirm_fraction = confirm_fraction
         self.confirm_top_k = confirm_top_k
+        self.conditional_rules = conditional_rules
         self.num_threads = num_threads
         self.teacher_retries = teacher_retries
         self.budget = budget or Budget(max_target_calls, max_teacher_calls, max_tokens, max_cost_usd)
@@ -148,7 +152,7 @@ class ConceptDistillation(Teleprompter):
         keys = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
                 "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
                 "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
-                "confirm_fraction", "confirm_top_k", "seed", "study_name")
+                "confirm_fraction", "confirm_top_k", "conditional_rules", "seed", "study_name")
         return {k: getattr(self, k) for k in keys}
 
     # -- estimate --------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ class ConceptDistillation(Teleprompter):
         study_name = f"{self.study_name}-{scope}"
         if not self.resume:
             delete_study(study_name, storage)
-        selector = RuleSelector(base, rules, evaluator, indices=search, target_lm=self.target_lm,
+        selector = RuleSelector(lambda chosen: self._bind(base, chosen), rules, evaluator, indices=search,
                                 num_trials=self.num_trials, seed=self.seed, storage=storage,
                                 study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
         selection = selector.run()
@@ -388,7 +392,7 @@ class ConceptDistillation(Teleprompter):
     # -- helpers ---------------------------------------------------------------------------------
     def _bind(self, base: dspy.Module, rules: Sequence[Rule] = ()) -> dspy.Module:
         """A copy of `base` with `rules` integrated and the target LM (if one was given) bound."""
-        return with_rules(base, rules, lm=self.target_lm)
+        return with_rules(base, rules, lm=self.target_lm, conditional=self.conditional_rules)
 
     def _split(self, trainset, valset) -> tuple[list[dspy.Example], list[dspy.Example]]:
         trainset = validation.check_examples(trainset, "trainset")
@@ -417,7 +421,8 @@ class ConceptDistillation(Teleprompter):
                               self.max_rules, self.consolidate, self.filter_specific_rules, self.samples_per_mistake,
                               self.seed])
         select = keys.digest([induce, keys.examples_key(valset), self.verify, self.verify_correct,
-                              self.verify_max_sources, self.confirm_fraction, self.num_trials, self.minibatch_size])
+                              self.conditional_rules, self.verify_max_sources, self.confirm_fraction,
+                              self.num_trials, self.minibatch_size])
         return {"collect": collect, "induce": induce, "select": select}
 
     def _save_program(self, compiled: dspy.Module, run: RunDir) -> None:

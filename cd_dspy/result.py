@@ -76,6 +76,7 @@ class Rule(_Record):
     predictor: str
     sources: list[str] = field(default_factory=list)  # mistake ids the rule came from
     origin: str = "teacher"  # "teacher", "consolidated" or "delexicalised"
+    triggers: list[str] | None = None  # keyword stems of its condition (conditional rules); [] = always on
     verification: dict[str, Any] | None = None  # Verification.to_dict(): fixed/broken training examples
     selected: bool = False
     effect: float | None = None  # confirmation score of the chosen subset minus the subset without this rule

@@ -20,7 +20,6 @@ import optuna
 from optuna.trial import TrialState
 
 from cd_dspy.evaluation import CachedEvaluator
-from cd_dspy.integrate import with_rules
 from cd_dspy.result import Rule, Trial
 from cd_dspy.usage import BudgetExhausted
 
@@ -82,15 +81,14 @@ def _fail_interrupted_trials(study: optuna.Study) -> None:
 class RuleSelector:
     """Runs the study on the valset examples at `indices`; `evaluator(program, indices)` scores (0-1 scale)."""
 
-    def __init__(self, base_program, rules: Sequence[Rule], evaluator: CachedEvaluator, *, indices: Sequence[int],
-                 target_lm,
+    def __init__(self, program_with: Callable[[Sequence[Rule]], object], rules: Sequence[Rule],
+                 evaluator: CachedEvaluator, *, indices: Sequence[int],
                  num_trials: int, seed: int, storage: str | None, study_name: str,
                  minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None,
                  refine: bool = True):
-        self.base_program = base_program
+        self.program_with = program_with  # rules -> the program that runs with them
         self.rules = list(rules)
         self.evaluator = evaluator
-        self.target_lm = target_lm
         self.num_trials = num_trials
         self.seed = seed
         self.minibatch_size = minibatch_size
@@ -177,7 +175,7 @@ class RuleSelector:
     def _objective(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
         chosen = [r for r in self.rules if trial.suggest_categorical(r.id, [0, 1])]
-        program = with_rules(self.base_program, chosen, lm=self.target_lm)
+        program = self.program_with(chosen)
         prunable = "enqueued" not in trial.user_attrs and self.minibatch_size
         batches = self._batches() if prunable else [self.order]
         scores: list[float] = []
