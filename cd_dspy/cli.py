@@ -142,11 +142,19 @@ def cmd_compile(args) -> int:
     result = optimizer.result
     from cd_dspy.result import format_score
 
-    lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw): baseline "
-             f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
-             f"search score ({result.n_search} examples, the optimistic best of the search): baseline "
-             f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}",
-             f"rules selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})"]
+    if result.n_confirm:
+        lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw): baseline "
+                 f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
+                 f"search score ({result.n_search} examples, the optimistic best of the search): baseline "
+                 f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}"]
+    else:
+        lines = ["validation: not used (the compile ended before the search; see below)"]
+    lines.append(f"rules selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})")
+    verified = [r for r in result.rules if r.verification]
+    if verified:
+        lines.append(f"verification: {sum(r.verified for r in verified)} of {len(verified)} rules kept; "
+                     f"{sum(len(r.verification['fixed']) for r in verified)} source mistakes fixed, "
+                     f"{sum(len(r.verification['broken']) for r in verified)} correct examples broken in all")
     lines += [f"warning: {warning}" for warning in result.warnings]
     if splits["test"]:
         baseline_program = make_program(args, task)
