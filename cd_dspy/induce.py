@@ -125,10 +125,11 @@ class Delexicalised:
     text: str
     replaced: tuple[str, ...]  # the copied numbers, names and identifiers
     copied_phrase: str | None  # a run of words copied from a source (with a number, or >= COPIED_RUN long)
+    leftover: tuple[str, ...] = ()  # numbers left beside placeholders: the instance was not abstracted
 
     @property
     def specific(self) -> bool:
-        return bool(self.replaced) or self.copied_phrase is not None
+        return bool(self.replaced or self.leftover) or self.copied_phrase is not None
 
 
 def delexicalise(rule: str, source_texts: Sequence[str]) -> Delexicalised:
@@ -153,7 +154,9 @@ def delexicalise(rule: str, source_texts: Sequence[str]) -> Delexicalised:
         out, count = re.subn(pattern, PLACEHOLDERS[kind], out)
         if count:
             replaced.append(word)
-    return Delexicalised(out, tuple(replaced), _copied_phrase(out, text))
+    placeholders = any(p in out for p in PLACEHOLDERS.values())
+    leftover = tuple(n for n in _NUMBER.findall(out) if n not in _TRIVIAL_NUMBERS) if placeholders else ()
+    return Delexicalised(out, tuple(replaced), _copied_phrase(out, text), leftover)
 
 
 def _copied_phrase(rule: str, source: str) -> str | None:
@@ -334,7 +337,8 @@ def build_rules(program: dspy.Module, explanations: Sequence[Explanation], mista
         if consolidate and (len(candidates) > max_rules or len(general) < len(candidates)):
             shown = [(delex(t, s).text if specific(t, s) else t, s) for t, s in candidates]
             merged = _consolidate(merge, name, pred, shown, max_rules, retries)
-            kept = [(t, s, "consolidated") for t, s in merged if not specific(t, s)]
+            every = sorted({i for _, sources in candidates for i in sources})  # a merged rule may copy any of them
+            kept = [(t, s, "consolidated") for t, s in merged if not specific(t, every)]
             kept += [c for c in general if all(similarity(c[0], k[0]) < 0.5 for k in kept)]
         covered = {source for _, sources, _ in kept for source in sources}
         salvaged = [(d.text, s, "delexicalised") for t, s in candidates if specific(t, s) and not set(s) <= covered

@@ -50,6 +50,9 @@ def test_delexicalisation_replaces_what_was_copied():
     phrase = delexicalise("Pack the stickers into bags of 10.", [STICKERS])
     assert phrase.copied_phrase == "bags of 10" and phrase.replaced == ()
     assert not delexicalise("When a question asks for a remainder, use modulo.", [REMAINDER]).specific
+    # an instance half abstracted: placeholders beside a number the teacher computed for that question
+    leftover = delexicalise("For a number and a number, the answer is 63.", [REMAINDER])
+    assert leftover.leftover == ("63",) and leftover.specific
 
 
 # --- verification ---------------------------------------------------------------------------------
