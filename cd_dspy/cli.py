@@ -1,6 +1,6 @@
 """The `cd-dspy` command: compile, evaluate, models, report.
 
-    cd-dspy compile            # the main job: math-basic, 0.5B target, 1.5B teacher, ~12 min on 2 cores
+    cd-dspy compile            # the main job: math-basic, 0.5B target, 1.5B teacher (see the README for its time)
     cd-dspy evaluate --task math --load runs/math/program.json --lm qwen2.5-coder-0.5b --n 20
     cd-dspy models
     cd-dspy report runs/math
@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--teacher", default=DEFAULT_TEACHER, help="catalog name, .gguf path or litellm model")
     comp.add_argument("--target-api-base")
     comp.add_argument("--teacher-api-base")
-    comp.add_argument("--train", type=int, default=8)
-    comp.add_argument("--val", type=int, default=8)
+    comp.add_argument("--train", type=int, default=12)
+    comp.add_argument("--val", type=int, default=16, help="split into a search part and a confirmation part")
     comp.add_argument("--test", type=int, default=16, help="held-out examples scored before and after")
     comp.add_argument("--auto", choices=["light", "medium", "heavy"], default="light")
     comp.add_argument("--trials", type=int, default=4)

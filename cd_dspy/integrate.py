@@ -17,6 +17,7 @@ whole-program `save(..., save_program=True)` / `dspy.load`) restores them.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import dspy
 
 from cd_dspy.result import Rule
 
+logger = logging.getLogger(__name__)
 RULES_HEADER = "Follow these rules:"
 _CONDITION = re.compile(r"^\s*(?:when|whenever|if)\s+(.+?),", re.I)
 _GENERIC = frozenset("""a an the and or of to in on for with by from as at is are be it its this that these those
@@ -145,3 +147,16 @@ def load_program(program: dspy.Module, path: str | Path, **kwargs) -> dspy.Modul
             _replace(program, name, RulePredict.from_predict(pred, []))
     program.load(str(path), **kwargs)
     return program
+
+
+def save_program(compiled: dspy.Module, path: str | Path | None) -> None:
+    """`compiled.save(path)`; an LM whose engine cannot be serialised is left out (with a warning)."""
+    if path is None:
+        return
+    try:
+        compiled.save(str(path))
+    except Exception as exc:
+        logger.warning("Could not save the compiled program with its LM (%s); saving without it.", exc)
+        bare = compiled.deepcopy()
+        bare.set_lm(None)
+        bare.save(str(path))

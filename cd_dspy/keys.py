@@ -65,3 +65,15 @@ def metric_key(metric: Callable) -> str:
 
 def examples_key(examples: Sequence[dspy.Example]) -> str:
     return digest([[e.toDict(), sorted(e.inputs().keys())] for e in examples])
+
+
+def phase_keys(cd: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
+               valset: Sequence[dspy.Example]) -> dict[str, str]:
+    """The key of each phase's inputs for the optimizer `cd` (each includes the keys before it);
+    `program` is the user's program bound as the target will run it."""
+    collect = digest([examples_key(trainset), program_key(program), metric_key(cd.metric), cd.mistake_threshold])
+    induce = digest([collect, lm_state(cd.teacher_lm), cd.priming, cd.max_mistakes, cd.max_rules, cd.consolidate,
+                     cd.filter_specific_rules, cd.samples_per_mistake, cd.seed])
+    select = digest([induce, examples_key(valset), cd.verify, cd.verify_correct, cd.conditional_rules,
+                     cd.verify_max_sources, cd.confirm_fraction, cd.num_trials, cd.minibatch_size])
+    return {"collect": collect, "induce": induce, "select": select}

@@ -31,7 +31,7 @@ from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.failures import quiet_example_errors
 from cd_dspy.induce import ARTIFACTS as INDUCE_ARTIFACTS
 from cd_dspy.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mistakes, rule_id
-from cd_dspy.integrate import with_rules
+from cd_dspy.integrate import save_program, with_rules
 from cd_dspy.progress import Progress
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
 from cd_dspy.run_dir import RunDir
@@ -178,7 +178,8 @@ class ConceptDistillation(Teleprompter):
         validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)  # raises or warns
         started = time.perf_counter()
         run = RunDir(self.run_dir)
-        run.refresh(self._phase_keys(student, trainset, valset), PHASE_ARTIFACTS, resume=self.resume)
+        run.refresh(keys.phase_keys(self, self._bind(student), trainset, valset), PHASE_ARTIFACTS,
+                    resume=self.resume)
         meter = UsageMeter(self.teacher_lm, self.budget)
         result = ConceptDistillationResult(n_train=len(trainset), n_val=len(valset), settings=self.settings())
         if run.exists("progress.json"):
@@ -195,7 +196,7 @@ class ConceptDistillation(Teleprompter):
         result.usage = meter.snapshot()
         result.phase_seconds["total"] = round(time.perf_counter() - started, 3)
         run.write_json("result.json", result.to_dict())
-        self._save_program(compiled, run)
+        save_program(compiled, run.file("program.json"))
         self.result = result
         logger.info("Concept Distillation: %s", result.message)
         return compiled
@@ -411,29 +412,3 @@ class ConceptDistillation(Teleprompter):
         n_val = max(2, min(len(trainset) - 1, round(len(trainset) * self.valset_fraction)))
         logger.info("No valset given: holding out %d of %d training examples for selection.", n_val, len(trainset))
         return shuffled[n_val:], shuffled[:n_val]
-
-    def _phase_keys(self, student, trainset, valset) -> dict[str, str]:
-        """The key of each phase's inputs (each includes the keys of the phases before it)."""
-        program = keys.program_key(self._bind(student))
-        collect = keys.digest([keys.examples_key(trainset), program, keys.metric_key(self.metric),
-                               self.mistake_threshold])
-        induce = keys.digest([collect, keys.lm_state(self.teacher_lm), self.priming, self.max_mistakes,
-                              self.max_rules, self.consolidate, self.filter_specific_rules, self.samples_per_mistake,
-                              self.seed])
-        select = keys.digest([induce, keys.examples_key(valset), self.verify, self.verify_correct,
-                              self.conditional_rules, self.verify_max_sources, self.confirm_fraction,
-                              self.num_trials, self.minibatch_size])
-        return {"collect": collect, "induce": induce, "select": select}
-
-    def _save_program(self, compiled: dspy.Module, run: RunDir) -> None:
-        path = run.file("program.json")
-        if path is None:
-            return
-        try:
-            compiled.save(str(path))
-        except Exception as exc:  # an LM whose engine cannot be serialised: save without the LM
-            logger.warning("Could not save the compiled program with its LM (%s); saving without it.", exc)
-            bare = compiled.deepcopy()
-            bare.set_lm(None)
-            bare.save(str(path))
-
