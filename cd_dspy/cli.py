@@ -101,7 +101,7 @@ def evaluate(program, examples, metric, threads: int) -> float:
 
     if not examples:
         return float("nan")
-    return float(dspy.Evaluate(devset=examples, metric=metric, num_threads=threads, display_progress=False,
+    return float(dspy.Evaluate(devset=examples, metric=metric, num_threads=threads or 1, display_progress=False,
                                provide_traceback=False)(program).score)
 
 
@@ -109,7 +109,7 @@ def per_example_scores(program, examples, metric, threads: int) -> list[float]:
     """The metric's score of `program` on each example, in order (a failed prediction scores 0)."""
     import dspy
 
-    outcome = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads, display_progress=False,
+    outcome = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads or 1, display_progress=False,
                             provide_traceback=False, failure_score=0.0)(program)
     return [float(getattr(score, "score", score)) for _, _, score in outcome.results]
 
@@ -232,7 +232,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", help="a metric instead of the task's: 'package.module:metric'")
     parser.add_argument("--data", help="a local JSONL file (question/answer) for math-style tasks")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="parallel LM calls (1 for embedded local models)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="parallel LM calls (default: 1 for embedded models, else DSPy's num_threads)")
     parser.add_argument("--adapter", choices=["json", "chat"], default="json",
                         help="DSPy adapter (json: grammar-constrained JSON on local models)")
 

@@ -58,6 +58,15 @@ AUTO_PRESETS = {
 }
 
 
+def default_threads(*lms: Any) -> int:
+    """DSPy's `num_threads` for remote LMs; 1 when an LM runs in this process (an embedded model gains
+    nothing from threads on a small machine, and calls queued past DSPy's straggler timeout would be
+    sent twice)."""
+    if any(getattr(lm, "_engine_spec", "auto") not in (None, "auto") for lm in lms):
+        return 1
+    return int(dspy.settings.num_threads or 1)
+
+
 class ConceptDistillation(Teleprompter):
     """Distil a teacher LM's rules into the instructions of a program run by a cheaper target LM.
 
@@ -90,6 +99,8 @@ class ConceptDistillation(Teleprompter):
         run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
         storage, study_name: the Optuna storage URL (default SQLite in run_dir) and study name.
         resume: reuse finished work found in run_dir (default True).
+        num_threads: parallel LM calls; default DSPy's `num_threads`, or 1 when an LM runs in this
+            process. Caps hold exactly and no call outlives `compile` with any number of threads.
     """
 
     def __init__(self, metric: Callable, *, teacher_lm: Any = None, target_lm: Any = None,
@@ -99,7 +110,7 @@ class ConceptDistillation(Teleprompter):
                  valset_fraction: float = 0.5, min_improvement: float = 0.0,
                  require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
                  verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
-                 confirm_top_k: int = 3, conditional_rules: bool = False, num_threads: int = 1,
+                 confirm_top_k: int = 3, conditional_rules: bool = False, num_threads: int | None = None,
                  teacher_retries: int = 2,
                  budget: Budget | None = None, max_target_calls: int | None = None,
                  max_teacher_calls: int | None = None, max_tokens: int | None = None,
@@ -137,6 +148,7 @@ class ConceptDistillation(Teleprompter):
         self.confirm_top_k = confirm_top_k
         self.conditional_rules = conditional_rules
         self.num_threads = num_threads
+        self.threads = num_threads or 1  # resolved per compile (default_threads)
         self.teacher_retries = teacher_retries
         self.budget = budget or Budget(max_target_calls, max_teacher_calls, max_tokens, max_cost_usd)
         self.seed = seed
@@ -175,7 +187,8 @@ class ConceptDistillation(Teleprompter):
             self.teacher_lm = teacher
         validation.check_program(student)
         trainset, valset = self._split(trainset, valset)
-        validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)  # raises or warns
+        target = validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)  # raises or warns
+        self.threads = self.num_threads or default_threads(target, self.teacher_lm)
         started = time.perf_counter()
         run = RunDir(self.run_dir)
         run.refresh(keys.phase_keys(self, self._bind(student), trainset, valset), PHASE_ARTIFACTS,
@@ -259,7 +272,7 @@ class ConceptDistillation(Teleprompter):
         else:
             bar = progress.bar("collect mistakes", total=len(trainset))
             mistakes, result.train_score, correct = collect_resumable(
-                lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.num_threads,
+                lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.threads,
                 threshold=self.mistake_threshold, on_chunk=bar.update)
             bar.close()
             run.write_json(MISTAKES_FILE, {"train_score": result.train_score, "correct": correct,
@@ -287,7 +300,7 @@ class ConceptDistillation(Teleprompter):
             bar.update(1)
 
         fresh = explain_mistakes(base, todo, teacher_lm=self.teacher_lm, priming=self.priming,
-                                 num_threads=self.num_threads, retries=self.teacher_retries, on_done=on_done,
+                                 num_threads=self.threads, retries=self.teacher_retries, on_done=on_done,
                                  samples=self.samples_per_mistake)
         bar.close()
         if any(e.error == "budget" for e in fresh):
@@ -305,7 +318,7 @@ class ConceptDistillation(Teleprompter):
 
     def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> None:
         """Fill in each rule's verification (resumable: every score is logged as it comes)."""
-        evaluator = CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.num_threads,
+        evaluator = CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.threads,
                                     log_name=VERIFICATION_LOG)
         bar = progress.bar("verify rules", total=len(rules))
         verify_rules(rules, mistakes, correct_sample(correct, self.verify_correct, self.seed),
@@ -330,7 +343,7 @@ class ConceptDistillation(Teleprompter):
 
     def _select(self, base, rules, valset, search, metric, run: RunDir, meter, result, progress,
                 checkpoint) -> Selection:
-        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.num_threads)
+        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
         storage = self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None)
         bar = progress.bar("search rule subsets", total=self.num_trials)
 
@@ -359,7 +372,7 @@ class ConceptDistillation(Teleprompter):
         return selection
 
     def _confirm(self, base, rules, selection, valset, confirmation, metric, run: RunDir, meter) -> Decision:
-        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.num_threads)
+        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
         return confirm(selection, rules, evaluator, confirmation, program_with=lambda chosen: self._bind(base, chosen),
                        top_k=self.confirm_top_k, alpha=self.require_significance,
                        min_improvement=self.min_improvement)

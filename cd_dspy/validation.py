@@ -33,8 +33,8 @@ def check_settings(*, metric: Callable, teacher_lm: Any, auto: str | None, seed:
                         ("minibatch_size", minibatch_size)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
-    if not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive int, got {num_threads!r}.")
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive int or None (DSPy's setting), got {num_threads!r}.")
     if not 0 < valset_fraction < 1:
         raise ValueError(f"valset_fraction must be between 0 and 1 (exclusive), got {valset_fraction!r}.")
     if storage is not None:

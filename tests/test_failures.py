@@ -150,3 +150,12 @@ def test_a_metric_change_never_replays_scores(sim):
     sim.optimizer(run_dir=run, metric=strict).compile(dspy.ChainOfThought(COT), trainset=sim.trainset,
                                                       valset=sim.valset)
     assert sim.target_engine.calls - calls >= len(sim.trainset)
+
+
+def test_threads_default_to_dspy_for_remote_lms_and_one_for_embedded_ones(sim):
+    from cd_dspy.optimizer import default_threads
+
+    remote = dspy.LM("openai/gpt-4o-mini", api_key="sk-test")
+    assert default_threads(sim.target, remote) == 1  # an in-process engine: one call at a time
+    with dspy.context(num_threads=6):
+        assert default_threads(remote, remote) == 6
