@@ -218,6 +218,9 @@ class ConceptDistillation(Teleprompter):
         metric = ScoredMetric(self.metric)
         checkpoint = lambda: run.write_json("progress.json", {**result.to_dict(), "usage": {  # noqa: E731
             k: v.to_dict() for k, v in meter.snapshot().items()}})
+        search, confirmation = self._split_valset(valset, result)  # warns up front when it is too small
+        for warning in result.warnings:
+            progress.note(f"warning: {warning}")
         try:
             with self._phase("collect", result, progress):
                 mistakes, correct = self._collect(base, trainset, metric, run, result, meter, progress)
@@ -246,7 +249,6 @@ class ConceptDistillation(Teleprompter):
                 result.message = ("No candidate rule fixed the mistakes it came from without breaking as many "
                                   "correct training examples; the program is returned unchanged.")
                 return self._bind(base)
-            search, confirmation = self._split_valset(valset, result)
             with self._phase("select", result, progress):
                 selection = self._select(base, candidates, valset, search, metric, run, meter, result, progress,
                                          checkpoint)

@@ -1,0 +1,89 @@
+"""Held-out scores of the same rules shown always vs only where their condition applies.
+
+Takes the search's best subset from a finished compile (whether or not the confirmation accepted it)
+and scores, on the held-out test split, the program without rules, with those rules always on, and
+with them conditional; paired comparisons against the baseline with 95% intervals.
+
+    python examples/conditional_vs_always.py --task math-basic --run-dir runs/i8-math-cond --train 24 \
+        --val 40 --test 40 --out examples/results/conditional_vs_always_math_basic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import dspy
+
+from cd_dspy.cli import per_example_scores
+from cd_dspy.integrate import with_rules
+from cd_dspy.programs import get_task
+from cd_dspy.result import ConceptDistillationResult
+from cd_dspy.stats import paired_difference, score_interval
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="math-basic")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--train", type=int, required=True)
+    parser.add_argument("--val", type=int, required=True)
+    parser.add_argument("--test", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    from cd_dspy.lms import local_lm
+
+    task = get_task(args.task)
+    test = task.load_splits(seed=args.seed, sizes={"train": args.train, "val": args.val, "test": args.test})["test"]
+    result = ConceptDistillationResult.from_dict(json.loads((Path(args.run_dir) / "result.json").read_text()))
+    by_id = {r.id: r for r in result.rules}
+    best = result.candidates[0]["rule_ids"] if result.candidates else []
+    rules = [by_id[i] for i in best]
+    target = local_lm(args.target, role="target")
+    base = task.make_program()
+    report = {"command": "python examples/conditional_vs_always.py " + " ".join(argv or sys.argv[1:]),
+              "rules": [r.text for r in rules], "n_test": len(test), "programs": {}}
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        scores = {}
+        for name, conditional in (("baseline", None), ("always-on", False), ("conditional", True)):
+            started = time.perf_counter()
+            program = with_rules(base, [] if conditional is None else rules, lm=target, conditional=bool(conditional))
+            scores[name] = per_example_scores(program, test, task.metric, 1)
+            low, high = score_interval(scores[name])
+            report["programs"][name] = {"score": 100 * sum(scores[name]) / len(test), "interval": [low, high],
+                                        "seconds": round(time.perf_counter() - started, 1)}
+    for name in ("always-on", "conditional"):
+        report["programs"][name]["vs_baseline"] = paired_difference(scores[name], scores["baseline"]).to_dict()
+    report["conditional_vs_always_on"] = paired_difference(scores["conditional"], scores["always-on"]).to_dict()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "conditional_vs_always.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "conditional_vs_always.md").write_text(render(report))
+    print(render(report))
+    return report
+
+
+def render(report: dict) -> str:
+    lines = [f"# Always-on vs conditional rules ({report['command']})", "", "Rules:"]
+    lines += [f"- {text}" for text in report["rules"]]
+    lines += ["", f"| program | held-out score ({report['n_test']}) [95% CI] | vs baseline [95% CI], fixed/broken, p |",
+              "|---|---|---|"]
+    for name, p in report["programs"].items():
+        vs = p.get("vs_baseline")
+        cell = (f"{vs['difference']:+.1f} [{vs['low']:+.1f}, {vs['high']:+.1f}], {vs['wins']}/{vs['losses']}, "
+                f"p = {vs['p_two_sided']:.3g}") if vs else ""
+        lines.append(f"| {name} | {p['score']:.1f} [{p['interval'][0]:.1f}, {p['interval'][1]:.1f}] | {cell} |")
+    c = report["conditional_vs_always_on"]
+    lines += ["", f"Conditional minus always-on: {c['difference']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}], "
+              f"{c['wins']} fixed / {c['losses']} broken, sign test p = {c['p_two_sided']:.3g} (two-sided).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
