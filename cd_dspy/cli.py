@@ -142,7 +142,7 @@ def cmd_compile(args) -> int:
     result = optimizer.result
     from cd_dspy.result import format_score
 
-    if result.n_confirm:
+    if result.baseline_score is not None:  # the confirmation step ran
         lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw): baseline "
                  f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
                  f"search score ({result.n_search} examples, the optimistic best of the search): baseline "

@@ -159,3 +159,32 @@ def test_threads_default_to_dspy_for_remote_lms_and_one_for_embedded_ones(sim):
     assert default_threads(sim.target, remote) == 1  # an in-process engine: one call at a time
     with dspy.context(num_threads=6):
         assert default_threads(remote, remote) == 6
+
+
+def test_collect_scores_failed_examples_zero_and_stores_them_for_a_retry(sim):
+    flaky = FaultyEngine(SimulatedTarget(), rate=0.3, seed=2, kinds=("exception",), backoff=0.0)
+    sim.target = dspy.LM("simulated/target", engine=flaky, cache=False)
+    cd = sim.optimizer()
+    cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    run = sim.tmp_path / "run"
+    stored = {i for line in (run / "collect.jsonl").read_text().splitlines() for i in json.loads(line)["indices"]}
+    failed = set(range(len(sim.trainset))) - stored
+    assert failed  # some examples failed: not stored as finished work...
+    assert cd.result.usage["target"].failures["failed_example"] >= len(failed)
+    # ...and scored 0 in the train score, as selection scores failures (not left out of it)
+    scored = [json.loads(line) for line in (run / "collect.jsonl").read_text().splitlines()]
+    assert cd.result.train_score == pytest.approx(100 * sum(c["score_sum"] for c in scored) / len(sim.trainset))
+
+
+def test_resume_false_also_starts_an_external_study_afresh(sim, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = sim.optimizer(storage=storage)
+    first.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    trials = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    again = sim.optimizer(storage=storage, resume=False)
+    again.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    after = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert set(after) == set(names) and after == trials  # deleted and redone, not appended to
