@@ -1,9 +1,17 @@
 """cd-dspy: Concept Distillation for DSPy programs."""
 
-from cd_dspy.optimizer import AUTO_PRESETS, ConceptDistillation
-from cd_dspy.priming import PRIMING_STRATEGIES
-from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, RoleUsage, Rule, Trial
-from cd_dspy.usage import Budget, BudgetExhausted
+import os
+
+# litellm downloads its model price map at import unless told to use the copy it ships; this project
+# runs offline (an explicit setting of the variable wins).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from cd_dspy.failures import LMUnavailableError  # noqa: E402
+from cd_dspy.integrate import RulePredict, load_program  # noqa: E402
+from cd_dspy.optimizer import AUTO_PRESETS, ConceptDistillation  # noqa: E402
+from cd_dspy.priming import PRIMING_STRATEGIES  # noqa: E402
+from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, RoleUsage, Rule, Trial  # noqa: E402
+from cd_dspy.usage import Budget, BudgetExhausted  # noqa: E402
 
 __all__ = [
     "AUTO_PRESETS",
@@ -13,10 +21,13 @@ __all__ = [
     "ConceptDistillation",
     "ConceptDistillationResult",
     "Explanation",
+    "LMUnavailableError",
     "Mistake",
     "RoleUsage",
     "Rule",
+    "RulePredict",
     "Trial",
+    "load_program",
     "local_lm",
 ]
 
