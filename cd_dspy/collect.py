@@ -109,14 +109,15 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
 
 def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequence[dspy.Example],
                       metric: ScoredMetric, run: RunDir, meter: UsageMeter, *, num_threads: int, threshold: float,
-                      on_chunk: Callable[[int], Any] = lambda n: None) -> tuple[list[Mistake], float, list[int]]:
+                      on_chunk: Callable[[int], Any] = lambda n: None
+                      ) -> tuple[list[Mistake], float, list[int], list[int]]:
     """Collect `num_threads` examples at a time, logging each chunk to collect.jsonl: a killed run
     resumes after the last finished chunk, so no finished target call is paid for twice.
 
     An example whose run failed (after the LM's own retries) scores 0 here, as in selection, and is
     not stored as finished: a rerun tries it again. A fatal LM failure, or every example failing,
     raises `LMUnavailableError` before the chunk is stored.
-    Returns (mistakes, train score 0-100, trainset indices of the examples the target got right)."""
+    Returns (mistakes, train score 0-100, indices the target got right, indices that failed this time)."""
     chunks = run.read_jsonl(COLLECT_LOG)
     done = {i for chunk in chunks for i in chunk["indices"]}
     todo = [i for i in range(len(trainset)) if i not in done]
@@ -160,7 +161,7 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
     logger.info("Collect: %d of %d training examples were mistakes (train score %.1f; %d failed).",
                 len(mistakes), len(trainset), train_score, len(failed))
     correct = sorted(i for chunk in chunks for i in chunk.get("correct", []))
-    return mistakes, train_score, correct
+    return mistakes, train_score, correct, failed
 
 
 def _kind(example: dspy.Example) -> str | None:

@@ -244,7 +244,8 @@ class ConceptDistillation(Teleprompter):
                     self._verify(base, rules, mistakes, correct, trainset, metric, run, meter, progress)
                 checkpoint()
             candidates = [r for r in rules if r.verified]
-            progress.note(f"verify: {len(candidates)} of {len(rules)} rules fixed a mistake and broke less")
+            if self.verify:
+                progress.note(f"verify: {len(candidates)} of {len(rules)} rules fixed a mistake and broke less")
             if not candidates:
                 result.message = ("No candidate rule fixed the mistakes it came from without breaking as many "
                                   "correct training examples; the program is returned unchanged.")
@@ -265,36 +266,37 @@ class ConceptDistillation(Teleprompter):
         return progress.phase(name, result.phase_seconds)
 
     # -- phases ----------------------------------------------------------------------------------
-    def _collect(self, base, trainset, metric, run: RunDir, result, meter: UsageMeter, progress) -> list[Mistake]:
+    def _collect(self, base, trainset, metric, run: RunDir, result, meter: UsageMeter,
+                 progress) -> tuple[list[Mistake], list[int]]:
+        """(mistakes, trainset indices the target got right); reused from run_dir when complete."""
         if run.exists(MISTAKES_FILE):
             saved = run.read_json(MISTAKES_FILE)
-            mistakes = [Mistake.from_dict(m) for m in saved["mistakes"]]
+            mistakes, correct = [Mistake.from_dict(m) for m in saved["mistakes"]], saved.get("correct", [])
             result.train_score = saved["train_score"]
             logger.info("Collect: reusing %d mistakes from %s.", len(mistakes), run.file(MISTAKES_FILE))
         else:
             bar = progress.bar("collect mistakes", total=len(trainset))
-            mistakes, result.train_score, correct = collect_resumable(
+            mistakes, result.train_score, correct, failed = collect_resumable(
                 lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.threads,
                 threshold=self.mistake_threshold, on_chunk=bar.update)
             bar.close()
-            run.write_json(MISTAKES_FILE, {"train_score": result.train_score, "correct": correct,
-                                             "mistakes": [m.to_dict() for m in mistakes]})
-        if run.exists(MISTAKES_FILE):
-            correct = run.read_json(MISTAKES_FILE).get("correct", [])
+            if not failed:  # with failed examples collect is not finished: a rerun retries just those
+                run.write_json(MISTAKES_FILE, {"train_score": result.train_score, "correct": correct,
+                                               "mistakes": [m.to_dict() for m in mistakes]})
         result.n_mistakes = len(mistakes)
         return mistakes, correct
 
     def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
         result.n_mistakes_used = len(used)
-        if run.exists(RULES_FILE):
+        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl(EXPLANATIONS_LOG)
+                if e.get("ok", True)}  # a failed explanation is never finished work
+        todo = [m for m in used if m.id not in done]
+        if run.exists(RULES_FILE) and not todo:  # rules built from every explanation: finished
             saved = run.read_json(RULES_FILE)
             rules = [Rule.from_dict({**r, "id": rule_id(r["predictor"], r["text"])}) for r in saved]
             logger.info("Induce: reusing %d rules from %s.", len(rules), run.file(RULES_FILE))
             return rules
-        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl(EXPLANATIONS_LOG)
-                if e.get("ok", True)}  # a failed explanation is never finished work
-        todo = [m for m in used if m.id not in done]
         bar = progress.bar("explain mistakes", total=len(used), initial=len(used) - len(todo))
 
         def on_done(explanation: Explanation) -> None:

@@ -174,6 +174,13 @@ def test_collect_scores_failed_examples_zero_and_stores_them_for_a_retry(sim):
     # ...and scored 0 in the train score, as selection scores failures (not left out of it)
     scored = [json.loads(line) for line in (run / "collect.jsonl").read_text().splitlines()]
     assert cd.result.train_score == pytest.approx(100 * sum(c["score_sum"] for c in scored) / len(sim.trainset))
+    assert not (run / "mistakes.json").exists()  # collect is not finished while examples failed
+    flaky.rate = 0.0  # the LM recovers: the rerun collects just the failed examples
+    sim.optimizer().compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    assert (run / "mistakes.json").exists()
+    chunks = [json.loads(line) for line in (run / "collect.jsonl").read_text().splitlines()]
+    added = {i for chunk in chunks[len(scored):] for i in chunk["indices"]}
+    assert added == failed
 
 
 def test_resume_false_also_starts_an_external_study_afresh(sim, tmp_path):
@@ -188,3 +195,18 @@ def test_resume_false_also_starts_an_external_study_afresh(sim, tmp_path):
     again.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
     after = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert set(after) == set(names) and after == trials  # deleted and redone, not appended to
+
+
+def test_failed_explanations_are_retried_on_the_next_run(sim):
+    flaky = FaultyEngine(SimulatedTeacher(), rate=0.5, seed=4, kinds=("malformed",), backoff=0.0)
+    sim.teacher = dspy.LM("simulated/teacher", engine=flaky, cache=False)
+    cd = sim.optimizer(teacher_retries=0)
+    cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    log = sim.tmp_path / "run" / "explanations.jsonl"
+    first = [json.loads(line)["mistake_id"] for line in log.read_text().splitlines()]
+    assert 0 < len(first) < cd.result.n_mistakes_used  # some explanations failed and were not stored
+    flaky.rate = 0.0
+    again = sim.optimizer(teacher_retries=0)
+    again.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    second = [json.loads(line)["mistake_id"] for line in log.read_text().splitlines()]
+    assert second[: len(first)] == first and len(second) == again.result.n_mistakes_used  # only the missing ones
