@@ -29,7 +29,10 @@ def lm_state(lm: Any) -> dict[str, Any] | None:
     if lm is None:
         return None
     kwargs = getattr(lm, "kwargs", {}) or {}
+    engine = getattr(lm, "engine", None)  # an in-process engine's settings (e.g. grammar) change answers too
+    dump = getattr(engine, "dump_state", None)
     return {"model": getattr(lm, "model", str(lm)), "model_type": getattr(lm, "model_type", None),
+            "engine": dump() if callable(dump) else None,
             **{k: v for k, v in kwargs.items() if not _SECRET.search(k)}}
 
 

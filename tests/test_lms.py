@@ -315,3 +315,30 @@ def test_real_litellm_server_path(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_grammar_only_on_failure(fake_gguf):
+    """A free JSON reply that conforms is kept (no grammar); one that does not is redone under it."""
+    lm = lms.local_lm(fake_gguf, cache=False, grammar="on_failure")
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        pred = dspy.ChainOfThought("question -> answer: float")(question="1+2?")
+    assert pred.answer == 3.0
+    calls = FakeLlama.instances[0].calls
+    assert "response_format" not in calls[0] and "response_format" in calls[1]  # the fake's free reply is not JSON
+    assert lm.engine.stats == {"free": 1, "grammar": 1, "fallbacks": 1}
+    assert lm.history[-1]["usage"]["prompt_tokens"] == 22  # both completions are billed
+
+
+def test_conforms_checks_required_fields_and_types():
+    from cd_dspy.lms.llama_engine import conforms
+
+    schema = {"properties": {"reasoning": {"type": "string"}, "answer": {"type": "number"}},
+              "required": ["reasoning", "answer"]}
+    assert conforms('{"reasoning": "r", "answer": 3}', schema)
+    assert conforms('```json\n{"reasoning": "r", "answer": 2.5}\n```', schema)
+    assert not conforms('{"reasoning": "r", "answer": "three"}', schema)
+    assert not conforms('{"reasoning": "r"}', schema)
+    assert not conforms('{"reasoning": "r", "answer": 3', schema)
+    assert not conforms("[[ ## answer ## ]]\n3", schema)
+    with pytest.raises(ValueError, match="grammar must be one of"):
+        LlamaCppEngine(str(__file__), grammar="sometimes")

@@ -31,7 +31,7 @@ __all__ = [
     "local_lm",
 ]
 
-_ENGINE_KEYS = {"n_ctx", "n_threads", "n_batch", "repeat_penalty", "top_k", "top_p", "seed", "verbose",
+_ENGINE_KEYS = {"n_ctx", "n_threads", "n_batch", "repeat_penalty", "top_k", "top_p", "seed", "verbose", "grammar",
                 "prompt_cache_mb"}
 
 

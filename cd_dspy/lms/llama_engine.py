@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import threading
 from pathlib import Path
@@ -100,11 +101,39 @@ def _text(content: Any) -> str:
     return "".join(getattr(p, "text", "") or "" for p in content)
 
 
+GRAMMAR_MODES = ("always", "on_failure", "never")
+_TYPES = {"number": (int, float), "integer": (int,), "string": (str,), "boolean": (bool,), "array": (list,),
+          "object": (dict,)}
+
+
+def conforms(text: str, schema: dict[str, Any] | None) -> bool:
+    """True when `text` holds a JSON object with the schema's required properties, of its types."""
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        value = json.loads(text[start:end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(value, dict):
+        return False
+    properties = (schema or {}).get("properties", {})
+    for name in (schema or {}).get("required", list(properties)):
+        if name not in value:
+            return False
+        kind = properties.get(name, {}).get("type")
+        types = _TYPES.get(kind) if isinstance(kind, str) else None
+        if types and (not isinstance(value[name], types) or (kind != "boolean" and isinstance(value[name], bool))):
+            return False
+    return True
+
+
 class LlamaCppEngine:
-    """DSPy engine over ``llama_cpp.Llama``: chat template, greedy default, grammar-constrained JSON.
+    """DSPy engine over ``llama_cpp.Llama``: chat template, greedy default, JSON as DSPy asks.
 
     The model is loaded lazily on the first call and shared per (path, n_ctx) across engines;
     calls are serialised with one lock per model, so ``dspy.Evaluate`` threads are safe.
+    ``grammar`` decides how DSPy's JSON schema is enforced: "always" samples under the llama.cpp
+    grammar (about half the decode speed), "on_failure" samples freely and re-samples under the
+    grammar only when the reply does not conform, "never" never uses it.
     """
 
     supports_response_schema = True
@@ -124,10 +153,15 @@ class LlamaCppEngine:
         top_p: float = 0.95,
         seed: int = 0,
         prompt_cache_mb: int = 0,
+        grammar: str = "always",
         verbose: bool = False,
     ) -> None:
         from .catalog import CATALOG
 
+        if grammar not in GRAMMAR_MODES:
+            raise ValueError(f"grammar must be one of {GRAMMAR_MODES}, got {grammar!r}.")
+        self.grammar = grammar
+        self.stats = {"free": 0, "grammar": 0, "fallbacks": 0}  # completions by mode; free replies redone
         model = str(model)
         self.catalog_name = model if model in CATALOG else None
         self._path = None if self.catalog_name else str(Path(model).expanduser())
@@ -211,16 +245,30 @@ class LlamaCppEngine:
         return kwargs
 
     def complete(self, request) -> Response:
-        """Run one chat completion under the model lock."""
+        """Run one chat completion under the model lock (two when a free JSON reply must be redone)."""
         validate_request(request)
         messages = self._messages(request)
         kwargs = self.completion_kwargs(request)
+        schema_format = kwargs.get("response_format")
+        attempts = [kwargs]
+        if schema_format is not None and self.grammar != "always":
+            free = {k: v for k, v in kwargs.items() if k != "response_format"}
+            attempts = [free, kwargs] if self.grammar == "on_failure" else [free]
         llama, lock = self._model()
+        tokens = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         with lock:
-            out = llama.create_chat_completion(messages=messages, **kwargs)
-        choice = out["choices"][0]
-        text = (choice.get("message") or {}).get("content") or ""
-        usage = out.get("usage") or {}
+            for number, attempt in enumerate(attempts):
+                out = llama.create_chat_completion(messages=messages, **attempt)
+                self.stats["grammar" if "response_format" in attempt else "free"] += 1
+                for key in tokens:
+                    tokens[key] += (out.get("usage") or {}).get(key) or 0
+                choice = out["choices"][0]
+                text = (choice.get("message") or {}).get("content") or ""
+                last = number == len(attempts) - 1
+                if last or (choice.get("finish_reason") != "length"
+                            and conforms(text, (schema_format or {}).get("schema"))):
+                    break
+                self.stats["fallbacks"] += 1
         finish = choice.get("finish_reason") or "stop"
         if finish not in ("stop", "length", "tool_call", "content_filter", "error"):
             finish = "stop"
@@ -229,11 +277,8 @@ class LlamaCppEngine:
             model=self.name,
             message=Message.assistant((TextPart(text),)),
             finish_reason=finish,
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"),
-                output_tokens=usage.get("completion_tokens"),
-                total_tokens=usage.get("total_tokens"),
-            ),
+            usage=Usage(input_tokens=tokens["prompt_tokens"], output_tokens=tokens["completion_tokens"],
+                        total_tokens=tokens["total_tokens"]),
         )
 
     def stream(self, request):
@@ -255,6 +300,7 @@ class LlamaCppEngine:
             "top_p": self.top_p,
             "seed": self.seed,
             "prompt_cache_mb": self.prompt_cache_mb,
+            "grammar": self.grammar,
         }
 
     @classmethod
