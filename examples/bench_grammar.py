@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render(report: dict) -> str:
     lines = [f"# JSON grammar always vs on failure ({report['command']})", "",
-             "| mode | s per call | calls per minute | parse failures | accuracy [95% CI] | completions (free / grammar) |",
+             "| mode | s/call | calls/min | parse failures | accuracy [95% CI] | completions (free/grammar) |",
              "|---|---|---|---|---|---|"]
     for mode, m in report["modes"].items():
         low, high = m["accuracy_interval"]
