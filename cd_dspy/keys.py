@@ -30,6 +30,7 @@ def lm_state(lm: Any) -> dict[str, Any] | None:
         return None
     kwargs = getattr(lm, "kwargs", {}) or {}
     engine = getattr(lm, "engine", None)  # an in-process engine's settings (e.g. grammar) change answers too
+    engine = getattr(engine, "inner", engine)  # a wrapper such as faults.FaultyEngine: its answers are the inner's
     dump = getattr(engine, "dump_state", None)
     return {"model": getattr(lm, "model", str(lm)), "model_type": getattr(lm, "model_type", None),
             "engine": dump() if callable(dump) else None,
