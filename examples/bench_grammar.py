@@ -10,12 +10,11 @@ balances that). Reports wall time per call, calls per minute, the ratio, parse f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import dspy
+from bench_lib import write_report
 
 from cd_dspy.programs import get_task
 from cd_dspy.stats import score_interval
@@ -62,12 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "accuracy_interval": list(score_interval(scores[mode])),
                                "engine": dict(lms[mode].engine.stats)} for mode in MODES}}
     report["speedup"] = round(seconds["always"] / seconds["on_failure"], 2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_grammar.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench_grammar.md").write_text(render(report))
-    print(render(report))
-    return report
+    return write_report(args.out, "bench_grammar", report, render)
 
 
 def render(report: dict) -> str:

@@ -278,3 +278,28 @@ def save_all(data: dict, out: Path) -> None:
 
 def with_ext(out: Path, ext: str) -> Path:
     return out.parent / (out.name + ext)
+
+
+def split_arguments(parser, run_dir: bool = True) -> None:
+    """The arguments that name a task split (and the run dir of a finished compile on it)."""
+    parser.add_argument("--task", default="math-basic")
+    if run_dir:
+        parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--train", type=int, required=True)
+    parser.add_argument("--val", type=int, required=True)
+    parser.add_argument("--test", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", default="qwen2.5-coder-0.5b")
+
+
+def write_report(out, stem: str, report: dict, render) -> dict:
+    """Write `report` as `out/stem.json` and, rendered, `out/stem.md`; print the Markdown."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(render(report))
+    print(render(report))
+    return report

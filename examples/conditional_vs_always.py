@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import dspy
+from bench_lib import split_arguments, write_report
 
 from cd_dspy.cli import per_example_scores
 from cd_dspy.integrate import with_rules
@@ -27,13 +28,7 @@ from cd_dspy.stats import paired_difference, score_interval
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="math-basic")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--train", type=int, required=True)
-    parser.add_argument("--val", type=int, required=True)
-    parser.add_argument("--test", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", default="qwen2.5-coder-0.5b")
+    split_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -61,12 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("always-on", "conditional"):
         report["programs"][name]["vs_baseline"] = paired_difference(scores[name], scores["baseline"]).to_dict()
     report["conditional_vs_always_on"] = paired_difference(scores["conditional"], scores["always-on"]).to_dict()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "conditional_vs_always.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "conditional_vs_always.md").write_text(render(report))
-    print(render(report))
-    return report
+    return write_report(args.out, "conditional_vs_always", report, render)
 
 
 def render(report: dict) -> str:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import dspy
+from bench_lib import split_arguments
 
 from cd_dspy.collect import sample_mistakes
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
@@ -65,16 +66,10 @@ def summarise(rules: list[Rule], raw: list[str], sources: dict[str, str]) -> dic
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="math-basic")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--train", type=int, required=True)
-    parser.add_argument("--val", type=int, required=True)
-    parser.add_argument("--test", type=int, required=True)
+    split_arguments(parser)
     parser.add_argument("--max-mistakes", type=int, default=8)
     parser.add_argument("--max-rules", type=int, default=5)
     parser.add_argument("--verify-correct", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", default="qwen2.5-coder-0.5b")
     parser.add_argument("--teacher", default="qwen2.5-coder-1.5b")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
