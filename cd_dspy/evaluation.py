@@ -16,7 +16,7 @@ from typing import Any
 
 import dspy
 
-from cd_dspy.keys import digest, metric_key, program_key
+from cd_dspy.keys import digest, examples_key, metric_key, program_key
 from cd_dspy.run_dir import RunDir
 from cd_dspy.usage import UsageMeter
 
@@ -93,6 +93,7 @@ class CachedEvaluator:
                  log_name: str = EVALUATIONS_FILE):
         self.log_name = log_name
         self.metric_key = metric_key(metric)
+        self.examples_key = examples_key(examples)  # a score belongs to these examples, not to positions
         self.examples = list(examples)
         self.metric = metric
         self.run_dir = run_dir
@@ -106,7 +107,7 @@ class CachedEvaluator:
 
     def __call__(self, program: dspy.Module, indices: Sequence[int]) -> list[float]:
         """Scores of `program` on the examples at `indices` (in that order)."""
-        key = digest([prompt_key(program), self.metric_key])
+        key = digest([prompt_key(program), self.metric_key, self.examples_key])
         missing = [i for i in indices if (key, i) not in self.scores]
         if missing:
             self._run(program, key, missing)
@@ -116,8 +117,9 @@ class CachedEvaluator:
         """Score `indices`; each real score is logged as soon as its example is scored (a kill loses none).
 
         An example whose run failed gets `failure_score` for this compile but is not logged, so a rerun
-        tries it again; a fatal LM failure, or every example of a batch of several failing, raises
-        `LMUnavailableError` (`cd_dspy.failures`)."""
+        tries it again; a fatal LM failure, or the LM raising on every example of a batch of several,
+        raises `LMUnavailableError` (`cd_dspy.failures`); replies that merely do not parse (a rule can
+        break the format) are per-example failures."""
         from cd_dspy.failures import LMUnavailableError
         from cd_dspy.usage import TARGET, BudgetExhausted
 
@@ -134,7 +136,7 @@ class CachedEvaluator:
             return score
 
         scored.__name__ = metric_name(self.metric.metric)
-        refused = self.meter.refused
+        refused, lm_errors = self.meter.refused, self.meter.lm_errors(TARGET)
         evaluate = dspy.Evaluate(devset=devset, metric=scored, num_threads=self.num_threads,
                                  display_progress=False, display_table=False, max_errors=len(devset) + 1,
                                  failure_score=self.failure_score, provide_traceback=False)
@@ -144,7 +146,7 @@ class CachedEvaluator:
         if self.meter.refused > refused:  # failures of refused calls are not real scores: keep none of them
             raise BudgetExhausted(self.meter.exhausted or "budget reached")
         failed = [i for i in indices if (key, i) not in self.scores]
-        if len(failed) == len(indices) > 1:
+        if len(failed) == len(indices) > 1 and self.meter.lm_errors(TARGET) - lm_errors >= len(failed):
             raise LMUnavailableError(TARGET, program_lm(program), f"every one of {len(indices)} examples failed "
                                      "(see the WARNING and DEBUG log for the LM's errors)")
         for index in failed:  # the program failed here (an LM error, an unparseable reply): a failure score

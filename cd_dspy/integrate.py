@@ -108,11 +108,40 @@ class RulePredict(dspy.Predict):
         return {**super().dump_state(json_mode), "conditional_rules": self.conditional_rules}
 
 
-def _replace(module: dspy.Module, dotted: str, new: dspy.Predict) -> None:
-    *parents, last = dotted.split(".")
-    for name in parents:
-        module = getattr(module, name)
-    setattr(module, last, new)
+def _replace(root: dspy.Module, name: str, new: dspy.Predict) -> dspy.Module:
+    """Put `new` where `root.named_predictors()` found the predictor `name` ("self", "cot.predict",
+    "steps[0]", "tools['x']"); return the root (`new` itself when the root is that predictor)."""
+    if name == "self":
+        return new
+    *path, last = name.split(".")
+    holder: Any = root
+    for part in path:
+        holder = _step(holder, part)
+    attr, keys = _parts(last)
+    if not keys:
+        setattr(holder, attr, new)
+        return root
+    holder = getattr(holder, attr)
+    for key in keys[:-1]:
+        holder = holder[key]
+    holder[keys[-1]] = new
+    return root
+
+
+def _parts(part: str) -> tuple[str, list[Any]]:
+    match = re.fullmatch(r"(\w+)((?:\[[^\]]+\])*)", part)
+    if match is None:
+        raise ValueError(f"cannot place conditional rules on the predictor {part!r}: unsupported name.")
+    keys = [int(k) if k.isdigit() else k.strip("'\"") for k in re.findall(r"\[([^\]]+)\]", match.group(2))]
+    return match.group(1), keys
+
+
+def _step(holder: Any, part: str) -> Any:
+    attr, keys = _parts(part)
+    holder = getattr(holder, attr)
+    for key in keys:
+        holder = holder[key]
+    return holder
 
 
 def with_rules(program: dspy.Module, rules: Sequence[Rule], lm: Any = None, conditional: bool = False) -> dspy.Module:
@@ -128,7 +157,7 @@ def with_rules(program: dspy.Module, rules: Sequence[Rule], lm: Any = None, cond
         own = [r for r in rules if r.predictor == name]
         if own and conditional:
             pred = RulePredict.from_predict(pred, own)
-            _replace(compiled, name, pred)
+            compiled = _replace(compiled, name, pred)
         elif own:
             texts = [r.text for r in own]
             pred.signature = pred.signature.with_instructions(render_instructions(pred.signature.instructions, texts))
@@ -139,12 +168,12 @@ def with_rules(program: dspy.Module, rules: Sequence[Rule], lm: Any = None, cond
 
 def load_program(program: dspy.Module, path: str | Path, **kwargs) -> dspy.Module:
     """`program.load(path)` that also restores conditional rules (a `RulePredict` where the saved
-    state holds them); `program` is changed in place and returned, like DSPy's `load`."""
+    state holds them); returns the loaded program (a new object when `program` is itself a Predict)."""
     state = json.loads(Path(path).read_text())
     for name, pred in program.named_predictors():
         saved = state.get(name, {}).get("conditional_rules")
         if saved and not isinstance(pred, RulePredict):
-            _replace(program, name, RulePredict.from_predict(pred, []))
+            program = _replace(program, name, RulePredict.from_predict(pred, []))
     program.load(str(path), **kwargs)
     return program
 

@@ -62,7 +62,7 @@ def default_threads(*lms: Any) -> int:
     """DSPy's `num_threads` for remote LMs; 1 when an LM runs in this process (an embedded model gains
     nothing from threads on a small machine, and calls queued past DSPy's straggler timeout would be
     sent twice)."""
-    if any(getattr(lm, "_engine_spec", "auto") not in (None, "auto") for lm in lms):
+    if any(not isinstance(getattr(lm, "_engine_spec", None), str | None) for lm in lms):
         return 1
     return int(dspy.settings.num_threads or 1)
 
@@ -243,7 +243,7 @@ class ConceptDistillation(Teleprompter):
                 with self._phase("verify", result, progress):
                     self._verify(base, rules, mistakes, correct, trainset, metric, run, meter, progress)
                 checkpoint()
-            candidates = [r for r in rules if r.verified]
+            candidates = [r for r in rules if r.verified or not self.verify]
             if self.verify:
                 progress.note(f"verify: {len(candidates)} of {len(rules)} rules fixed a mistake and broke less")
             if not candidates:

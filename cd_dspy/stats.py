@@ -69,7 +69,7 @@ class Comparison:
 
 def min_wins_for_significance(alpha: float, comparisons: int = 1) -> int:
     """The fewest wins, with no loss, that a one-sided sign test at `alpha / comparisons` accepts."""
-    return math.ceil(math.log2(comparisons / alpha) - 1e-12)
+    return math.floor(math.log2(comparisons / alpha)) + 1  # the smallest w with 0.5**w < alpha / comparisons
 
 
 def min_detectable_gain(n: int, alpha: float, comparisons: int = 1) -> float:

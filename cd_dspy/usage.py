@@ -59,6 +59,7 @@ class UsageMeter(BaseCallback):
         self.refused = 0  # calls refused by a cap (a batch that saw one holds failures that are not real)
         self.fatal: tuple[str, Any, BaseException] | None = None  # (role, LM, exception) of the first fatal call
         self._in_flight = {TARGET: 0, TEACHER: 0}
+        self._lm_errors = {TARGET: 0, TEACHER: 0}  # calls that raised (not refused ones)
         self._billed: set[str] = set()  # call ids that reached the model (not cache hits)
         self._costed: set[str] = set()  # history entries whose cost is counted
         self._calls: dict[str, Any] = {}  # call id -> (LM, its history length at the start)
@@ -94,25 +95,11 @@ class UsageMeter(BaseCallback):
         with self._lock:
             if call_id not in self._calls:
                 return  # a call this meter refused
-            instance, start = self._calls.pop(call_id)
-            role = self.role_of(instance)
-            self._in_flight[role] -= 1
-            self._idle.notify_all()
-            billed = call_id in self._billed
-            self._billed.discard(call_id)
-            if exception is not None and not isinstance(exception, BudgetExhausted):
-                failures = self.usage[role].failures
-                kind = failure_kind(exception)
-                failures[kind] = failures.get(kind, 0) + 1
-                if is_fatal(exception) and self.fatal is None:
-                    self.fatal = (role, instance, exception)
-            elif not billed:
-                self.usage[role].cached_calls += 1
+            instance, start = self._calls[call_id]
+        role = self.role_of(instance)
         history = getattr(instance, "history", None)
-        if not isinstance(history, list):
-            return
         # Another thread's call on the same LM may have added entries too: each is counted once.
-        for entry in list(history[max(0, min(start, len(history)) - 64):]):
+        for entry in list(history[max(0, min(start, len(history)) - 64):]) if isinstance(history, list) else ():
             cost, uid = (entry.get("cost"), entry.get("uuid")) if isinstance(entry, dict) else (None, None)
             if uid is None or not isinstance(cost, int | float) or cost <= 0:
                 continue
@@ -120,6 +107,22 @@ class UsageMeter(BaseCallback):
                 if uid not in self._costed:
                     self._costed.add(uid)
                     self.usage[role].cost_usd += float(cost)
+        with self._lock:  # counted in full before the call stops being in flight (close() waits for that)
+            del self._calls[call_id]
+            if call_id in self._billed:
+                self._billed.discard(call_id)  # its reservation was turned into a billed call already
+            else:
+                self._in_flight[role] -= 1
+                if exception is None:
+                    self.usage[role].cached_calls += 1
+            if exception is not None and not isinstance(exception, BudgetExhausted):
+                failures = self.usage[role].failures
+                kind = failure_kind(exception)
+                failures[kind] = failures.get(kind, 0) + 1
+                self._lm_errors[role] += 1
+                if is_fatal(exception) and self.fatal is None:
+                    self.fatal = (role, instance, exception)
+            self._idle.notify_all()
 
     def close(self, timeout: float = 600.0) -> None:
         """Refuse every further call, then wait (up to `timeout` s) for the calls still in flight on other
@@ -134,6 +137,11 @@ class UsageMeter(BaseCallback):
             role, lm, exc = self.fatal
             raise LMUnavailableError(role, lm, exc)
 
+    def lm_errors(self, role: str) -> int:
+        """How many calls of `role` have raised so far."""
+        with self._lock:
+            return self._lm_errors[role]
+
     def count_failure(self, role: str, kind: str) -> None:
         """Count a per-example failure found after the call (e.g. an unparseable reply)."""
         with self._lock:
@@ -145,7 +153,10 @@ class UsageMeter(BaseCallback):
         role = getattr(self._local, "role", TARGET)
         usage = dict(usage or {})
         with self._lock:
-            self._billed.add(getattr(self._local, "call_id", None))
+            call_id = getattr(self._local, "call_id", None)
+            if call_id in self._calls and call_id not in self._billed:
+                self._billed.add(call_id)
+                self._in_flight[role] -= 1  # the reservation becomes the billed call: counted once
             record = self.usage[role]
             record.calls += 1
             record.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)

@@ -82,3 +82,23 @@ def test_conditional_rules_break_nothing_they_do_not_concern():
     broken = {name: next(r for r in result.rules if r.text == HELPFUL_RULE).verification["broken"]
               for name, result in (("always", always), ("conditional", conditional))}
     assert broken["conditional"] == [] and conditional.improved
+
+
+class Steps(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.steps = [dspy.Predict("question -> answer: float"), dspy.Predict("question -> answer: float")]
+
+    def forward(self, question):
+        return self.steps[1](question=self.steps[0](question=question).answer)
+
+
+def test_conditional_rules_reach_predictors_anywhere_in_the_program(sim):
+    bare = dspy.Predict("question -> answer: float")  # the program is itself the predictor ("self")
+    compiled = with_rules(bare, [Rule("r1", HELPFUL_RULES["percent"], "self", triggers=["percen"])],
+                          lm=sim.target, conditional=True)
+    assert isinstance(compiled, RulePredict) and compiled.lm is sim.target and not isinstance(bare, RulePredict)
+    names = [name for name, _ in Steps().named_predictors()]
+    compiled = with_rules(Steps(), [Rule("r2", HELPFUL_RULES["percent"], names[1], triggers=["percen"])],
+                          lm=sim.target, conditional=True)
+    assert isinstance(compiled.steps[1], RulePredict) and not isinstance(compiled.steps[0], RulePredict)

@@ -70,7 +70,7 @@ def test_four_threads_never_exceed_a_target_call_cap(sim):
         engine.calls = 0
         cd = sim.optimizer(num_threads=4, max_target_calls=cap, run_dir=sim.tmp_path / f"cap{cap}")
         cd.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
-        assert engine.calls <= cap and cd.result.usage["target"].calls == engine.calls
+        assert engine.calls == cap == cd.result.usage["target"].calls  # exact: never over, never short
         assert cd.result.stopped_early
     assert threading.active_count() < 8  # no worker thread of a compile outlives it
 
@@ -210,3 +210,22 @@ def test_failed_explanations_are_retried_on_the_next_run(sim):
     again.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
     second = [json.loads(line)["mistake_id"] for line in log.read_text().splitlines()]
     assert second[: len(first)] == first and len(second) == again.result.n_mistakes_used  # only the missing ones
+
+
+
+def test_a_new_valset_of_the_same_size_never_inherits_scores(sim):
+    from cd_dspy.simulated import simulated_splits
+
+    program = dspy.ChainOfThought(COT)
+    sim.optimizer().compile(program, trainset=sim.trainset, valset=sim.valset)
+    other = simulated_splits(len(sim.trainset), len(sim.valset), 40, seed=1)[2][:len(sim.valset)]
+    calls = sim.target_engine.calls
+    again = sim.optimizer()
+    again.compile(program, trainset=sim.trainset, valset=other)
+    fresh = sim.optimizer(run_dir=sim.tmp_path / "fresh")
+    before_fresh = sim.target_engine.calls
+    fresh.compile(program, trainset=sim.trainset, valset=other)
+    # the same scores as a run that never saw the old valset (collect and verification are reused)
+    assert again.result.baseline_score == fresh.result.baseline_score
+    assert again.result.search_baseline_score == fresh.result.search_baseline_score
+    assert sim.target_engine.calls - calls > 0 and sim.target_engine.calls - before_fresh > 0
