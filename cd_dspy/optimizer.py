@@ -191,7 +191,8 @@ class ConceptDistillation(Teleprompter):
         self.threads = self.num_threads or default_threads(target, self.teacher_lm)
         started = time.perf_counter()
         run = RunDir(self.run_dir)
-        run.refresh(keys.phase_keys(self, self._bind(student), trainset, valset), PHASE_ARTIFACTS,
+        phase_keys = keys.phase_keys(self, self._bind(student), trainset, valset)
+        run.refresh(phase_keys, PHASE_ARTIFACTS,
                     resume=self.resume)
         meter = UsageMeter(self.teacher_lm, self.budget)
         result = ConceptDistillationResult(n_train=len(trainset), n_val=len(valset), settings=self.settings())
@@ -202,7 +203,8 @@ class ConceptDistillation(Teleprompter):
         with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter), \
                 quiet_example_errors():
             try:
-                compiled = self._run_phases(base, trainset, valset, run, meter, result, progress)
+                compiled = self._run_phases(base, trainset, valset, run, meter, result, progress,
+                                            phase_keys["select"])
             finally:
                 meter.close()  # no call of this compile is still running when it returns or raises
                 progress.close()
@@ -214,7 +216,7 @@ class ConceptDistillation(Teleprompter):
         logger.info("Concept Distillation: %s", result.message)
         return compiled
 
-    def _run_phases(self, base, trainset, valset, run, meter, result, progress) -> dspy.Module:
+    def _run_phases(self, base, trainset, valset, run, meter, result, progress, select_key: str) -> dspy.Module:
         metric = ScoredMetric(self.metric)
         checkpoint = lambda: run.write_json("progress.json", {**result.to_dict(), "usage": {  # noqa: E731
             k: v.to_dict() for k, v in meter.snapshot().items()}})
@@ -251,10 +253,13 @@ class ConceptDistillation(Teleprompter):
                                   "correct training examples; the program is returned unchanged.")
                 return self._bind(base)
             with self._phase("select", result, progress):
-                selection = self._select(base, candidates, valset, search, metric, run, meter, result, progress,
+                evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
+                selection = self._select(base, candidates, evaluator, search, run, select_key, result, progress,
                                          checkpoint)
             with self._phase("confirm", result, progress):
-                decision = self._confirm(base, candidates, selection, valset, confirmation, metric, run, meter)
+                decision = confirm(selection, candidates, evaluator, confirmation,
+                                   program_with=lambda chosen: self._bind(base, chosen), top_k=self.confirm_top_k,
+                                   alpha=self.require_significance, min_improvement=self.min_improvement)
         except BudgetExhausted as exc:
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "
@@ -345,9 +350,8 @@ class ConceptDistillation(Teleprompter):
             result.warnings.append(warning)
         return search, confirmation
 
-    def _select(self, base, rules, valset, search, metric, run: RunDir, meter, result, progress,
-                checkpoint) -> Selection:
-        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
+    def _select(self, base, rules, evaluator: CachedEvaluator, search, run: RunDir, select_key: str, result,
+                progress, checkpoint) -> Selection:
         storage = self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None)
         bar = progress.bar("search rule subsets", total=self.num_trials)
 
@@ -358,8 +362,7 @@ class ConceptDistillation(Teleprompter):
             checkpoint()
 
         # one study per rule set and search part: a trial's parameters always name this study's rules
-        scope = keys.digest([sorted(r.id for r in rules), search, run.read_json("fingerprint.json")["select"]
-                             if run.exists("fingerprint.json") else None])[:10]
+        scope = keys.digest([sorted(r.id for r in rules), search, select_key])[:10]
         study_name = f"{self.study_name}-{scope}"
         if not self.resume:
             delete_study(study_name, storage)
@@ -374,12 +377,6 @@ class ConceptDistillation(Teleprompter):
                 trial.state = "fail" if trial.state == "running" else trial.state
             raise BudgetExhausted(selection.stopped_early)
         return selection
-
-    def _confirm(self, base, rules, selection, valset, confirmation, metric, run: RunDir, meter) -> Decision:
-        evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
-        return confirm(selection, rules, evaluator, confirmation, program_with=lambda chosen: self._bind(base, chosen),
-                       top_k=self.confirm_top_k, alpha=self.require_significance,
-                       min_improvement=self.min_improvement)
 
     def _integrate(self, base, rules: list[Rule], selection: Selection, decision: Decision, result) -> dspy.Module:
         result.trials = selection.trials
