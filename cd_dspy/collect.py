@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections import defaultdict
+import re
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -102,7 +102,7 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
             id=f"m{index}", example_index=index, inputs=jsonable(dict(example.inputs())),
             gold=jsonable(dict(example.labels())), outputs=final, score=score,
             feedback=feedback if feedback is not None else (PARSE_FAILURE_FEEDBACK if failed else None),
-            steps=steps, parse_failed=failed or any_failed, kind=_kind(example),
+            steps=steps, parse_failed=failed or any_failed,
         ))
     return mistakes, scores
 
@@ -164,21 +164,29 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
     return mistakes, train_score, correct, failed
 
 
-def _kind(example: dspy.Example) -> str | None:
-    kind = example.get("kind") if hasattr(example, "get") else None
-    return str(kind) if kind is not None else None
+def _words(mistake: Mistake) -> frozenset[str]:
+    """The input's words without numbers: two questions from one template look alike."""
+    return frozenset(re.findall(r"[a-z_]{2,}", json.dumps(mistake.inputs).lower()))
+
+
+def _similarity(a: Mistake, b: Mistake, words: dict[str, frozenset[str]]) -> float:
+    union = words[a.id] | words[b.id]
+    jaccard = len(words[a.id] & words[b.id]) / len(union) if union else 1.0
+    return jaccard if a.parse_failed == b.parse_failed else jaccard / 2
 
 
 def sample_mistakes(mistakes: list[Mistake], limit: int, seed: int) -> list[Mistake]:
-    """Up to `limit` mistakes, seeded, spread round-robin over kinds (format failures are a kind)."""
-    groups: dict[str, list[Mistake]] = defaultdict(list)
-    for mistake in mistakes:
-        groups["format" if mistake.parse_failed else (mistake.kind or "wrong")].append(mistake)
-    rng = random.Random(seed)
-    queues = [rng.sample(group, len(group)) for _, group in sorted(groups.items())]
+    """Up to `limit` mistakes, seeded, as different from each other as possible.
+
+    Greedy farthest-first on the inputs' words (numbers left out), a format failure counting as
+    unlike a wrong answer, so the teacher sees each kind of question and failure before a second of
+    any. Only what the program and the metric produced decides: no label field of the examples (such
+    as a task's `kind`) is read, so CD sees exactly what other optimizers see."""
+    pool = random.Random(seed).sample(mistakes, len(mistakes))
+    words = {m.id: _words(m) for m in pool}
     chosen: list[Mistake] = []
-    while len(chosen) < limit and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < limit:
-                chosen.append(queue.pop())
+    while pool and len(chosen) < limit:
+        pick = min(pool, key=lambda m: max((_similarity(m, c, words) for c in chosen), default=0.0))
+        pool.remove(pick)
+        chosen.append(pick)
     return sorted(chosen, key=lambda m: m.example_index)

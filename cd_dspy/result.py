@@ -52,7 +52,6 @@ class Mistake(_Record):
     feedback: str | None
     steps: list[dict[str, Any]]
     parse_failed: bool = False
-    kind: str | None = None
 
 
 @dataclass

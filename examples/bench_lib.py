@@ -1,9 +1,8 @@
-"""Helpers for examples/benchmark.py: LMs, the simulated task, metering, bootstrap CIs, budgets and reports."""
+"""Helpers for examples/benchmark.py: LMs, the simulated task, metering, held-out statistics, budgets, reports."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import statistics
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from cd_dspy.simulated import (
     answer_match,
     simulated_splits,
 )
+from cd_dspy.stats import paired_difference, score_interval
 from cd_dspy.usage import TEACHER, UsageMeter
 
 SIMULATED = "simulated"
@@ -98,17 +98,32 @@ def _sim_metric(example, pred, trace=None) -> float:
     return float(answer_match(example, pred, trace))
 
 
+# The label fields every method may see: what the metric reads. Anything else a loader keeps (a math
+# problem's `kind`, HumanEval's canonical solution) is dropped, so no method learns from a field the others lack.
+METRIC_FIELDS = {"humaneval": ("entry_point", "test")}
+
+
+def shared_fields(examples: list[dspy.Example], task: str) -> list[dspy.Example]:
+    """The examples with only their inputs and the fields the task's metric reads."""
+    keep = METRIC_FIELDS.get(task, ("answer",))
+    return [dspy.Example(**{k: e[k] for k in (*e.inputs().keys(), *keep)}).with_inputs(*e.inputs().keys())
+            for e in examples]
+
+
 def load_task(name: str, seed: int, sizes: dict[str, int]) -> BenchTask:
-    """The task `name` with its train/val/test splits of the given sizes."""
+    """The task `name` with its train/val/test splits of the given sizes (only shared fields kept)."""
     if name == SIMULATED:
         train, val, test = simulated_splits(sizes["train"], sizes["val"], sizes["test"], seed=seed)
-        return BenchTask(name, lambda: dspy.ChainOfThought("question -> answer: float"), _sim_metric, _sim_feedback,
-                         {"train": train, "val": val, "test": test})
-    from cd_dspy.programs import get_task
+        task = BenchTask(name, lambda: dspy.ChainOfThought("question -> answer: float"), _sim_metric,
+                         _sim_feedback, {"train": train, "val": val, "test": test})
+    else:
+        from cd_dspy.programs import get_task
 
-    task = get_task(name)
-    return BenchTask(name, task.make_program, task.metric, task.metric_with_feedback or task.metric,
-                     task.load_splits(seed=seed, sizes=sizes))
+        spec = get_task(name)
+        task = BenchTask(name, spec.make_program, spec.metric, spec.metric_with_feedback or spec.metric,
+                         spec.load_splits(seed=seed, sizes=sizes))
+    task.splits = {k: shared_fields(v, name) for k, v in task.splits.items()}
+    return task
 
 
 def gepa_metric(metric):
@@ -142,17 +157,17 @@ def usage_dict(usage: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
 
 
 # -- statistics ----------------------------------------------------------------------------------
-def bootstrap_ci(scores: list[float], n_resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap CI of the mean, resampling per-example scores (seeded)."""
-    if not scores:
-        return float("nan"), float("nan"), float("nan")
-    rng, n = random.Random(seed), len(scores)
-    means = sorted(statistics.fmean(rng.choices(scores, k=n)) for _ in range(n_resamples))
-    alpha = (1 - level) / 2
-    lo = means[int(alpha * (n_resamples - 1))]
-    hi = means[int(round((1 - alpha) * (n_resamples - 1)))]
-    return statistics.fmean(scores), lo, hi
+def held_out_record(scores: list[float], baseline: list[float] | None) -> dict:
+    """Held-out score with its 95% interval (Wilson for 0/1 scores) and, given the baseline's scores on the
+    same problems, the paired difference with its interval and the exact sign test (McNemar for 0/1)."""
+    lo, hi = score_interval(scores)
+    rec: dict[str, Any] = {"score": 100 * statistics.fmean(scores) if scores else float("nan"), "ci": [lo, hi],
+                           "n": len(scores), "scores": scores}
+    if baseline is not None and len(baseline) == len(scores) and scores:
+        c = paired_difference(scores, baseline)
+        rec["vs_baseline"] = {"difference": c.difference, "ci": [c.low, c.high], "fixed": c.wins, "broken": c.losses,
+                              "p_two_sided": c.p_two_sided, "p_greater": c.p_greater}
+    return rec
 
 
 # -- budgets -------------------------------------------------------------------------------------
@@ -162,13 +177,21 @@ def val_evals(trials: int) -> int:
 
 
 def target_budget(n_train: int, n_val: int, trials: int) -> int:
-    """CD's target-LM program calls at most: collect on train + `val_evals(trials)` subsets on val."""
+    """A planning estimate of CD's target calls (collect on train + `val_evals(trials)` subsets on val).
+
+    The benchmark matches peers to CD's *measured* compile calls when CD has run (see `measured_budget`)."""
     return n_train + val_evals(trials) * n_val
 
 
-def peer_configs(n_train: int, n_val: int, trials: int, threads: int, seed: int) -> dict[str, dict]:
-    """Constructor/compile settings per peer, sized to roughly `target_budget` target calls."""
-    budget, evals = target_budget(n_train, n_val, trials), val_evals(trials)
+def measured_budget(methods: dict[str, dict]) -> int | None:
+    """CD's measured compile-time target calls (cache hits included), or None before CD has run."""
+    rec = methods.get("cd")
+    return _calls(rec, "compile", "target") if rec and rec.get("status") == "ok" else None
+
+
+def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int) -> dict[str, dict]:
+    """Constructor/compile settings per peer, sized to about `budget` target calls."""
+    evals = max(2, round(budget / max(1, n_val)))  # full-valset evaluations the budget buys
     n_all = n_train + n_val  # SIMBA has no valset: it gets train+val as its trainset
     bsize, nc = max(1, min(n_all, 8)), 2
     per_step = bsize * (2 * nc + 1)  # nc sampled trajectories + (nc+1) candidates, each on a minibatch
@@ -208,66 +231,110 @@ def total_calls(rec: dict) -> int:
     return sum(_calls(rec, p, r) for p in ("compile", "test") for r in ("target", "teacher"))
 
 
-def gap_closed(methods: dict[str, dict]) -> float | None:
-    """(cd - baseline) / (teacher - baseline) on test scores, or None if undefined."""
+def gap_closed(methods: dict[str, dict], method: str = "cd") -> float | None:
+    """(method - baseline) / (teacher - baseline) on test scores, or None if undefined."""
     try:
-        cd, base, top = (methods[m]["test"]["score"] for m in ("cd", "baseline", "teacher"))
+        m, base, top = (methods[k]["test"]["score"] for k in (method, "baseline", "teacher"))
     except (KeyError, TypeError):
         return None
-    return None if top == base else (cd - base) / (top - base)
+    return None if top == base else (m - base) / (top - base)
+
+
+def _verdict(vs: dict | None) -> str:
+    if not vs:
+        return "-"
+    sig = "better than baseline" if vs["p_two_sided"] < 0.05 and vs["difference"] > 0 else \
+        "worse than baseline" if vs["p_two_sided"] < 0.05 else "not distinguishable"
+    return (f"{vs['difference']:+.1f} [{vs['ci'][0]:+.1f}, {vs['ci'][1]:+.1f}]; {vs['fixed']} fixed / "
+            f"{vs['broken']} broken, p={vs['p_two_sided']:.3f}: {sig}")
 
 
 def write_markdown(data: dict, path: Path) -> None:
     s = data["settings"]
-    lines = [f"# Benchmark: {s['task']} — target `{s['target']}`, teacher `{s['teacher']}`", "",
-             f"Splits: train {data['splits']['train']}, val {data['splits']['val']}, test {data['splits']['test']}; "
-             f"trials {s['trials']}; seed {s['seed']}. Scores in %. Calls are LM requests (DSPy cache hits included); "
-             "tokens are counted for cache misses only.", "",
-             "| method | test score [95% CI] | target calls (compile/test) | teacher calls (compile/test) "
-             "| tokens (compile/test) | wall time |", "|---|---|---|---|---|---|"]
+    missing = [m for m in data.get("planned", []) if data["methods"].get(m, {}).get("status") != "ok"]
+    lines = [f"# Benchmark: {s['task']} — target `{s['target']}`, teacher `{s['teacher']}`", ""]
+    if missing:
+        lines += [f"**PARTIAL: {', '.join(missing)} not finished (yet).** The rows below are final for the "
+                  "methods they name.", ""]
+    n_test = data["splits"]["test"]
+    lines += [f"Splits: train {data['splits']['train']}, val {data['splits']['val']}, test {n_test} "
+              f"(one test problem = {100 / max(1, n_test):.1f} points); trials {s['trials']}; seed {s['seed']}; "
+              f"adapter {s.get('adapter', 'chat')}. Peers' target-call budget: {s.get('peer_budget', 'n/a')}. "
+              "Scores in %, 95% Wilson intervals; the paired column is the difference to the baseline on the same "
+              "test problems with its 95% interval and an exact two-sided sign test (McNemar). Calls are LM requests "
+              "(DSPy cache hits included); tokens are counted for cache misses only.", "",
+              "| method | test score [95% CI] | vs baseline (paired) | gap closed | target calls (compile/test) "
+              "| teacher calls (compile/test) | tokens (compile/test) | wall time |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, rec in data["methods"].items():
         if rec.get("status") != "ok":
-            lines.append(f"| {name} | error: {str(rec.get('error', ''))[:80].replace('|', '/')} | | | | "
+            lines.append(f"| {name} | error: {str(rec.get('error', ''))[:80].replace('|', '/')} | | | | | | "
                          f"{rec.get('seconds', {}).get('total', 0):.0f}s |")
             continue
         t = rec["test"]
+        gap = gap_closed(data["methods"], name) if name not in ("baseline", "teacher") else None
         lines.append(f"| {name} | {t['score']:.1f} [{t['ci'][0]:.1f}, {t['ci'][1]:.1f}] "
+                     f"| {_verdict(t.get('vs_baseline'))} "
+                     f"| {f'{gap:.0%}' if gap is not None else '-'} "
                      f"| {_calls(rec, 'compile', 'target')} / {_calls(rec, 'test', 'target')} "
                      f"| {_calls(rec, 'compile', 'teacher')} / {_calls(rec, 'test', 'teacher')} "
-                     f"| {_tokens(rec, 'compile')} / {_tokens(rec, 'test')} | {rec['seconds']['total']:.1f}s |")
-    gap = gap_closed(data["methods"])
-    lines += ["", f"CD closes {gap:.0%} of the target→teacher gap on test: (cd − baseline) / (teacher − baseline)."
-              if gap is not None else "Gap closed by CD: n/a (needs baseline, cd and teacher with different scores)."]
-    lines += ["", "Command: `" + data["command"] + "`", ""]
+                     f"| {_tokens(rec, 'compile')} / {_tokens(rec, 'test')} | {rec['seconds']['total']:.0f}s |")
+    lines += ["", "Gap closed = (method − baseline) / (teacher − baseline) on test, a point estimate: read it "
+              "with the paired interval.", "", "Command: `" + data["command"] + "`", ""]
     path.write_text("\n".join(lines))
 
 
 def write_plot(data: dict, path: Path) -> None:
+    """Two panels: test score with 95% interval per method; test score vs compile-time target calls."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     ok = [(name, rec) for name, rec in data["methods"].items() if rec.get("status") == "ok"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, (name, rec) in enumerate(ok):
-        x, t = total_calls(rec), rec["test"]
-        ax.errorbar([x], [t["score"]], yerr=[[t["score"] - t["ci"][0]], [t["ci"][1] - t["score"]]], fmt="o",
-                    capsize=4)
-        ax.annotate(name, (x, t["score"]), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -14))
-    ax.set_ylim(-5, 108)
-    ax.margins(x=0.15)
-    ax.set_xlabel("total LM calls (target + teacher, compile + test)")
-    ax.set_ylabel("test score (%) with 95% bootstrap CI")
-    ax.set_title(f"{data['settings']['task']}: {data['settings']['target']} / {data['settings']['teacher']}")
-    ax.grid(alpha=0.3)
+        t = rec["test"]
+        err = [[t["score"] - t["ci"][0]], [t["ci"][1] - t["score"]]]
+        left.errorbar([t["score"]], [i], xerr=err, fmt="o", capsize=4)
+        x = _calls(rec, "compile", "target")
+        right.errorbar([x], [t["score"]], yerr=err, fmt="o", capsize=4)
+        right.annotate(name, (x, t["score"]), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -14))
+    base = data["methods"].get("baseline", {}).get("test")
+    if base:
+        left.axvline(base["score"], color="grey", ls="--", lw=1)
+        right.axhline(base["score"], color="grey", ls="--", lw=1)
+    left.set_yticks(range(len(ok)), [n for n, _ in ok])
+    left.set_xlim(-2, 102)
+    left.set_xlabel("test score (%), 95% Wilson interval")
+    right.set_ylim(-2, 102)
+    right.margins(x=0.15)
+    right.set_xlabel("target LM calls spent compiling")
+    right.set_ylabel("test score (%)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    s = data["settings"]
+    fig.suptitle(f"{s['task']}: {s['target']} / {s['teacher']}, test n={data['splits']['test']}"
+                 + (" (PARTIAL)" if any(data["methods"].get(m, {}).get("status") != "ok"
+                                        for m in data.get("planned", [])) else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def compare_with_baseline(methods: dict[str, dict]) -> None:
+    """Give every finished method's test record its paired comparison with the baseline (when it has run)."""
+    base = (methods.get("baseline", {}).get("test") or {}).get("scores")
+    for name, rec in methods.items():
+        if rec.get("status") == "ok" and name != "baseline":
+            rec["test"] = held_out_record(rec["test"]["scores"], base)
+
+
 def save_all(data: dict, out: Path) -> None:
-    """Write <out>.json, <out>.md and <out>.png."""
+    """Write <out>.json, <out>.md and <out>.png (paired comparisons and gap closed refreshed first)."""
+    compare_with_baseline(data["methods"])
+    data["gap_closed"] = {m: gap_closed(data["methods"], m) for m in data["methods"]
+                          if m not in ("baseline", "teacher")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = with_ext(out, ".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))

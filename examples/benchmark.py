@@ -9,12 +9,17 @@ Every method sees the same splits and the same LMs: the target runs the program,
 rules / proposes instructions / reflects. "baseline" is the unoptimized program on the target and
 "teacher" the unoptimized program on the teacher (the ceiling). Peers run on fresh programs.
 
-Budget matching: CD spends at most B = train + E * val target calls, E = trials + max(2, trials // 2)
-(collect on train; the baseline and the other subsets Optuna tries, plus backward-elimination
-refinement, each on val). Peers are sized to about B target calls: MIPROv2 zero-shot evaluates its
-default and E - 1 instruction trials on the full val set (minibatch off) plus bootstrap runs on train
-for its proposer; GEPA gets max_metric_calls = B; InferRules evaluates E rule candidates on val; SIMBA
-(train+val as its trainset, no demos) takes as many steps as fit in B. Actual calls are measured.
+Budget matching: run "cd" before the peers. Its measured compile-time target calls B (collect,
+verification, search, confirmation; DSPy cache hits included) become the peers' budget: MIPROv2
+zero-shot evaluates its default and E - 1 instruction trials on the full val set (E = B / val,
+minibatch off) plus bootstrap runs on train for its proposer; GEPA gets max_metric_calls = B;
+InferRules evaluates E rule candidates on val; SIMBA (train+val as its trainset, no demos) takes as
+many steps as fit in B. A peer run before CD gets the planning estimate train + (trials + 3) * val.
+Actual calls are measured and reported.
+
+Statistics: Wilson 95% intervals for held-out scores; each method is compared with the baseline on
+the same test problems (paired difference with its interval, exact sign test = McNemar for 0/1).
+All methods run under one adapter (--adapter) and see the same input fields of the same examples.
 
 Simulated world (--task simulated): the target/teacher engines of cd_dspy.simulated; the teacher is
 extended (bench_lib.BenchTeacher) to solve the task (the ceiling) and to answer peers' prompts with
@@ -42,11 +47,11 @@ if __package__ in (None, ""):
 from bench_lib import (  # noqa: E402
     SIMULATED,
     BenchMeter,
-    bootstrap_ci,
-    gap_closed,
     gepa_metric,
+    held_out_record,
     load_task,
     make_lm,
+    measured_budget,
     peer_configs,
     save_all,
     simulated_lms,
@@ -71,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="examples/results/benchmark", help="output prefix (no extension)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="parallel program calls (1 for embedded local LMs)")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the test CI")
+    p.add_argument("--adapter", choices=["chat", "json"], default="chat", help="DSPy adapter for every method")
     p.add_argument("--retry-errors", action="store_true", help="rerun methods recorded with an error")
     p.add_argument("--fresh", action="store_true", help="ignore (overwrite) an existing <out>.json")
     args = p.parse_args(argv)
@@ -95,19 +100,26 @@ class Benchmark:
             self.target, self.teacher = simulated_lms()
         else:
             self.target, self.teacher = make_lm(args.target, "target"), make_lm(args.teacher, "teacher")
-        self.peers = peer_configs(len(self.train), len(self.val), args.trials, args.threads, args.seed)
+        self.peer_budget = target_budget(len(self.train), len(self.val), args.trials)  # until CD has run
+
+    @property
+    def peers(self) -> dict[str, dict]:
+        return peer_configs(len(self.train), len(self.val), self.peer_budget, self.args.threads, self.args.seed)
 
     def settings(self) -> dict:
         a = self.args
         return {"task": a.task, "target": a.target if a.task != SIMULATED else "simulated-target",
                 "teacher": a.teacher if a.task != SIMULATED else "simulated-teacher", "trials": a.trials,
-                "seed": a.seed, "threads": a.threads, "resamples": a.resamples,
-                "target_budget": target_budget(len(self.train), len(self.val), a.trials),
-                "peers": self.peers, "dspy_version": dspy.__version__}
+                "seed": a.seed, "threads": a.threads, "adapter": a.adapter,
+                "planned_peer_budget": target_budget(len(self.train), len(self.val), a.trials),
+                "dspy_version": dspy.__version__}
 
     def _context(self, lm: dspy.LM, meter: BenchMeter):
         return dspy.context(lm=lm, callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter,
-                            max_errors=10**6)  # a parse failure scores 0; it does not abort a run
+                            adapter=self.adapter(), max_errors=10**6)  # a parse failure scores 0, not an abort
+
+    def adapter(self) -> dspy.Adapter:
+        return {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter}[self.args.adapter]()
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, method: str, meter: BenchMeter) -> tuple[dspy.Module, dict]:
@@ -144,7 +156,7 @@ class Benchmark:
                                  target_lm=self.target, num_trials=self.args.trials, seed=self.args.seed,
                                  num_threads=self.args.threads, run_dir=self.out / "cd_run", progress=False,
                                  resume=not self.args.fresh)
-        with dspy.context(max_errors=10**6):
+        with dspy.context(max_errors=10**6, adapter=self.adapter()):
             compiled = cd.compile(program, trainset=self.train, valset=self.val)
         r = cd.result
         # CD's own UsageMeter is the usage tracker inside its compile, so its record is the authoritative count.
@@ -170,8 +182,7 @@ class Benchmark:
                                          display_progress=False, display_table=False, failure_score=0.0)
                 result = evaluate(program)
             scores = [float(s) for _, _, s in result.results]
-            mean, lo, hi = bootstrap_ci(scores, n_resamples=self.args.resamples, seed=self.args.seed)
-            rec["test"] = {"score": 100 * mean, "ci": [100 * lo, 100 * hi], "n": len(scores), "scores": scores}
+            rec["test"] = held_out_record(scores, None)  # the paired comparison is added when saving
             rec["usage"] = {"compile": compile_usage, "test": usage_dict(test_meter.snapshot())}
             rec["seconds"] = {"compile": round(t_compile - started, 2),
                               "test": round(time.perf_counter() - t_compile, 2)}
@@ -205,8 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
     splits = {k: len(v) for k, v in bench.task.splits.items()}
     command = shlex.join(["python", "examples/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     data = load_previous(bench.out, {**settings, "_splits": splits}, args.fresh) or {"methods": {}}
-    data.update(settings=settings, splits=splits, command=command)
+    data.update(settings=settings, splits=splits, command=command,
+                planned=list(dict.fromkeys([*data.get("planned", []), *args.methods])))
     for method in args.methods:
+        bench.peer_budget = measured_budget(data["methods"]) or bench.peer_budget
+        data["settings"]["peer_budget"] = bench.peer_budget
         prev = data["methods"].get(method)
         if prev is not None and (prev.get("status") == "ok" or not args.retry_errors):
             print(f"[benchmark] {method}: already in {with_ext(bench.out, '.json')}, skipped")
@@ -214,11 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[benchmark] {method}: running")
         rec = bench.run(method)
         data["methods"][method] = rec
-        data["gap_closed"] = gap_closed(data["methods"])
         save_all(data, bench.out)
         score = f"{rec['test']['score']:.1f}" if rec["status"] == "ok" else rec["error"]
         print(f"[benchmark] {method}: {score} ({rec['seconds']['total']:.1f}s)")
-    data["gap_closed"] = gap_closed(data["methods"])
     save_all(data, bench.out)
     print(with_ext(bench.out, ".md").read_text())
     return data

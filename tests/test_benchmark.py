@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-from bench_lib import bootstrap_ci, gap_closed, peer_configs, target_budget  # noqa: E402
+from bench_lib import gap_closed, held_out_record, measured_budget, peer_configs, target_budget  # noqa: E402
 
 
 def _load_benchmark():
@@ -52,9 +51,15 @@ def test_simulated_benchmark_writes_outputs_and_cd_beats_baseline(tmp_path):
     for peer in ("miprov2", "inferrules", "gepa"):  # peers reach the teacher (InferRules via an LM copy)
         assert methods[peer]["usage"]["compile"]["teacher"]["calls"] > 0, peer
         assert methods[peer]["usage"]["compile"]["target"]["calls"] > 0, peer
-    assert data["gap_closed"] == pytest.approx(gap_closed(methods)) and data["gap_closed"] > 0
+    assert data["gap_closed"]["cd"] == pytest.approx(gap_closed(methods)) and data["gap_closed"]["cd"] > 0
+    # peers run after CD get CD's measured compile-time target calls as their budget
+    assert saved["settings"]["peer_budget"] == measured_budget(methods)
+    assert methods["gepa"]["config"]["init"]["max_metric_calls"] == measured_budget(methods)
+    vs = methods["cd"]["test"]["vs_baseline"]  # paired with the baseline on the same test problems
+    assert vs["difference"] == pytest.approx(methods["cd"]["test"]["score"] - methods["baseline"]["test"]["score"])
+    assert "vs_baseline" not in methods["baseline"]["test"]
     md = (tmp_path / "sim.md").read_text()
-    assert "| cd |" in md and "gap" in md
+    assert "| cd |" in md and "Gap closed" in md and "PARTIAL" not in md
     assert (tmp_path / "sim" / "cd_run").is_dir()
 
 
@@ -83,6 +88,7 @@ def test_crashing_method_is_recorded_and_retried_on_request(tmp_path, monkeypatc
     assert data["methods"]["miprov2"]["status"] == "error" and "boom" in data["methods"]["miprov2"]["error"]
     assert data["methods"]["baseline"]["status"] == "ok"
     assert "error: RuntimeError: boom" in (tmp_path / "sim.md").read_text()
+    assert "PARTIAL: miprov2 not finished" in (tmp_path / "sim.md").read_text()
     monkeypatch.setattr(bench.Benchmark, "compile", original)
     assert _run(tmp_path, "miprov2")["methods"]["miprov2"]["status"] == "error"  # skipped: still the old record
     assert _run(tmp_path, "miprov2", "--retry-errors")["methods"]["miprov2"]["status"] == "ok"
@@ -94,29 +100,38 @@ def test_other_settings_refuse_to_resume(tmp_path):
         bench.main([*TINY[:-2], "--seed", "1", "--methods", "baseline", "--out", str(tmp_path / "sim")])
 
 
+def test_methods_see_only_inputs_and_what_the_metric_reads():
+    from bench_lib import load_task
+
+    task = load_task("simulated", 0, {"train": 4, "val": 4, "test": 4})
+    assert all(set(e.keys()) == {"question", "answer"} for split in task.splits.values() for e in split)
+    assert all(set(e.inputs().keys()) == {"question"} for e in task.splits["train"])
+
+
 def test_unknown_method_is_rejected():
     with pytest.raises(SystemExit):
         bench.parse_args(["--methods", "baseline,nope"])
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def test_bootstrap_ci_is_deterministic_and_contains_the_mean():
-    scores = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
-    assert bootstrap_ci(scores, seed=3) == bootstrap_ci(scores, seed=3)
-    mean, lo, hi = bootstrap_ci(scores)
-    assert mean == pytest.approx(0.7)
-    assert 0.0 <= lo <= mean <= hi <= 1.0 and lo < hi
+def test_test_record_interval_and_paired_sign_test():
+    before = [0.0] * 20 + [1.0] * 20
+    after = [1.0] * 8 + [0.0] * 12 + [1.0] * 19 + [0.0]  # 8 fixed, 1 broken on the same 40 problems
+    rec = held_out_record(after, before)
+    assert rec["score"] == pytest.approx(100 * 27 / 40) and rec["n"] == 40
+    assert rec["ci"][0] < rec["score"] < rec["ci"][1]
+    vs = rec["vs_baseline"]
+    assert (vs["fixed"], vs["broken"]) == (8, 1)
+    assert vs["difference"] == pytest.approx(100 * 7 / 40)
+    assert vs["p_two_sided"] == pytest.approx(0.0390625)  # exact binomial: 2 * P(X <= 1 | n=9, p=1/2)
+    assert "vs_baseline" not in held_out_record(after, None)
+    assert "vs_baseline" not in held_out_record(after, before[:-1])  # other problems: no paired test
 
 
-def test_bootstrap_ci_narrows_with_more_data():
-    _, lo_small, hi_small = bootstrap_ci([1.0, 0.0] * 10)
-    _, lo_big, hi_big = bootstrap_ci([1.0, 0.0] * 200)
-    assert hi_big - lo_big < hi_small - lo_small
-
-
-def test_bootstrap_ci_edge_cases():
-    assert bootstrap_ci([1.0] * 5) == (1.0, 1.0, 1.0)
-    assert all(math.isnan(x) for x in bootstrap_ci([]))
+def test_identical_scores_are_not_distinguishable():
+    same = [1.0, 0.0] * 20
+    vs = held_out_record(same, same)["vs_baseline"]
+    assert vs["fixed"] == vs["broken"] == 0 and vs["p_two_sided"] == pytest.approx(1.0)
 
 
 def test_gap_closed():
@@ -129,8 +144,15 @@ def test_gap_closed():
 def test_peer_budgets_match_cd():
     budget = target_budget(12, 12, 6)
     assert budget == 12 + (6 + 3) * 12
-    peers = peer_configs(12, 12, 6, threads=1, seed=0)
+    peers = peer_configs(12, 12, budget, threads=1, seed=0)
     assert peers["gepa"]["init"]["max_metric_calls"] == budget
-    assert peers["miprov2"]["compile"]["num_trials"] + 1 == peers["inferrules"]["init"]["num_candidates"] == 9
+    assert peers["miprov2"]["compile"]["num_trials"] + 1 == peers["inferrules"]["init"]["num_candidates"] == 10
     assert peers["miprov2"]["init"]["max_bootstrapped_demos"] == peers["miprov2"]["init"]["max_labeled_demos"] == 0
     assert peers["simba"]["init"]["max_steps"] >= 1
+
+
+def test_peers_get_cds_measured_budget():
+    assert measured_budget({}) is None
+    cd = {"status": "ok", "usage": {"compile": {"target": {"calls": 150, "cached_calls": 30}}}}
+    assert measured_budget({"cd": cd}) == 180
+    assert measured_budget({"cd": {**cd, "status": "error"}}) is None

@@ -150,3 +150,27 @@ def test_paired_statistics_on_known_inputs():
     assert comparison.difference == pytest.approx(62.5) and comparison.wins == 6 and comparison.losses == 1
     assert comparison.low < 62.5 < comparison.high
     assert sign_test([1, 1], [1, 1]) == 1.0
+
+
+# -- mistake sampling -------------------------------------------------------------------------------
+def _mistake(index: int, question: str, parse_failed: bool = False):
+    from cd_dspy.result import Mistake
+
+    return Mistake(id=f"m{index}", example_index=index, inputs={"question": question}, gold={"answer": 1},
+                   outputs={}, score=0.0, feedback=None, steps=[], parse_failed=parse_failed)
+
+
+def test_sampled_mistakes_cover_each_kind_of_question_before_repeating_one():
+    from cd_dspy.collect import sample_mistakes
+
+    templates = ["How many apples does {n} have after buying {m}?", "Round {n}.{m} to the nearest whole number.",
+                 "What time is it {n} minutes after {m}:00?"]
+    mistakes = [_mistake(i, templates[i % 3 if i < 9 else 0].format(n=i, m=i + 3)) for i in range(15)]
+    mistakes.append(_mistake(15, templates[0].format(n=1, m=2), parse_failed=True))
+    for seed in range(5):
+        chosen = sample_mistakes(mistakes, 4, seed)
+        assert len(chosen) == 4
+        assert {c.inputs["question"].split()[0] for c in chosen if not c.parse_failed} == {"How", "Round", "What"}
+        assert any(c.parse_failed for c in chosen), seed  # a format failure is a kind of its own
+    assert sample_mistakes(mistakes, 4, 0) == sample_mistakes(mistakes, 4, 0)
+    assert len(sample_mistakes(mistakes, 100, 0)) == 16
