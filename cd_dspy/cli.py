@@ -126,6 +126,13 @@ def cmd_compile(args) -> int:
     teacher = resolve_lm(args.teacher, "teacher", args.teacher_api_base)
     program = make_program(args, task)
     run_dir = Path(args.run_dir or f"runs/{task.name}")
+    workers = None
+    if args.workers:  # each worker rebuilds the program, metric and target LM from these (cd_dspy.worker)
+        from cd_dspy.workers import Workers
+
+        workers = Workers("cd_dspy.worker:task_setup", {
+            "task": task.name, "target": args.target, "program": args.program,
+            "target_api_base": args.target_api_base, "metric": args.metric})
     optimizer = ConceptDistillation(
         metric=metric, teacher_lm=teacher, target_lm=target, auto=args.auto, num_trials=args.trials,
         max_mistakes=args.max_mistakes, max_rules=args.max_rules, priming=args.priming, seed=args.seed,
@@ -133,7 +140,7 @@ def cmd_compile(args) -> int:
         confirm_fraction=args.confirm_fraction, conditional_rules=args.conditional_rules,
         run_dir=run_dir, num_threads=args.threads, minibatch_size=args.minibatch, resume=not args.fresh,
         max_target_calls=args.max_target_calls, max_teacher_calls=args.max_teacher_calls,
-        progress=not args.quiet)
+        progress=not args.quiet, storage=args.storage, workers=workers)
     print(f"cd-dspy: task {task.name}: {len(splits['train'])} train / {len(splits['val'])} val / "
           f"{len(splits['test'])} test; target {args.target}, teacher {args.teacher}; run dir {run_dir}",
           file=sys.stderr)
@@ -215,6 +222,15 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    from cd_dspy.worker import run_worker
+
+    report = run_worker(args.storage, args.study, wait=args.wait, max_trials=args.max_trials, num_threads=args.threads)
+    print(f"worker: {report.trials} trials of study {report.study}, {report.target_calls} target calls, "
+          f"{report.seconds:.0f} s")
+    return 0
+
+
 def cmd_report(args) -> int:
     from cd_dspy.report import render_report
 
@@ -271,7 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--run-dir", help="artifacts and resume state (default runs/<task>)")
     comp.add_argument("--fresh", action="store_true", help="ignore finished work in --run-dir")
     comp.add_argument("--quiet", action="store_true", help="no progress bars")
+    comp.add_argument("--storage", help="Optuna storage: an RDB URL (postgresql://..., sqlite:///...) or a journal "
+                      "file ending in .log (default: SQLite in --run-dir)")
+    comp.add_argument("--workers", action="store_true",
+                      help="let 'cd-dspy worker' processes evaluate the search's trials (on --storage, an RDB URL)")
     comp.set_defaults(func=cmd_compile)
+
+    worker = sub.add_parser("worker", help="join a search published by 'compile --workers' and evaluate its trials")
+    worker.add_argument("--storage", required=True, help="the compile's Optuna RDB storage URL")
+    worker.add_argument("--study", default="concept-distillation", help="the compile's study name (or a full one)")
+    worker.add_argument("--wait", type=float, default=600.0,
+                        help="seconds to wait for a search to be published, and to stay idle, before leaving")
+    worker.add_argument("--max-trials", type=int, help="leave after this many trials")
+    worker.add_argument("--threads", type=int, help="parallel LM calls (default: the compile's)")
+    worker.set_defaults(func=cmd_worker)
 
     ev = sub.add_parser("evaluate", help="score a saved program on a dataset split with an LM")
     _data_arguments(ev)

@@ -90,8 +90,9 @@ class CachedEvaluator:
 
     def __init__(self, examples: Sequence[dspy.Example], metric: ScoredMetric, *, run_dir: RunDir,
                  meter: UsageMeter, num_threads: int, failure_score: float = 0.0,
-                 log_name: str = EVALUATIONS_FILE):
+                 log_name: str = EVALUATIONS_FILE, shared: Any = None):
         self.log_name = log_name
+        self.shared = shared  # a `shared_store.ScoreStore` several worker processes read and write, or None
         self.metric_key = metric_key(metric)
         self.examples_key = examples_key(examples)  # a score belongs to these examples, not to positions
         self.examples = list(examples)
@@ -109,6 +110,10 @@ class CachedEvaluator:
         """Scores of `program` on the examples at `indices` (in that order)."""
         key = digest([prompt_key(program), self.metric_key, self.examples_key])
         missing = [i for i in indices if (key, i) not in self.scores]
+        if missing and self.shared is not None:  # scored by another worker: read, never paid again
+            for index, score in self.shared.get(key, missing).items():
+                self._keep(key, index, score, share=False)
+            missing = [i for i in missing if (key, i) not in self.scores]
         if missing:
             self._run(program, key, missing)
         return [self.scores[(key, i)] for i in indices]
@@ -156,12 +161,14 @@ class CachedEvaluator:
             with self._lock:
                 self.scores[(key, index)] = self.failure_score  # not logged: never stored as finished work
 
-    def _keep(self, key: str, index: int, score: float) -> None:
+    def _keep(self, key: str, index: int, score: float, share: bool = True) -> None:
         with self._lock:
             if (key, index) in self.scores:
                 return
             self.scores[(key, index)] = float(score)
         self.run_dir.append_jsonl(self.log_name, {"key": key, "index": index, "score": float(score)})
+        if share and self.shared is not None:
+            self.shared.put(key, index, score, self.examples_key)
 
 
 def program_lm(program: dspy.Module) -> Any:

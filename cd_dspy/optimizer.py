@@ -38,6 +38,7 @@ from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials, delete_study
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
 from cd_dspy.verify import VERIFICATION_LOG, correct_sample, verify_rules
+from cd_dspy.workers import Workers, check_workers, distributed_selector
 
 logger = logging.getLogger("cd_dspy")
 
@@ -99,6 +100,8 @@ class ConceptDistillation(Teleprompter):
         run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
         storage, study_name: the Optuna storage URL (default SQLite in run_dir) and study name.
         resume: reuse finished work found in run_dir (default True).
+        workers: `cd_dspy.workers.Workers(setup=...)`: the search's trials are evaluated by worker processes
+            (`cd-dspy worker`) that join the study in `storage`, an RDB all of them reach.
         num_threads: parallel LM calls; default DSPy's `num_threads`, or 1 when an LM runs in this
             process. Caps hold exactly and no call outlives `compile` with any number of threads.
     """
@@ -116,7 +119,7 @@ class ConceptDistillation(Teleprompter):
                  max_teacher_calls: int | None = None, max_tokens: int | None = None,
                  max_cost_usd: float | None = None, seed: int = 0, run_dir: str | os.PathLike | None = None,
                  storage: str | None = None, study_name: str = "concept-distillation", resume: bool = True,
-                 progress: bool = True):
+                 progress: bool = True, workers: Workers | None = None):
         super().__init__()
         preset = validation.check_settings(metric=metric, teacher_lm=teacher_lm, auto=auto, seed=seed,
                                            num_trials=num_trials, max_mistakes=max_mistakes, max_rules=max_rules,
@@ -125,6 +128,7 @@ class ConceptDistillation(Teleprompter):
         validation.check_decision_settings(require_significance=require_significance, confirm_fraction=confirm_fraction,
                                            confirm_top_k=confirm_top_k, samples_per_mistake=samples_per_mistake,
                                            verify_correct=verify_correct, verify_max_sources=verify_max_sources)
+        check_workers(workers, storage, minibatch_size)
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.target_lm = target_lm
@@ -157,6 +161,7 @@ class ConceptDistillation(Teleprompter):
         self.study_name = study_name
         self.resume = resume
         self.progress = progress
+        self.workers = workers
         self.result: ConceptDistillationResult | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -366,9 +371,13 @@ class ConceptDistillation(Teleprompter):
         study_name = f"{self.study_name}-{scope}"
         if not self.resume:
             delete_study(study_name, storage)
-        selector = RuleSelector(lambda chosen: self._bind(base, chosen), rules, evaluator, indices=search,
-                                num_trials=self.num_trials, seed=self.seed, storage=storage,
-                                study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
+        if self.workers is not None:  # trials evaluated by worker processes that join the study
+            selector = distributed_selector(self, base, rules, evaluator, search, storage=storage,
+                                            study_name=study_name, on_trial=on_trial, progress=progress)
+        else:
+            selector = RuleSelector(lambda chosen: self._bind(base, chosen), rules, evaluator, indices=search,
+                                    num_trials=self.num_trials, seed=self.seed, storage=storage,
+                                    study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
         selection = selector.run()
         bar.close()
         if selection.stopped_early:  # the trial a budget stop interrupted is a failed trial, not a running one

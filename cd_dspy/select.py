@@ -62,12 +62,19 @@ def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
     return [r.id for r in rules if params.get(r.id)]
 
 
+def open_storage(storage: str | None) -> str | optuna.storages.BaseStorage | None:
+    """An Optuna RDB URL as it is; a file path ending in `.log`: Optuna's journal storage (one machine, no server)."""
+    if isinstance(storage, str) and storage.endswith(".log") and "://" not in storage:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    return storage
+
+
 def delete_study(name: str, storage: str | None) -> None:
     """Delete the study `name` from `storage` if it is there (a fresh start with resume=False)."""
     if storage is None:
         return
     try:
-        optuna.delete_study(study_name=name, storage=storage)
+        optuna.delete_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         pass
 
@@ -85,7 +92,7 @@ class RuleSelector:
                  evaluator: CachedEvaluator, *, indices: Sequence[int],
                  num_trials: int, seed: int, storage: str | None, study_name: str,
                  minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None,
-                 refine: bool = True):
+                 refine: bool = True, study: optuna.Study | None = None):
         self.program_with = program_with  # rules -> the program that runs with them
         self.rules = list(rules)
         self.evaluator = evaluator
@@ -97,8 +104,11 @@ class RuleSelector:
         self.best: float | None = None
         self.order = random.Random(seed).sample(list(indices), len(indices))
         self.rule_cost = 100.0 / max(1, len(self.order))
+        if study is not None:  # a study opened by the caller (workers: `cd_dspy.workers`)
+            self.study = study
+            return
         self.study = optuna.create_study(
-            direction="maximize", storage=storage, study_name=study_name, load_if_exists=True,
+            direction="maximize", storage=open_storage(storage), study_name=study_name, load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
         )
@@ -106,7 +116,7 @@ class RuleSelector:
 
     # -- the study -------------------------------------------------------------------------------
     def run(self) -> Selection:
-        if not self.study.trials:
+        if not self._trials():
             self._enqueue_first_trials()
         stopped = None
         attempts = 0
@@ -114,8 +124,7 @@ class RuleSelector:
             while attempts < 3 * self.num_trials:
                 if len(self._scored()) >= min(self.num_trials, 2 ** len(self.rules)):
                     break  # enough distinct subsets (or every subset) scored
-                attempts += 1
-                self.study.optimize(self._objective, n_trials=1, catch=())
+                attempts += self._step()
             if self.refine:
                 self._refine()
         except BudgetExhausted as exc:
@@ -127,7 +136,7 @@ class RuleSelector:
         """Backward elimination from the best subset: drop each rule in turn (one enqueued trial each)
         and keep the smaller subset whenever `preference` ranks it at least as high (it may score up to one
         search example less); at most num_trials // 2 extra trials. Guards against rules that won by noise."""
-        done = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == "refine"]
+        done = [t for t in self._trials() if t.user_attrs.get("enqueued") == "refine"]
         tried: set[tuple[str, ...]] = {tuple(subset_of(t.params, self.rules)) for t in done}
         budget = max(2, self.num_trials // 2)  # refinement adds at most this many trials, also across resumes
         while len(tried) < budget:
@@ -141,9 +150,9 @@ class RuleSelector:
                 return
             for subset in todo[: budget - len(tried)]:
                 tried.add(subset)
-                self.study.enqueue_trial({r.id: int(r.id in subset) for r in self.rules},
-                                         user_attrs={"enqueued": "refine"})
-                self.study.optimize(self._objective, n_trials=1, catch=())
+                self._enqueue({r.id: int(r.id in subset) for r in self.rules}, "refine")
+                self._run_enqueued()
+            self._settle()
             if self._best_complete() == best:
                 return
 
@@ -159,18 +168,37 @@ class RuleSelector:
         """Baseline, all rules, then leave-one-out subsets (they expose harmful rules), then single
         rules (they expose helpful ones), as far as the trial budget allows."""
         ids = [r.id for r in self.rules]
-        self.study.enqueue_trial({i: 0 for i in ids}, user_attrs={"enqueued": "baseline"})
+        self._enqueue({i: 0 for i in ids}, "baseline")
         if not ids:
             return
-        self.study.enqueue_trial({i: 1 for i in ids}, user_attrs={"enqueued": "all rules"})
+        self._enqueue({i: 1 for i in ids}, "all rules")
         if len(ids) < 2:
             return
         room = self.num_trials - 2
         for rule_id in ids[:max(0, room)]:
-            self.study.enqueue_trial({i: int(i != rule_id) for i in ids}, user_attrs={"enqueued": f"without {rule_id}"})
+            self._enqueue({i: int(i != rule_id) for i in ids}, f"without {rule_id}")
         if room >= 2 * len(ids):
             for rule_id in ids:
-                self.study.enqueue_trial({i: int(i == rule_id) for i in ids}, user_attrs={"enqueued": rule_id})
+                self._enqueue({i: int(i == rule_id) for i in ids}, rule_id)
+
+    # -- how trials run (one process here; `workers.DistributedSelector` hands them to workers) ---
+    def _enqueue(self, params: dict[str, int], why: str) -> None:
+        self.study.enqueue_trial(params, user_attrs={"enqueued": why})
+
+    def _step(self) -> int:
+        """Run the next trial (an enqueued one, else one TPE proposes); the number of attempts it was."""
+        self.study.optimize(self._objective, n_trials=1, catch=())
+        return 1
+
+    def _run_enqueued(self) -> None:
+        """Run the trial just enqueued."""
+        self.study.optimize(self._objective, n_trials=1, catch=())
+
+    def _settle(self) -> None:
+        """Wait until every enqueued trial has run (here they already have)."""
+
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
 
     def _objective(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
@@ -206,12 +234,12 @@ class RuleSelector:
 
     # -- the outcome -----------------------------------------------------------------------------
     def _complete(self) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        return [t for t in self._trials() if t.state == TrialState.COMPLETE]
 
     def _summary(self, stopped: str | None) -> Selection:
         trials = [Trial(t.number, subset_of(t.params, self.rules), t.value, t.state.name.lower(),
                         seconds=round(t.duration.total_seconds(), 3) if t.duration else 0.0)
-                  for t in self.study.get_trials(deepcopy=False)]
+                  for t in self._trials()]
         complete = [t for t in trials if t.state == "complete" and t.score is not None]
         baseline = next((t.score for t in complete if not t.rule_ids), None)
         best: dict[tuple[str, ...], float] = {}

@@ -16,6 +16,7 @@ import random
 import re
 import textwrap
 import threading
+import time
 from typing import Any
 
 import dspy
@@ -100,12 +101,16 @@ def numbers_of(question: str) -> tuple[int, int]:
 # --- the engine plumbing ------------------------------------------------------------------------
 
 class ScriptedEngine:
-    """Reads a DSPy request (instructions, input fields) and replies in the adapter's format."""
+    """Reads a DSPy request (instructions, input fields) and replies in the adapter's format.
+
+    `latency` seconds are slept per call, as a remote API would take (it changes no answer, so it is not
+    part of the LM's key)."""
 
     model = "simulated"
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         self.calls = 0
+        self.latency = latency
         self._lock = threading.Lock()
 
     def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
@@ -114,6 +119,8 @@ class ScriptedEngine:
     def complete(self, request) -> Response:
         with self._lock:
             self.calls += 1
+        if self.latency:
+            time.sleep(self.latency)
         system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or ())
         user = request.messages[-1].text or ""
         _, _, objective = system.partition("your objective is:")
@@ -208,8 +215,13 @@ class SimulatedTeacher(ScriptedEngine):
         return {"explanation": f"The student mishandled a {kind} problem.", "step": step, "rules": rules}
 
 
-def simulated_lms() -> tuple[dspy.LM, dspy.LM]:
+def simulated_lms(latency: float = 0.0) -> tuple[dspy.LM, dspy.LM]:
     """(target, teacher) as `dspy.LM`s over fresh simulated engines (cache off: calls are counted)."""
-    target = dspy.LM("simulated/target", engine=SimulatedTarget(), cache=False)
-    teacher = dspy.LM("simulated/teacher", engine=SimulatedTeacher(), cache=False)
+    target = dspy.LM("simulated/target", engine=SimulatedTarget(latency), cache=False)
+    teacher = dspy.LM("simulated/teacher", engine=SimulatedTeacher(latency), cache=False)
     return target, teacher
+
+
+def worker_setup(latency: float = 0.0) -> tuple[dspy.Module, Any, dspy.LM]:
+    """(program, metric, target LM) of the simulated world: `Workers(setup="cd_dspy.simulated:worker_setup")`."""
+    return dspy.ChainOfThought("question -> answer: float"), answer_match, simulated_lms(latency)[0]

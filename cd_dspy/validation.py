@@ -59,8 +59,12 @@ def check_decision_settings(*, require_significance: Any, confirm_fraction: Any,
 
 
 def check_storage_url(storage: Any) -> None:
+    if isinstance(storage, str) and storage.endswith(".log") and "://" not in storage:
+        return  # a file for Optuna's journal storage (one machine)
     if not isinstance(storage, str) or "://" not in storage:
-        raise ValueError(f"storage must be an Optuna storage URL such as 'sqlite:///runs/study.db', got {storage!r}.")
+        raise ValueError(f"storage must be an Optuna storage URL such as 'sqlite:///runs/study.db' or "
+                         f"'postgresql://user:password@host/db', or a journal file path ending in .log; "
+                         f"got {storage!r}.")
     scheme = storage.split("://", 1)[0].split("+", 1)[0]
     if scheme not in {"sqlite", "postgresql", "mysql", "oracle", "mssql"}:
         raise ValueError(f"storage URL scheme {scheme!r} is not an Optuna RDB storage; use e.g. 'sqlite:///study.db'.")

@@ -1,0 +1,181 @@
+"""Scale-out: worker processes evaluate one rule search through Optuna's RDB storage (cd_dspy.workers).
+
+"Equal to a single-process run" means: the main process plans every trial (first trials, TPE rounds of
+a fixed size from the finished trials in planned order, backward elimination), so the same trials are
+run whether one process evaluates them (`Workers(evaluate_in_main=True)`, no worker, SQLite) or three
+worker processes do (PostgreSQL); the same trials give the same scores (cached per prompt and example),
+the same ranked subsets and the same confirmation decision. The tests compare all of these.
+
+The PostgreSQL tests need a server: `.ci/run` starts one (`.ci/postgres`) and exports its URL as
+CD_DSPY_TEST_POSTGRES_URL; without it they are skipped with a NOT TESTED warning.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import dspy
+import optuna
+import pytest
+from conftest import SimWorld
+
+from cd_dspy.shared_store import ScoreStore
+from cd_dspy.workers import Workers
+
+TESTS = Path(__file__).parent
+POSTGRES_ENV = "CD_DSPY_TEST_POSTGRES_URL"
+SETTINGS = {"verify": False, "num_trials": 10}  # 5 candidate rules: 7 first trials, a TPE round, elimination
+
+
+def compile_sim(sim: SimWorld, **settings):
+    cd = sim.optimizer(resume=False, **SETTINGS, **settings)
+    cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
+    return cd.result
+
+
+def outcome(result) -> dict:
+    """What must not depend on who evaluated the trials (trial numbers and timings may)."""
+    return {"trials": [(t.rule_ids, t.score, t.state) for t in result.trials],
+            "selected": result.selected_rule_ids, "baseline": result.baseline_score, "best": result.best_score,
+            "search": (result.search_baseline_score, result.search_best_score), "candidates": result.candidates}
+
+
+def start_workers(tmp: Path, storage: str, study: str, n: int, log: Path, hang: int | None = None) -> list:
+    """`n` `cd-dspy worker` processes, started and looking for the study before this returns."""
+    procs = []
+    for i in range(n):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+        if hang is not None and i == 0:
+            env.update(CD_DSPY_TEST_HANG=str(hang), CD_DSPY_TEST_MARKER=str(tmp / "marker"))
+        out = tmp / f"worker{i}.out"
+        cmd = [sys.executable, "-m", "cd_dspy.cli", "-v", "worker", "--storage", storage, "--study", study,
+               "--wait", "120"]
+        procs.append((subprocess.Popen(cmd, env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT), out))  # noqa: SIM115
+    deadline = time.monotonic() + 120
+    for proc, out in procs:
+        while "Worker: looking for" not in out.read_text():
+            assert proc.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.1)
+    return procs
+
+
+def finish_workers(procs: list, killed: int | None = None) -> list[int]:
+    """Each worker's trial count (from its last line); every worker but `killed` ends by itself with 0."""
+    counts = []
+    for i, (proc, out) in enumerate(procs):
+        code = proc.wait(timeout=120)
+        if i == killed:
+            assert code == -signal.SIGKILL
+            continue
+        assert code == 0, out.read_text()[-3000:]
+        counts.append(int(out.read_text().strip().splitlines()[-1].split()[1]))
+    return counts
+
+
+def logged_calls(log: Path, event: str) -> list[str]:
+    rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    return [key for ev, _, key in rows if ev == event]
+
+
+def workers_for(log: Path, **settings) -> Workers:
+    return Workers(setup="worker_setup:build", setup_args={"latency": 0.05, "log": str(log)}, heartbeat_interval=1,
+                   grace_period=3, **settings)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The single-process run: the main process plans and evaluates every trial itself, on SQLite."""
+    tmp = tmp_path_factory.mktemp("reference")
+    sim = SimWorld(tmp)
+    log = tmp / "calls.log"
+    result = compile_sim(sim, storage=f"sqlite:///{tmp / 'study.db'}",
+                         workers=Workers(setup="worker_setup:build", evaluate_in_main=True))
+    assert not log.exists()  # the main's own target did the work: no worker was involved
+    return result
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    why = None
+    if not url:
+        why = f"{POSTGRES_ENV} is not set (bash .ci/postgres starts a local server and prints the URL to export)"
+    else:
+        try:
+            ScoreStore(url).close()
+        except Exception as exc:  # noqa: BLE001
+            why = f"no PostgreSQL server answers at {POSTGRES_ENV} ({type(exc).__name__}: {exc})"
+    if why:
+        msg = f"NOT TESTED: scale-out on PostgreSQL: {why}"
+        warnings.warn(msg, stacklevel=2)
+        pytest.skip(msg)
+    return url
+
+
+def test_reference_finds_the_helpful_rules(reference):
+    from cd_dspy.simulated import HELPFUL_RULES
+
+    assert reference.improved and reference.best_score == 100.0
+    assert sorted(r.text for r in reference.rules if r.selected) == sorted(HELPFUL_RULES.values())
+    assert len(reference.trials) >= SETTINGS["num_trials"]
+
+
+def test_three_postgres_workers_equal_one_process(reference, postgres_url, tmp_path):
+    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    procs = start_workers(tmp_path, postgres_url, study, 3, log)
+    result = compile_sim(sim, storage=postgres_url, study_name=study, workers=workers_for(log))
+    counts = finish_workers(procs)
+    assert outcome(result) == outcome(reference)
+    assert all(counts) and sum(counts) >= len(result.trials)  # all three worked on the search
+    started = Counter(logged_calls(log, "start"))
+    assert started and max(started.values()) == 1  # no (prompt, example) pair was paid twice
+    distinct = {tuple(t.rule_ids) for t in result.trials}
+    assert len(started) == len(distinct) * result.n_search  # ...and none was skipped
+
+
+def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path):
+    """SIGKILL a worker inside the 5th call of its first trial: Optuna's heartbeat finds the trial stale, the
+    retry callback re-enqueues it, another worker finishes it, paying only for the examples not yet scored."""
+    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    procs = start_workers(tmp_path, postgres_url, study, 3, log, hang=5)
+    marker, killed = tmp_path / "marker", {}
+
+    def kill_at_marker() -> None:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if marker.exists():
+            killed["key"] = marker.read_text().split()[1]
+            os.kill(procs[0][0].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_at_marker)
+    killer.start()
+    result = compile_sim(sim, storage=postgres_url, study_name=study, workers=workers_for(log))
+    killer.join()
+    assert "key" in killed, "the worker never reached its kill point"
+    finish_workers(procs, killed=0)
+    assert outcome(result) == outcome(reference)
+
+    [name] = [n for n in optuna.get_all_study_names(postgres_url) if n.startswith(f"{study}-")]
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    retries = [t for t in trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
+    assert [t.state for t in retries] == [optuna.trial.TrialState.COMPLETE] and retries[0].params == failed[0].params
+
+    started, ended = Counter(logged_calls(log, "start")), Counter(logged_calls(log, "end"))
+    assert {k for k, n in started.items() if n > 1} == {killed["key"]}  # only the call in flight was redone
+    assert started[killed["key"]] == 2 and max(ended.values()) == 1 and set(ended) == set(started)
+    distinct = {tuple(t.rule_ids) for t in result.trials}
+    assert len(started) == len(distinct) * result.n_search
