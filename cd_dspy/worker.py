@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -138,6 +143,28 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
                 time.sleep(spec["poll_seconds"])
     store.close()
     return WorkerReport(name, trials, meter.snapshot()[TARGET].calls, round(time.perf_counter() - started, 3))
+
+
+def start_local_workers(storage: str, study: str, n: int, out_dir: Path, *, wait: float = 120.0,
+                        envs: Sequence[dict[str, str]] | None = None,
+                        ready_timeout: float = 120.0) -> list[tuple[subprocess.Popen, Path]]:
+    """Start `n` `cd-dspy worker` processes here (output in `out_dir`/workerI.out, `envs[i]` added to the
+    i-th one's environment) and return once each is looking for the study: (process, output file) pairs."""
+    procs = []
+    for i in range(n):
+        out = Path(out_dir) / f"worker{i}.out"
+        cmd = [sys.executable, "-m", "cd_dspy.cli", "-v", "worker", "--storage", storage, "--study", study,
+               "--wait", str(wait)]
+        env = {**os.environ, **(envs[i] if envs else {})}
+        with open(out, "w") as handle:
+            procs.append((subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT), out))
+    deadline = time.monotonic() + ready_timeout
+    for proc, out in procs:
+        while "Worker: looking for" not in out.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise WorkerError(f"worker {out.name} did not start: {out.read_text()[-2000:]}")
+            time.sleep(0.1)
+    return procs
 
 
 def _check_rebuild(spec: dict[str, Any], key: str, evaluator: CachedEvaluator) -> None:

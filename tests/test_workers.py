@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,8 +26,13 @@ import optuna
 import pytest
 from conftest import SimWorld
 
+from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.run_dir import RunDir
 from cd_dspy.shared_store import ScoreStore
-from cd_dspy.workers import Workers
+from cd_dspy.simulated import answer_match
+from cd_dspy.usage import UsageMeter
+from cd_dspy.worker import run_worker, start_local_workers
+from cd_dspy.workers import WorkerError, Workers
 
 TESTS = Path(__file__).parent
 POSTGRES_ENV = "CD_DSPY_TEST_POSTGRES_URL"
@@ -50,23 +53,12 @@ def outcome(result) -> dict:
 
 
 def start_workers(tmp: Path, storage: str, study: str, n: int, log: Path, hang: int | None = None) -> list:
-    """`n` `cd-dspy worker` processes, started and looking for the study before this returns."""
-    procs = []
-    for i in range(n):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-        if hang is not None and i == 0:
-            env.update(CD_DSPY_TEST_HANG=str(hang), CD_DSPY_TEST_MARKER=str(tmp / "marker"))
-        out = tmp / f"worker{i}.out"
-        cmd = [sys.executable, "-m", "cd_dspy.cli", "-v", "worker", "--storage", storage, "--study", study,
-               "--wait", "120"]
-        procs.append((subprocess.Popen(cmd, env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT), out))  # noqa: SIM115
-    deadline = time.monotonic() + 120
-    for proc, out in procs:
-        while "Worker: looking for" not in out.read_text():
-            assert proc.poll() is None, out.read_text()[-3000:]
-            assert time.monotonic() < deadline, "worker did not start"
-            time.sleep(0.1)
-    return procs
+    """`n` `cd-dspy worker` processes (the first hangs at its `hang`-th call), each looking for the study."""
+    envs = [{"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+            for _ in range(n)]
+    if hang is not None:
+        envs[0].update(CD_DSPY_TEST_HANG=str(hang), CD_DSPY_TEST_MARKER=str(tmp / "marker"))
+    return start_local_workers(storage, study, n, tmp, envs=envs)
 
 
 def finish_workers(procs: list, killed: int | None = None) -> list[int]:
@@ -141,6 +133,9 @@ def test_three_postgres_workers_equal_one_process(reference, postgres_url, tmp_p
     assert started and max(started.values()) == 1  # no (prompt, example) pair was paid twice
     distinct = {tuple(t.rule_ids) for t in result.trials}
     assert len(started) == len(distinct) * result.n_search  # ...and none was skipped
+    print(f"\n[workers] 3 PostgreSQL workers ran {counts} trials; {len(started)} (prompt, example) pairs, each paid "
+          f"once; selected {result.selected_rule_ids}, confirmation {result.baseline_score} -> {result.best_score}, "
+          "as in one process")
 
 
 def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path):
@@ -170,8 +165,10 @@ def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path)
     trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1
-    retries = [t for t in trials
-               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retries = [t for t in trials
+                   if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
     assert [t.state for t in retries] == [optuna.trial.TrialState.COMPLETE] and retries[0].params == failed[0].params
 
     started, ended = Counter(logged_calls(log, "start")), Counter(logged_calls(log, "end"))
@@ -179,3 +176,81 @@ def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path)
     assert started[killed["key"]] == 2 and max(ended.values()) == 1 and set(ended) == set(started)
     distinct = {tuple(t.rule_ids) for t in result.trials}
     assert len(started) == len(distinct) * result.n_search
+    print(f"\n[workers] killed a worker inside a call of trial {failed[0].number}; Optuna retried it as trial "
+          f"{retries[0].number}, which paid only the call in flight again; result as in one process")
+
+
+def test_two_sqlite_workers_on_one_machine_equal_one_process(reference, tmp_path):
+    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = start_workers(tmp_path, storage, study, 2, log)
+    result = compile_sim(sim, storage=storage, study_name=study, workers=workers_for(log))
+    counts = finish_workers(procs)
+    assert outcome(result) == outcome(reference)
+    assert all(counts)
+    assert max(Counter(logged_calls(log, "start")).values()) == 1
+
+
+def test_journal_storage_serves_the_single_process_search(sim, tmp_path):
+    journal = tmp_path / "study.log"
+    result = compile_sim(sim, storage=str(journal))
+    assert result.improved and journal.exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    [name] = optuna.get_all_study_names(storage)
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == len(result.trials)
+
+
+def test_shared_scores_are_paid_once_across_evaluators(sim, tmp_path):
+    """Two evaluators (two workers) on one store: the second reads the first's scores and calls no LM."""
+    store = ScoreStore(f"sqlite:///{tmp_path / 'scores.db'}")
+    program = dspy.ChainOfThought("question -> answer: float")
+    program.set_lm(sim.target)
+
+    def evaluator() -> CachedEvaluator:
+        return CachedEvaluator(sim.valset, ScoredMetric(answer_match), run_dir=RunDir(None), meter=UsageMeter(),
+                               num_threads=1, shared=store)
+
+    first = evaluator()(program, [0, 1, 2, 3])
+    calls = sim.target_engine.calls
+    assert calls == 4
+    assert evaluator()(program, [0, 1, 2, 3]) == first and sim.target_engine.calls == calls
+    evaluator()(program, [3, 4])  # only the new example is paid
+    assert sim.target_engine.calls == calls + 1
+    assert store.forget(evaluator().examples_key) == 5
+    evaluator()(program, [0])
+    assert sim.target_engine.calls == calls + 2
+
+
+def test_bad_worker_settings_are_named(sim, tmp_path):
+    with pytest.raises(ValueError, match="package.module:function"):
+        Workers(setup="build")
+    with pytest.raises(ValueError, match="grace_period"):
+        Workers(setup="a:b", heartbeat_interval=5, grace_period=5)
+    with pytest.raises(TypeError, match="Workers"):
+        sim.optimizer(workers="yes", storage="sqlite:///x.db")
+    with pytest.raises(ValueError, match="journal storage has none"):
+        sim.optimizer(workers=Workers(setup="a:b"), storage=str(tmp_path / "study.log"))
+    with pytest.raises(ValueError, match="minibatch_size cannot be combined"):
+        sim.optimizer(workers=Workers(setup="a:b"), minibatch_size=5)
+    with pytest.raises(ValueError, match="RDB storage URL"):
+        run_worker("study.db", "x")
+    with pytest.raises(WorkerError, match="no study named 'nothing'"):
+        run_worker(f"sqlite:///{tmp_path / 'empty.db'}", "nothing", wait=0.3)
+
+
+def test_worker_command_reports_a_missing_study(tmp_path, capsys):
+    from cd_dspy.cli import main
+
+    assert main(["worker", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--study", "none", "--wait", "0.2"]) == 2
+    assert "no study named 'none'" in capsys.readouterr().err
+
+
+def test_a_worker_with_another_program_refuses(tmp_path):
+    from cd_dspy.worker import _check_rebuild
+
+    evaluator = CachedEvaluator(SimWorld(tmp_path).valset, ScoredMetric(answer_match), run_dir=RunDir(None),
+                                meter=UsageMeter(), num_threads=1)
+    spec = {"setup": "m:f", "setup_args": {}, "keys": {"program": "other", "metric": evaluator.metric_key,
+                                                        "examples": evaluator.examples_key}}
+    with pytest.raises(WorkerError, match="program .* differ from the compile's"):
+        _check_rebuild(spec, "mine", evaluator)
