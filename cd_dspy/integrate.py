@@ -40,6 +40,8 @@ def render_instructions(instructions: str, rules: Sequence[str]) -> str:
     if not rules:
         return instructions
     bullets = "\n".join(f"- {rule}" for rule in rules)
+    if instructions.rstrip().rsplit("\n\n", 1)[-1].startswith(RULES_HEADER):  # rules already there (pinned)
+        return f"{instructions.rstrip()}\n{bullets}"
     return f"{instructions.rstrip()}\n\n{RULES_HEADER}\n{bullets}"
 
 

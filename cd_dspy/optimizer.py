@@ -34,6 +34,7 @@ from cd_dspy.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mi
 from cd_dspy.integrate import save_program, with_rules
 from cd_dspy.progress import Progress
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
+from cd_dspy.rulebook import RULEBOOK_ORIGIN, load_rulebook
 from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials, delete_study
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
@@ -102,6 +103,8 @@ class ConceptDistillation(Teleprompter):
         resume: reuse finished work found in run_dir (default True).
         workers: `cd_dspy.workers.Workers(setup=...)`: the search's trials are evaluated by worker processes
             (`cd-dspy worker`) that join the study in `storage`, an RDB all of them reach.
+        rulebook: a YAML rulebook (`cd_dspy.rulebook`): its pinned rules are always on, its dropped rules
+            never used, its free rules candidates for the search.
         num_threads: parallel LM calls; default DSPy's `num_threads`, or 1 when an LM runs in this
             process. Caps hold exactly and no call outlives `compile` with any number of threads.
     """
@@ -119,7 +122,7 @@ class ConceptDistillation(Teleprompter):
                  max_teacher_calls: int | None = None, max_tokens: int | None = None,
                  max_cost_usd: float | None = None, seed: int = 0, run_dir: str | os.PathLike | None = None,
                  storage: str | None = None, study_name: str = "concept-distillation", resume: bool = True,
-                 progress: bool = True, workers: Workers | None = None):
+                 progress: bool = True, workers: Workers | None = None, rulebook: str | os.PathLike | Any = None):
         super().__init__()
         preset = validation.check_settings(metric=metric, teacher_lm=teacher_lm, auto=auto, seed=seed,
                                            num_trials=num_trials, max_mistakes=max_mistakes, max_rules=max_rules,
@@ -162,6 +165,7 @@ class ConceptDistillation(Teleprompter):
         self.resume = resume
         self.progress = progress
         self.workers = workers
+        self.rulebook = load_rulebook(rulebook) if rulebook is not None else None
         self.result: ConceptDistillationResult | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -191,6 +195,8 @@ class ConceptDistillation(Teleprompter):
                 raise TypeError("compile(teacher=...) takes a teacher LM (dspy.LM); pass it as teacher_lm= instead.")
             self.teacher_lm = teacher
         validation.check_program(student)
+        if self.rulebook is not None:  # pinned rules are part of the program (on a deep copy)
+            student = self.rulebook.pin(student)
         trainset, valset = self._split(trainset, valset)
         target = validation.resolve_target_lm(student, self.target_lm, self.teacher_lm)  # raises or warns
         self.threads = self.num_threads or default_threads(target, self.teacher_lm)
@@ -240,6 +246,7 @@ class ConceptDistillation(Teleprompter):
                 return self._bind(base)
             with self._phase("induce", result, progress):
                 rules = self._induce(base, mistakes, run, result, progress)
+                rules = self.rulebook.merge(rules) if self.rulebook is not None else rules
             progress.note(f"induce: {len(rules)} rules from {result.n_mistakes_used} explained mistakes")
             checkpoint()
             if not rules:
@@ -334,8 +341,9 @@ class ConceptDistillation(Teleprompter):
         """Fill in each rule's verification (resumable: every score is logged as it comes)."""
         evaluator = CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.threads,
                                     log_name=VERIFICATION_LOG)
-        bar = progress.bar("verify rules", total=len(rules))
-        verify_rules(rules, mistakes, correct_sample(correct, self.verify_correct, self.seed),
+        own = [r for r in rules if r.origin != RULEBOOK_ORIGIN]  # a rulebook's free rules go to the search
+        bar = progress.bar("verify rules", total=len(own))
+        verify_rules(own, mistakes, correct_sample(correct, self.verify_correct, self.seed),
                      evaluator=evaluator, program_with=lambda chosen: self._bind(base, chosen),
                      threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
                      on_rule=lambda rule: bar.update(1))

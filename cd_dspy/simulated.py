@@ -4,8 +4,9 @@ The world: four kinds of word problem. The simulated *target* solves "add" probl
 blind spot on each other kind that one specific rule removes, and it obeys a harmful rule (round
 answers down) to its cost. The simulated *teacher* explains each mistake by proposing the helpful
 rule for its kind, a neutral rule, an instance-specific rule (numbers copied from the question),
-and, on unit problems, the harmful rule. In a two-step program (plan, then solve) the unit blind
-spot lives in the planning step, so its rule only helps there.
+and, on unit problems, the harmful rule; asked the task itself, it answers as the target would with
+every helpful rule (the strong source model of a migration). In a two-step program (plan, then solve)
+the unit blind spot lives in the planning step, so its rule only helps there.
 """
 
 from __future__ import annotations
@@ -199,6 +200,8 @@ class SimulatedTeacher(ScriptedEngine):
     model = "simulated-teacher"
 
     def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
+        if "question" in inputs and ("answer" in outputs or "plan" in outputs):  # the task itself (a source LM)
+            return SimulatedTarget().respond(instructions + "\n" + "\n".join(HELPFUL_RULES.values()), inputs, outputs)
         if "candidate_rules" in inputs:  # consolidation: keep the distinct rules
             rules = list(dict.fromkeys(json.loads(inputs["candidate_rules"])))
             return {"rules": rules[: int(inputs.get("max_rules", len(rules)))]}
