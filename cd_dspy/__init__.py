@@ -12,6 +12,7 @@ from cd_dspy.optimizer import AUTO_PRESETS, ConceptDistillation  # noqa: E402
 from cd_dspy.priming import PRIMING_STRATEGIES  # noqa: E402
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, RoleUsage, Rule, Trial  # noqa: E402
 from cd_dspy.usage import Budget, BudgetExhausted  # noqa: E402
+from cd_dspy.workers import Workers  # noqa: E402
 
 __all__ = [
     "AUTO_PRESETS",
@@ -27,6 +28,7 @@ __all__ = [
     "Rule",
     "RulePredict",
     "Trial",
+    "Workers",
     "load_program",
     "local_lm",
 ]

@@ -163,6 +163,14 @@ class UsageMeter(BaseCallback):
             record.completion_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
             # cost is read from the LM's history entry in on_lm_end (DSPy prices calls there, not in usage)
 
+    def add_calls(self, role: str, calls: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Count calls made elsewhere (worker processes, `cd_dspy.workers`) once they are reported."""
+        with self._lock:
+            record = self.usage[role]
+            record.calls += calls
+            record.prompt_tokens += prompt_tokens
+            record.completion_tokens += completion_tokens
+
     def add_cost(self, role: str, cost_usd: float) -> None:
         with self._lock:
             self.usage[role].cost_usd += cost_usd

@@ -127,7 +127,7 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
         selector = RuleSelector(program_with, [Rule.from_dict(r) for r in spec["rules"]], evaluator,
                                 indices=spec["search"], num_trials=spec["num_trials"], seed=spec["seed"],
                                 storage=None, study_name=name, minibatch_size=None, study=opt_study)
-        objective = guarded(selector._objective)
+        objective = guarded(selector._objective, meter)
         idle_since = time.monotonic()
         logger.info("Worker: joined study %s on %s", name, public_url(storage))
         while max_trials is None or trials < max_trials:

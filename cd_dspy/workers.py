@@ -35,12 +35,14 @@ from cd_dspy.keys import program_key
 from cd_dspy.result import Rule, Trial
 from cd_dspy.select import RuleSelector, Selection, subset_of
 from cd_dspy.shared_store import ScoreStore
+from cd_dspy.usage import TARGET, UsageMeter
 
 logger = logging.getLogger(__name__)
 
 STATE = "cd_dspy.workers"  # study user attribute: {"state": "search" | "done", "published": time}
 SLOT = "cd_dspy.slot"  # trial user attribute: the position the main process planned it at (kept by retries)
 ERROR = "cd_dspy.error"  # trial user attribute: why a worker's objective raised
+USAGE = "cd_dspy.usage"  # trial user attribute: [target calls, prompt tokens, completion tokens] of a worker
 
 
 class WorkerError(RuntimeError):
@@ -264,6 +266,8 @@ class DistributedSelector(RuleSelector):
             self._reported.add(t.number)
             if self.best is None or t.value > self.best:
                 self.best = t.value
+            if USAGE in t.user_attrs:  # a worker's calls count in this compile's usage (not against its caps)
+                self.evaluator.meter.add_calls(TARGET, *t.user_attrs[USAGE])
             seconds = round(t.duration.total_seconds(), 3) if t.duration else 0.0
             record = Trial(t.number, subset_of(t.params, self.rules), t.value, "complete", len(self.order), seconds)
             logger.info("Select: trial %d complete rules=%s score=%.1f (%s)", t.number, record.rule_ids, t.value,
@@ -272,16 +276,24 @@ class DistributedSelector(RuleSelector):
                 self.on_trial(record, self.best)
 
 
-def guarded(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-    """`objective` for planned trials only, recording on the trial why it failed and where it ran."""
+def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None = None
+            ) -> Callable[[optuna.Trial], float]:
+    """`objective` for planned trials only, recording on the trial why it failed, where it ran and (with a
+    worker's `meter`) the target calls and tokens it cost."""
 
     def run(trial: optuna.Trial) -> float:
         if SLOT not in trial.user_attrs:
             # `ask` found no waiting trial (another process took the last one) and made an empty one
             raise optuna.TrialPruned("not a planned trial")
         trial.set_user_attr("cd_dspy.worker", f"{socket.gethostname()}:{os.getpid()}")
+        before = meter.snapshot()[TARGET] if meter else None
         try:
-            return objective(trial)
+            value = objective(trial)
+            if meter and before:
+                after = meter.snapshot()[TARGET]
+                trial.set_user_attr(USAGE, [after.calls - before.calls, after.prompt_tokens - before.prompt_tokens,
+                                            after.completion_tokens - before.completion_tokens])
+            return value
         except Exception as exc:
             trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
             raise

@@ -12,6 +12,7 @@ CD_DSPY_TEST_POSTGRES_URL; without it they are skipped with a NOT TESTED warning
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -133,6 +134,7 @@ def test_three_postgres_workers_equal_one_process(reference, postgres_url, tmp_p
     assert started and max(started.values()) == 1  # no (prompt, example) pair was paid twice
     distinct = {tuple(t.rule_ids) for t in result.trials}
     assert len(started) == len(distinct) * result.n_search  # ...and none was skipped
+    assert result.usage["target"].calls == reference.usage["target"].calls  # the workers' calls are counted
     print(f"\n[workers] 3 PostgreSQL workers ran {counts} trials; {len(started)} (prompt, example) pairs, each paid "
           f"once; selected {result.selected_rule_ids}, confirmation {result.baseline_score} -> {result.best_score}, "
           "as in one process")
@@ -254,3 +256,18 @@ def test_a_worker_with_another_program_refuses(tmp_path):
                                                         "examples": evaluator.examples_key}}
     with pytest.raises(WorkerError, match="program .* differ from the compile's"):
         _check_rebuild(spec, "mine", evaluator)
+
+
+def test_cli_compile_with_workers_and_a_worker_process(tmp_path, capsys):
+    """`cd-dspy compile --workers` publishes the built-in task's setup; `cd-dspy worker` rebuilds it and works."""
+    from cd_dspy.cli import main
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    procs = start_local_workers(storage, "concept-distillation", 1, tmp_path, wait=60)
+    assert main(["compile", "--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher",
+                 "--train", "12", "--val", "40", "--test", "0", "--trials", "6", "--run-dir", str(tmp_path / "run"),
+                 "--storage", storage, "--workers", "--quiet"]) == 0
+    [trials] = finish_workers(procs)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert trials >= 4 and len(result["trials"]) == trials and result["improved"]
+    assert "rules selected: 3 of" in capsys.readouterr().out
