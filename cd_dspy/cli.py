@@ -4,6 +4,7 @@
     cd-dspy evaluate --task math --load runs/math/program.json --lm qwen2.5-coder-0.5b --n 20
     cd-dspy models
     cd-dspy report runs/math
+    cd-dspy migrate --task math-basic --source qwen2.5-coder-1.5b --target qwen2.5-coder-0.5b --run-dir runs/mig
 """
 
 from __future__ import annotations
@@ -317,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rules, provenance, trials and LM usage of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    from cd_dspy import cli_migrate  # migrate, rulebook export|check
+
+    cli_migrate.add_parser(sub)
     return parser
 
 

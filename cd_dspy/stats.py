@@ -34,6 +34,12 @@ def score_interval(scores: Sequence[float], confidence: float = 0.95) -> tuple[f
     return _t_interval(list(scores), confidence)
 
 
+def score_summary(scores: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """{"score", "low", "high"} (0-100) and "n": the mean score with its interval (`score_interval`)."""
+    low, high = score_interval(scores, confidence)
+    return {"score": _mean(scores), "low": float(low), "high": float(high), "n": len(scores)}
+
+
 def paired_difference(after: Sequence[float], before: Sequence[float], confidence: float = 0.95) -> Comparison:
     """Mean difference after - before (points), its interval (t on the paired differences) and sign tests."""
     diffs = [a - b for a, b in zip(after, before, strict=True)]
@@ -90,3 +96,71 @@ def _t_interval(values: list[float], confidence: float) -> tuple[float, float]:
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
     return (100.0 * (mean - half), 100.0 * (mean + half))
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A ratio of two paired means with its Fieller interval (fractions, not points).
+
+    `estimate` is None when the denominator's mean is 0; `low`/`high` are -inf/+inf when the interval is
+    unbounded (the denominator cannot be told from 0 at this confidence)."""
+
+    estimate: float | None
+    low: float
+    high: float
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    def describe(self, percent: bool = True) -> str:
+        scale, unit = (100.0, "%") if percent else (1.0, "")
+        if self.estimate is None:
+            return "undefined (the denominator is 0)"
+        interval = (f"[95% CI {scale * self.low:.0f}{unit}, {scale * self.high:.0f}{unit}]" if self.bounded
+                    else "[95% CI unbounded: the denominator cannot be told from 0]")
+        return f"{scale * self.estimate:.0f}{unit} {interval}"
+
+    def to_dict(self) -> dict:
+        finite = self.bounded
+        return {"estimate": self.estimate, "low": self.low if finite else None, "high": self.high if finite else None}
+
+
+def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95) -> Ratio:
+    """mean(numerator) / mean(denominator) over paired per-example values, with Fieller's interval.
+
+    Fieller's interval is the set of ratios r for which mean(numerator - r * denominator) cannot be told
+    from 0 by a one-sample t test on the paired values (n - 1 degrees of freedom): the roots of
+    (x̄ - r ȳ)² = t² (s_xx - 2 r s_xy + r² s_yy) / n. When ȳ² ≤ t² s_yy / n the set is unbounded and
+    (-inf, inf) is returned. For the share of a gap closed, numerator = after - before and
+    denominator = source - before per example; for the share of quality kept, after and source."""
+    x, y = [float(v) for v in numerator], [float(v) for v in denominator]
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"numerator and denominator must be paired values of the same length, got {n} and {len(y)}.")
+    if n == 0:
+        return Ratio(None, -math.inf, math.inf)
+    mx, my = sum(x) / n, sum(y) / n
+    estimate = mx / my if my != 0 else None
+    if n < 2 or estimate is None:
+        return Ratio(estimate, -math.inf, math.inf)
+    sxx = sum((v - mx) ** 2 for v in x) / (n - 1)
+    syy = sum((v - my) ** 2 for v in y) / (n - 1)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / (n - 1)
+    t2 = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) ** 2 / n
+    a, b, c = my * my - t2 * syy, mx * my - t2 * sxy, mx * mx - t2 * sxx
+    if a <= 0:
+        return Ratio(estimate, -math.inf, math.inf)
+    root = math.sqrt(max(0.0, b * b - a * c))  # >= 0: the estimate itself always lies in the set
+    return Ratio(estimate, (b - root) / a, (b + root) / a)
+
+
+def break_even(compile_cost: float, source_per_call: float, target_per_call: float) -> int | None:
+    """The number of production calls after which the migration pays for itself:
+    ceil(compile_cost / (source_per_call - target_per_call)); None when the target is not cheaper per call."""
+    if compile_cost < 0 or source_per_call < 0 or target_per_call < 0:
+        raise ValueError("costs must be non-negative numbers (dollars, tokens or seconds).")
+    saving = source_per_call - target_per_call
+    if saving <= 0:
+        return None
+    return math.ceil(round(compile_cost / saving, 9))  # 10 / 0.008 is 1250.0000000000002 in floating point

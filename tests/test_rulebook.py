@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dspy
 import pytest
+from migrate_world import raises_naming
 
 from cd_dspy.integrate import RULES_HEADER
 from cd_dspy.rulebook import DROPPED, FREE, PINNED, Rulebook, RulebookError, RulebookRule, export_rulebook
@@ -80,10 +81,7 @@ def test_free_rules_go_to_the_search_without_verification(sim, tmp_path):
 def test_bad_rulebooks_name_line_field_and_fix(tmp_path, text, words):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(RulebookError) as info:
-        Rulebook.load(path)
-    for word in words:
-        assert word in str(info.value)
+    raises_naming(RulebookError, lambda: Rulebook.load(path), words)
 
 
 def test_a_rule_for_a_missing_predictor_is_an_error(sim, tmp_path):

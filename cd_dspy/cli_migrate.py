@@ -1,0 +1,140 @@
+"""`cd-dspy migrate` and `cd-dspy rulebook export|check` (registered by `cd_dspy.cli`).
+
+    cd-dspy migrate --task math-basic --source qwen2.5-coder-1.5b --target qwen2.5-coder-0.5b \\
+        --train 24 --val 40 --test 80 --run-dir runs/migrate-math-basic
+    cd-dspy migrate --task simulated --source simulated-teacher --target simulated-target --run-dir runs/sim
+    cd-dspy rulebook export runs/migrate-math-basic --all -o rules.yaml
+    cd-dspy rulebook check rules.yaml --task math-basic --lm qwen2.5-coder-0.5b --test 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cd_dspy.cli import CLIError, _data_arguments, load_task_and_splits, make_program, resolve_lm
+
+# (flag, ConceptDistillation setting, type, default, help): the compile settings `migrate` passes on
+CD_SETTINGS = (
+    ("--auto", "auto", str, "light", "preset: light, medium or heavy"),
+    ("--trials", "num_trials", int, 6, "Optuna trials of the rule-subset search"),
+    ("--max-mistakes", "max_mistakes", int, 8, "mistakes the teacher explains"),
+    ("--max-rules", "max_rules", int, None, "rules kept per predictor"),
+    ("--samples-per-mistake", "samples_per_mistake", int, 1, "teacher explanations per mistake"),
+    ("--verify-correct", "verify_correct", int, 8, "correct training examples each rule is tried on"),
+    ("--confirm-fraction", "confirm_fraction", float, 0.5, "share of the valset kept to confirm the search"),
+    ("--max-target-calls", "max_target_calls", int, None, "cap on the compile's target calls"),
+    ("--max-teacher-calls", "max_teacher_calls", int, None, "cap on the compile's teacher calls"),
+    ("--rulebook", "rulebook", str, None, "a YAML rulebook: pinned rules always on, dropped never, free searched"),
+)
+
+
+def _split_sizes(parser: argparse.ArgumentParser, test: int) -> None:
+    parser.add_argument("--train", type=int, default=24, help="training examples (the target's mistakes)")
+    parser.add_argument("--val", type=int, default=40, help="validation examples (search and confirmation)")
+    parser.add_argument("--test", type=int, default=test, help="held-out test examples")
+
+
+def add_parser(subparsers) -> None:
+    """Add the `migrate` and `rulebook` subcommands to the `cd-dspy` parser."""
+    mig = subparsers.add_parser("migrate", help="can this program move to a cheaper model? compile for the target "
+                                "with CD and compare source, target before and target after on held-out data")
+    _data_arguments(mig)
+    mig.add_argument("--source", required=True, help="today's model: catalog name, .gguf path or litellm model")
+    mig.add_argument("--target", required=True, help="the cheaper model")
+    mig.add_argument("--teacher", help="the model that explains the target's mistakes (default: the source)")
+    for role in ("source", "target", "teacher"):
+        mig.add_argument(f"--{role}-api-base", help=f"an OpenAI-compatible server for the {role}")
+    _split_sizes(mig, test=80)
+    mig.add_argument("--run-dir", required=True, help="compile, test records and report (a rerun resumes)")
+    mig.add_argument("--prices", help="price table, JSON or YAML: {model: [input $/Mtok, output $/Mtok]}")
+    for flag, dest, kind, default, text in CD_SETTINGS:
+        mig.add_argument(flag, dest=dest, type=kind, default=default, help=text)
+    mig.add_argument("--no-verify", action="store_true", help="skip the verification of each rule")
+    mig.add_argument("--conditional-rules", action="store_true", help="show each rule only where its condition holds")
+    mig.add_argument("--quiet", action="store_true", help="no progress bars")
+    mig.set_defaults(func=run)
+
+    book = subparsers.add_parser("rulebook", help="export a run's rules as an editable YAML rulebook, or check one "
+                                 "on another LM")
+    books = book.add_subparsers(dest="rulebook_command", required=True)
+    export = books.add_parser("export", help="write the rules of a compile or migrate run dir as a YAML rulebook")
+    export.add_argument("run_dir", help="a compile's --run-dir (or a migrate run dir)")
+    export.add_argument("-o", "--out", help="the YAML file (default: RUN_DIR/rulebook.yaml)")
+    export.add_argument("--all", action="store_true",
+                        help="also the rules not selected (as free) and those verification rejected (as dropped)")
+    export.set_defaults(func=run_export)
+    check = books.add_parser("check", help="apply a rulebook to a model (no teacher): held-out scores with and "
+                             "without its rules, paired test")
+    check.add_argument("rulebook")
+    _data_arguments(check)
+    check.add_argument("--lm", required=True, help="the model to check the rules on")
+    check.add_argument("--api-base")
+    _split_sizes(check, test=40)
+    check.add_argument("--run-dir", help="keep the per-example records here (a rerun repeats no call)")
+    check.add_argument("--conditional-rules", action="store_true", help="show each rule only where its condition holds")
+    check.add_argument("--quiet", action="store_true")
+    check.set_defaults(func=run_check)
+
+
+def _lms(args):
+    """(source, target, teacher): the teacher is the source object itself unless another model is named."""
+    source = resolve_lm(args.source, "teacher", args.source_api_base)
+    target = resolve_lm(args.target, "target", args.target_api_base)
+    same = args.teacher in (None, args.source) and args.teacher_api_base in (None, args.source_api_base)
+    teacher = source if same else resolve_lm(args.teacher, "teacher", args.teacher_api_base)
+    return source, target, teacher
+
+
+def run(args) -> int:
+    """`cd-dspy migrate`."""
+    from cd_dspy.migrate import migrate
+
+    if args.source == args.target and args.source_api_base == args.target_api_base:
+        raise CLIError(f"--source and --target are both {args.source}: name the cheaper model as --target.")
+    if args.test < 1:
+        raise CLIError("--test must be at least 1: the migration is judged on held-out examples (80 or more give "
+                       "intervals narrow enough to act on).")
+    task, splits, metric = load_task_and_splits(args)
+    source, target, teacher = _lms(args)
+    settings = {dest: getattr(args, dest) for _, dest, *_ in CD_SETTINGS}
+    print(f"cd-dspy migrate: task {task.name}: {len(splits['train'])} train / {len(splits['val'])} val / "
+          f"{len(splits['test'])} test; source {args.source}, target {args.target}, teacher "
+          f"{args.teacher or args.source}; run dir {args.run_dir}", file=sys.stderr)
+    report = migrate(make_program(args, task), source_lm=source, target_lm=target, teacher_lm=teacher, metric=metric,
+                     trainset=splits["train"], valset=splits["val"] or None, testset=splits["test"],
+                     run_dir=args.run_dir, prices=args.prices, num_threads=args.threads, progress=not args.quiet,
+                     seed=args.seed, verify=not args.no_verify, conditional_rules=args.conditional_rules, **settings)
+    print(report.verdict)
+    print("\n".join(f"  {line}" for line in report.details))
+    print(f"report: {report.files['html']}  (Markdown: {report.files['markdown']}; rulebook: "
+          f"{report.files['rulebook']})")
+    return 0
+
+
+def run_export(args) -> int:
+    """`cd-dspy rulebook export`."""
+    from cd_dspy.rulebook import export_rulebook
+
+    run_dir = Path(args.run_dir)
+    compile_dir = run_dir / "compile" if (run_dir / "compile" / "result.json").exists() else run_dir
+    out = Path(args.out) if args.out else run_dir / "rulebook.yaml"
+    book = export_rulebook(compile_dir, out, all_rules=args.all)
+    counts = {s: sum(r.status == s for r in book.rules) for s in ("pinned", "free", "dropped")}
+    print(f"rulebook: {out} ({counts['pinned']} pinned, {counts['free']} free, {counts['dropped']} dropped)")
+    return 0
+
+
+def run_check(args) -> int:
+    """`cd-dspy rulebook check`."""
+    from cd_dspy.transfer import check_rulebook
+
+    task, splits, metric = load_task_and_splits(args)
+    if not splits["test"]:
+        raise CLIError("--test must be at least 1: the check scores held-out examples with and without the rules.")
+    lm = resolve_lm(args.lm, "target", args.api_base)
+    check = check_rulebook(make_program(args, task), args.rulebook, lm, metric, splits["test"], run_dir=args.run_dir,
+                           num_threads=args.threads, conditional=args.conditional_rules, progress=not args.quiet)
+    print(check.describe())
+    return 0

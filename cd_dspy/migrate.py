@@ -1,0 +1,241 @@
+"""`migrate`: can this pipeline move to a cheaper model, what is lost, what does it cost, and why.
+
+Given a program, a *source* LM (today's model), a *target* LM (the cheaper one) and a teacher (default:
+the source), `migrate` compiles the program for the target with Concept Distillation and scores three
+programs on a held-out test split that neither the compile nor the selection touched: the source, the
+target before CD and the target after CD. The report (`report.html`, `report.md`, `report.json` in the
+run directory) gives their scores with 95% intervals, exact paired tests, the share of the source→target
+gap closed, a per-example flip table, costs, the rules with their provenance, and a one-line verdict.
+
+Statistics (`cd_dspy.stats`): scores with Wilson intervals (0/1 scores; Student's t otherwise); paired
+differences with t intervals and the exact sign test, which is McNemar's exact test for 0/1 scores; the
+share of the gap closed, (after - before) / (source - before), and the share of quality kept,
+after / source, as ratios of paired means with Fieller's interval; break-even = compile cost / (source
+cost per request - target cost per request).
+
+Everything is resumable: the compile resumes from `run_dir/compile`, and each test example's record is
+stored as it is scored (`heldout.jsonl`), so a rerun repeats no finished call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import dspy
+
+from cd_dspy import validation
+from cd_dspy.costs import USD, CompileClock, load_prices, migration_costs
+from cd_dspy.heldout import ExampleRecord, HeldOutRunner, RunSummary
+from cd_dspy.integrate import with_rules
+from cd_dspy.keys import lm_state
+from cd_dspy.optimizer import ConceptDistillation, default_threads
+from cd_dspy.progress import Progress
+from cd_dspy.rulebook import export_rulebook, rule_provenance
+from cd_dspy.run_dir import RunDir
+from cd_dspy.stats import Comparison, paired_difference, ratio_interval, score_summary
+
+logger = logging.getLogger("cd_dspy")
+RUNS = ("source", "target_before", "target_after")
+LABELS = {"source": "source", "target_before": "target before CD", "target_after": "target after CD"}
+
+
+@dataclass
+class MigrationReport:
+    """What a migration found; `to_dict()` is what `report.json` holds, and what the renderers read."""
+
+    run_dir: str
+    models: dict[str, str]
+    n_test: int
+    scores: dict[str, dict[str, float]]  # run -> score, low, high (0-100)
+    after_vs_before: dict[str, Any]  # stats.Comparison of target after vs target before
+    after_vs_source: dict[str, Any]  # stats.Comparison of target after vs source
+    gap_closed: dict[str, Any]  # stats.Ratio: (after - before) / (source - before)
+    quality_kept: dict[str, Any]  # stats.Ratio: after / source
+    flips: list[dict[str, Any]]  # per test example: status, inputs, gold, scores and outputs per run
+    costs: dict[str, Any]  # costs.migration_costs
+    rules: list[dict[str, Any]]  # rulebook.rule_provenance
+    trials: list[dict[str, Any]]  # the Optuna study's trials
+    compile: dict[str, Any]  # the compile's message, warnings, split sizes and confirmation scores
+    verdict: str
+    details: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def flip_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("fixed", "broken", "still wrong", "still right"), 0)
+        for row in self.flips:
+            counts[row["status"]] += 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MigrationReport:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.BaseLM, metric: Callable,
+            trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None,
+            testset: Sequence[dspy.Example], run_dir: str | os.PathLike, teacher_lm: dspy.BaseLM | None = None,
+            prices: str | os.PathLike | dict | None = None, num_threads: int | None = None, progress: bool = True,
+            **cd_settings: Any) -> MigrationReport:
+    """Compile `program` for `target_lm` with CD and judge the move from `source_lm` on `testset`.
+
+    `teacher_lm` defaults to `source_lm`; `prices` is a price table ({model: [input $/Mtok, output $/Mtok]},
+    a dict or a JSON/YAML file) for models litellm has no price for; `cd_settings` go to
+    `ConceptDistillation` (num_trials, max_mistakes, rulebook, seed, ...). Writes report.html, report.md,
+    report.json, rulebook.yaml and plots/ to `run_dir`; returns the report. The user's program is unchanged.
+    """
+    testset = _check_inputs(program, source_lm, target_lm, teacher_lm, trainset, valset, testset, run_dir)
+    table = load_prices(prices)
+    teacher = teacher_lm or source_lm
+    run = RunDir(run_dir)
+    threads = num_threads or default_threads(source_lm, target_lm, teacher)
+    cd = ConceptDistillation(metric=metric, teacher_lm=teacher, target_lm=target_lm, run_dir=run.file("compile"),
+                             num_threads=num_threads, progress=progress, **cd_settings)
+    clock = CompileClock(run, teacher)
+    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), clock]):
+        compiled = cd.compile(program, trainset=trainset, valset=valset)
+    result = cd.result
+    runner = HeldOutRunner(testset, metric, run_dir=run, num_threads=threads, progress=Progress(enabled=progress))
+    records = {"source": runner.run(with_rules(program, [], lm=source_lm), LABELS["source"], role="source"),
+               "target_before": runner.run(with_rules(program, [], lm=target_lm), LABELS["target_before"]),
+               "target_after": runner.run(compiled, LABELS["target_after"])}
+    models = {"source": source_lm.model, "target": target_lm.model, "teacher": teacher.model}
+    costs = migration_costs(models=models, runs={k: RunSummary.of(v) for k, v in records.items()},
+                            compile_usage=result.usage, compile_seconds=clock.seconds(), table=table)
+    report = build_report(run_dir=str(run_dir), models=models, testset=testset, records=records, costs=costs,
+                          rules=rule_provenance(result, run.file("compile")),
+                          trials=[t.to_dict() for t in result.trials], threshold=cd.mistake_threshold,
+                          compile_info={"message": result.message, "warnings": result.warnings,
+                                        "improved": result.improved, "n_train": result.n_train,
+                                        "n_val": result.n_val, "n_search": result.n_search,
+                                        "n_confirm": result.n_confirm, "baseline_score": result.baseline_score,
+                                        "best_score": result.best_score, "comparison": result.comparison,
+                                        "stopped_early": result.stopped_early})
+    export_rulebook(run.file("compile"), run.file("rulebook.yaml"), result=result, all_rules=True,
+                    learned={"source": models["source"], "target": models["target"], "teacher": models["teacher"]})
+    from cd_dspy.migrate_report import write_report
+
+    write_report(report, run.path)
+    logger.info("Migration: %s", report.verdict)
+    return report
+
+
+def build_report(*, run_dir: str, models: dict[str, str], testset: Sequence[dspy.Example],
+                 records: dict[str, list[ExampleRecord]], costs: dict[str, Any], rules: list[dict[str, Any]],
+                 trials: list[dict[str, Any]], threshold: float, compile_info: dict[str, Any]) -> MigrationReport:
+    """The report of a migration from its per-example records (all statistics are computed here)."""
+    scores = {run: [r.score for r in records[run]] for run in RUNS}
+    source, before, after = scores["source"], scores["target_before"], scores["target_after"]
+    summary = {run: score_summary(scores[run]) for run in RUNS}
+    vs_before, vs_source = paired_difference(after, before), paired_difference(after, source)
+    gap = ratio_interval([a - b for a, b in zip(after, before, strict=True)],
+                         [s - b for s, b in zip(source, before, strict=True)])
+    kept = ratio_interval(after, source)
+    flips = [_flip(i, example, records, threshold) for i, example in enumerate(testset)]
+    verdict, details = verdict_lines(summary, kept.to_dict(), gap.to_dict(), vs_before, vs_source, costs, len(testset))
+    return MigrationReport(run_dir=run_dir, models=models, n_test=len(testset), scores=summary,
+                           after_vs_before=vs_before.to_dict(), after_vs_source=vs_source.to_dict(),
+                           gap_closed=gap.to_dict(), quality_kept=kept.to_dict(), flips=flips, costs=costs,
+                           rules=rules, trials=trials, compile=compile_info, verdict=verdict, details=details)
+
+
+def _flip(index: int, example: dspy.Example, records: dict[str, list[ExampleRecord]], threshold: float) -> dict:
+    before, after = records["target_before"][index].score, records["target_after"][index].score
+    status = ("fixed" if after > before else "broken" if after < before else
+              "still wrong" if after < threshold else "still right")
+    return {"index": index, "status": status, "inputs": dict(example.inputs()), "gold": dict(example.labels()),
+            "scores": {run: records[run][index].score for run in RUNS},
+            "outputs": {run: records[run][index].outputs for run in RUNS},
+            "failed": {run: records[run][index].failed for run in RUNS if records[run][index].failed}}
+
+
+def judgement(comparison: Comparison, other: str, alpha: float = 0.05, short: bool = False) -> str:
+    """'not distinguishable from X (...)', or better/worse than X when McNemar's exact test says so
+    (`short`: only the reading and p)."""
+    c = comparison
+    reading = (f"not distinguishable from {other}" if c.p_two_sided >= alpha else
+               f"{'better' if c.difference > 0 else 'worse'} than {other}")
+    if short:
+        return f"{reading}, McNemar exact p = {c.p_two_sided:.3g}"
+    return (f"{reading} ({c.difference:+.1f} points [95% CI {c.low:+.1f}, {c.high:+.1f}], {c.wins} better / "
+            f"{c.losses} worse, McNemar exact p = {c.p_two_sided:.3g})")
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    if ratio["estimate"] is None:
+        return "an undefined share (the denominator is 0)"
+    interval = (f"[95% CI {100 * ratio['low']:.0f}%, {100 * ratio['high']:.0f}%]" if ratio["low"] is not None
+                else "[95% CI unbounded]")
+    return f"{100 * ratio['estimate']:.0f}% {interval}"
+
+
+def _money(value: float, unit: str) -> str:
+    return f"${value:.3g}" if unit == USD else f"{value:.3g} s"
+
+
+def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap: dict[str, Any],
+                  vs_before: Comparison, vs_source: Comparison, costs: dict[str, Any], n: int) -> tuple[str, list[str]]:
+    """The one-line verdict (quality kept, cost share, break-even, with intervals and tests) and detail lines."""
+    unit, per = costs["unit"], costs["per_request"]
+    after, source = scores["target_after"]["score"], scores["source"]["score"]
+    quality = (f"Target after CD keeps {_ratio_text(kept)} of source quality ({after:.1f} vs {source:.1f} on {n} test "
+               f"examples: {judgement(vs_source, 'the source', short=True)})")
+    if not costs["measured"]:
+        cost = "its cost per request was not measured (every test call was answered by DSPy's cache)"
+    else:
+        what = "cost" if unit == USD else "LM time"
+        cost = (f"at {100 * costs['cost_ratio']:.0f}% of its {what} per request "
+                f"({_money(per['target_after'], unit)} vs {_money(per['source'], unit)})"
+                if costs["cost_ratio"] is not None else f"the source's {what} per request is 0")
+        if unit != USD:
+            cost += (f" — no price known for {', '.join(costs['missing_prices'])}, so cost is compared in "
+                     "seconds of LM time per request")
+    total = costs["compile"]["total"]
+    if costs["break_even"] is not None:
+        saved = per["source"] - per["target_after"]
+        pays = (f"break-even after {costs['break_even']:,} requests (compile {_money(total, unit)} / "
+                f"{_money(saved, unit)} saved per request)")
+    elif costs["measured"]:
+        pays = "it never breaks even: the target after CD is not cheaper per request than the source"
+    else:
+        pays = "break-even unknown"
+    verdict = f"{quality}, {cost}; {pays}."
+    details = [f"Target after CD vs source: {judgement(vs_source, 'the source')}.",
+               f"Target after CD vs target before CD: {judgement(vs_before, 'the target before CD')}.",
+               f"Share of the source→target gap closed: {_ratio_text(gap)} (Fieller's interval on paired examples).",
+               "Scores [95% CI]: " + "; ".join(f"{LABELS[r]} {s['score']:.1f} [{s['low']:.1f}, {s['high']:.1f}]"
+                                                for r, s in scores.items()) + "."]
+    return verdict, details
+
+
+def _check_inputs(program, source_lm, target_lm, teacher_lm, trainset, valset, testset, run_dir) -> list[dspy.Example]:
+    validation.check_program(program)
+    for name, lm in (("source_lm", source_lm), ("target_lm", target_lm), ("teacher_lm", teacher_lm)):
+        if (lm is not None or name != "teacher_lm") and not isinstance(lm, dspy.BaseLM):
+            raise TypeError(f"{name} must be a dspy.LM (or another dspy.BaseLM), got {type(lm).__name__}.")
+    if source_lm is target_lm or lm_state(source_lm) == lm_state(target_lm):
+        raise ValueError(f"source_lm and target_lm are the same LM ({source_lm.model}): a migration moves the "
+                         "program to another, cheaper model; pass that model as target_lm.")
+    if all(p.lm is not None for _, p in program.named_predictors()):
+        raise ValueError("every predictor of the program has its own LM, so source_lm and target_lm would change "
+                         "nothing; unbind them with program.set_lm(None) (a step may keep its own LM).")
+    if run_dir is None:
+        raise ValueError("migrate needs a run_dir: the compile, the test records and the report are kept there "
+                         "(a rerun resumes from it).")
+    if testset is not None and not isinstance(testset, str | bytes) and len(testset) == 0:
+        raise ValueError("testset is empty: a migration is judged on held-out examples that neither the compile "
+                         "nor the selection sees; pass a non-empty testset disjoint from trainset and valset.")
+    testset = validation.check_examples(testset, "testset")
+    seen = {validation._example_key(e) for e in [*validation.check_examples(trainset, "trainset"), *(valset or [])]}
+    shared = sum(validation._example_key(e) in seen for e in testset)
+    if shared:
+        raise ValueError(f"{shared} of {len(testset)} testset examples are also in the trainset or valset; the test "
+                         "must be held out from the compile and the selection: pass disjoint splits.")
+    return testset

@@ -1,0 +1,324 @@
+"""A migration report as one list of blocks, rendered twice: a self-contained HTML page (inline SVG plots,
+collapsible <details>, no script, nothing fetched from the network) and the same content as Markdown
+(plots as PNG files next to it)."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cd_dspy import plots
+from cd_dspy.migrate import LABELS, RUNS, MigrationReport, judgement
+from cd_dspy.run_dir import RunDir
+from cd_dspy.stats import Comparison
+
+FLIP_GROUPS = ("fixed", "broken", "still wrong")
+CELL = 400  # characters of a value shown in a table cell
+
+
+@dataclass
+class Heading:
+    text: str
+    anchor: str = ""
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+    strong: bool = False
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    name: str
+    caption: str
+
+
+@dataclass
+class Details:
+    summary: str
+    blocks: list[Any] = field(default_factory=list)
+
+
+# -- content -------------------------------------------------------------------------------------
+def _short(value: Any, limit: int = CELL) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _score(s: dict[str, float]) -> str:
+    return f"{s['score']:.1f} [{s['low']:.1f}, {s['high']:.1f}]"
+
+
+def _num(value: Any, digits: int = 2, prefix: str = "") -> str:
+    return "n/a" if value is None else f"{prefix}{value:,.{digits}f}"
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def blocks(report: MigrationReport, figures: set[str]) -> list[Any]:
+    """Everything the report says, in order (both renderers walk this list)."""
+    m = report.models
+    out: list[Any] = [Heading(f"Migration report: {m['source']} → {m['target']}", "top", 1),
+                      Para(f"Source `{m['source']}`, target `{m['target']}`, teacher `{m['teacher']}`; "
+                           f"{report.n_test} held-out test examples that neither the compile nor the selection "
+                           f"touched (one example = {100 / max(1, report.n_test):.1f} points). Run directory "
+                           f"`{report.run_dir}`."),
+                      Heading("Verdict", "verdict"), Para(report.verdict, strong=True), Bullets(report.details)]
+    out += _scores(report, figures) + _flips(report) + _costs(report) + _rules(report, figures)
+    out += _search(report, figures) + _compile(report)
+    return out
+
+
+def _scores(report: MigrationReport, figures: set[str]) -> list[Any]:
+    lm = {"source": report.models["source"], "target_before": report.models["target"],
+          "target_after": report.models["target"]}
+    rows = [[LABELS[r], f"`{lm[r]}`", _score(report.scores[r]), str(report.n_test)] for r in RUNS]
+    tests = []
+    for name, other, data in (("target after CD vs target before CD", "the target before CD", report.after_vs_before),
+                              ("target after CD vs source", "the source", report.after_vs_source)):
+        c = Comparison(**{k: (float("nan") if v is None else v) for k, v in data.items()})
+        tests.append([name, f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}]", f"{c.wins} / {c.losses}",
+                      f"{c.p_two_sided:.3g}", judgement(c, other).split(" (")[0]])
+    gap, kept = report.gap_closed, report.quality_kept
+    out = [Heading("Scores", "scores"), Table(["program", "LM", "test score [95% CI]", "examples"], rows)]
+    if "scores" in figures:
+        out.append(Figure("scores", "Test scores with 95% intervals (Wilson for 0/1 scores)."))
+    out += [Heading("Paired tests", "tests"),
+            Table(["comparison", "difference, points [95% CI]", "better / worse", "McNemar exact p", "reading"],
+                  tests),
+            Para(f"Share of the source→target gap closed: {_ratio(gap)}; share of source quality kept: "
+                 f"{_ratio(kept)} (ratios of paired means, Fieller's 95% interval; unbounded when the "
+                 "denominator cannot be told from 0).")]
+    return out
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    if r["estimate"] is None:
+        return "undefined"
+    bounds = f"[{100 * r['low']:.0f}%, {100 * r['high']:.0f}%]" if r["low"] is not None else "[unbounded]"
+    return f"{100 * r['estimate']:.0f}% {bounds}"
+
+
+def _flips(report: MigrationReport) -> list[Any]:
+    counts = report.flip_counts()
+    out: list[Any] = [Heading("Flips: target before → after CD", "flips"),
+                      Table(["fixed", "broken", "still wrong", "still right"],
+                            [[str(counts[k]) for k in ("fixed", "broken", "still wrong", "still right")]])]
+    for group in FLIP_GROUPS:
+        rows = [r for r in report.flips if r["status"] == group]
+        table = Table(["#", "inputs", "gold", *(f"{LABELS[r]} (score: output)" for r in RUNS)], [
+            [str(row["index"]), _short(row["inputs"], 300), _short(row["gold"], 120),
+             *(f"{row['scores'][r]:g}: {_short(row['outputs'][r], 300)}" for r in RUNS)] for row in rows])
+        out.append(Details(f"{group} ({len(rows)})", [table] if rows else [Para("None.")]))
+    return out
+
+
+def _costs(report: MigrationReport) -> list[Any]:
+    c = report.costs
+    usd = c["unit"] == "usd"
+    rows = []
+    for run, row in c["runs"].items():
+        n = max(1, row["n"])
+        rows.append([LABELS[run], f"{row['calls'] / n:.2f}", str(row["cached_calls"]),
+                     f"{row['tokens_per_request']:.0f}", _num(row["usd_per_request"], 6, "$"),
+                     _secs(row["mean_lm_seconds"]), _secs(row["median_example_seconds"]),
+                     _secs(row["median_call_seconds"]), str(row["failed"])])
+    compile_rows = [[role, str(r["calls"]), str(r["cached_calls"]), f"{r['prompt_tokens'] + r['completion_tokens']:,}",
+                     _num(r["usd"], 4, "$"), _num(r["seconds"], 1)] for role, r in c["compile"].items()
+                    if role != "total"]
+    prices = [[role, f"`{report.models[role]}`"] + ([f"{p['input_per_mtok']:g}", f"{p['output_per_mtok']:g}",
+                                                      p["source"]] if p else ["", "", "no price known"])
+              for role, p in c["prices"].items()]
+    unit = "dollars" if usd else "seconds of LM time (no price known for " + ", ".join(c["missing_prices"]) + ")"
+    total = _num(c["compile"]["total"], 4, "$") if usd else f"{c['compile']['total']:,.1f} s"
+    be = c["break_even"]
+    pays = (f"{be:,} requests" if be is not None else "never (the target after CD is not cheaper per request)"
+            if c["measured"] else "unknown (latency not measured: every test call was a cache hit)")
+    return [Heading("Cost and latency", "costs"),
+            Para(f"Costs are compared in {unit}. A request is one run of the program on one example; latency is "
+                 "measured on LM calls that reached the model (DSPy cache hits take no time and are not timed)."),
+            Table(["program", "LM calls / request", "cached calls", "tokens / request", "$ / request",
+                   "LM seconds / request", "median request latency (s)", "median call latency (s)", "failed"], rows),
+            Table(["compile role", "calls", "cached calls", "tokens", "$", "LM seconds"], compile_rows),
+            Table(["role", "model", "input $/Mtok", "output $/Mtok", "price from"], prices),
+            Para(f"One-off compile cost: {total}. Break-even: {pays}.")]
+
+
+def _rules(report: MigrationReport, figures: set[str]) -> list[Any]:
+    out: list[Any] = [Heading("Rules and their provenance", "rules"),
+                      Para("Each rule's chain: the target's mistakes it came from → the teacher's explanation → the "
+                           "rule → which training examples it fixed and broke in verification → its effect on the "
+                           "confirmation data (selected rules; leave-one-out, 95% interval).")]
+    if not report.rules:
+        out.append(Para("The compile produced no rules (see the compile section)."))
+    for rule in report.rules:
+        state = "selected" if rule["selected"] else "not selected" if rule["verified"] else "dropped by verification"
+        entry = Details(f"{rule['id']} ({state}): {rule['text']}")
+        entry.blocks.append(Para(f"Predictor `{rule['predictor']}`, origin {rule['origin']}."))
+        sources = [f"{s['id']}: {_short(s.get('inputs'), 200)} — gold {_short(s.get('gold'), 80)}, target said "
+                   f"{_short(s.get('outputs'), 200)}; teacher: {_short(s.get('explanation') or 'n/a', 300)}"
+                   for s in rule["mistakes"]]
+        entry.blocks.append(Bullets(sources or ["no source mistake recorded (a rulebook rule)"]))
+        check = rule.get("verification")
+        entry.blocks.append(Para(
+            f"Verification: fixed {len(check['fixed'])} of {len(check['checked_mistakes'])} source mistakes "
+            f"{check['fixed']}, broke {len(check['broken'])} of {len(check['checked_correct'])} correct examples "
+            f"{check['broken']} (training example indices)." if check else "Verification: not run for this rule."))
+        if rule.get("effect") is not None:
+            low, high = rule.get("effect_interval") or (rule["effect"], rule["effect"])
+            entry.blocks.append(Para(f"Effect on confirmation: {rule['effect']:+.1f} points [95% CI {low:+.1f}, "
+                                     f"{high:+.1f}]."))
+        out.append(entry)
+    if "rules" in figures:
+        out.append(Figure("rules", "Rule effects on the confirmation data with 95% intervals (or, when none was "
+                                   "selected, what each rule fixed and broke in verification)."))
+    return out
+
+
+def _search(report: MigrationReport, figures: set[str]) -> list[Any]:
+    out: list[Any] = [Heading("Rule-subset search (Optuna)", "search")]
+    if "search" in figures:
+        out.append(Figure("search", "Each trial's score on the search part of the valset and the best so far."))
+    rows = [[str(t["number"]), ", ".join(t["rule_ids"]) or "(none)", t["state"],
+             _num(t["score"], 1)] for t in report.trials]
+    out.append(Table(["trial", "rules", "state", "search score"], rows) if rows else
+               Para("The search did not run (no rule passed verification, or the compile stopped before it)."))
+    return out
+
+
+def _compile(report: MigrationReport) -> list[Any]:
+    c = report.compile
+    out: list[Any] = [Heading("Compile", "compile"), Para(c["message"]),
+                      Para(f"{c['n_train']} training examples, {c['n_val']} validation examples ({c['n_search']} to "
+                           f"search, {c['n_confirm']} to confirm); confirmation score {_num(c['baseline_score'], 1)} "
+                           f"→ {_num(c['best_score'], 1)}.")]
+    if c.get("warnings"):
+        out.append(Bullets([f"Warning: {w}" for w in c["warnings"]]))
+    files = [f"`{name}`: {what}" for name, what in (
+        ("report.json", "everything above as data"), ("heldout.jsonl", "each test example's record"),
+        ("rulebook.yaml", "the rules, editable (cd-dspy rulebook)"), ("compile/", "the compile's run directory"))]
+    return out + [Bullets(files)]
+
+
+# -- renderers -----------------------------------------------------------------------------------
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(items: list[Any], images: dict[str, str], depth: int = 0) -> str:
+    lines: list[str] = []
+    for b in items:
+        if isinstance(b, Heading):
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif isinstance(b, Para):
+            lines += [f"**{b.text}**" if b.strong else b.text, ""]
+        elif isinstance(b, Bullets):
+            lines += [f"- {item}" for item in b.items] + [""]
+        elif isinstance(b, Table):
+            lines += ["| " + " | ".join(map(_md_cell, b.header)) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows] + [""]
+        elif isinstance(b, Figure):
+            lines += [f"![{b.caption}]({images[b.name]})" if b.name in images else f"({b.caption} Not drawn.)", ""]
+        elif isinstance(b, Details):
+            lines += [("#### " if depth == 0 else "- **") + _md_cell(b.summary) + ("" if depth == 0 else "**"), ""]
+            lines.append(to_markdown(b.blocks, images, depth + 1))
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """Escape `text`, turning `code` spans into <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_html_body(items: list[Any], svgs: dict[str, str]) -> str:
+    out: list[str] = []
+    for b in items:
+        if isinstance(b, Heading):
+            out.append(f'<h{b.level} id="{b.anchor}">{_inline(b.text)}</h{b.level}>' if b.anchor else
+                       f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f'<p class="verdict">{_inline(b.text)}</p>' if b.strong else f"<p>{_inline(b.text)}</p>")
+        elif isinstance(b, Bullets):
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(b, Figure) and b.name in svgs:
+            out.append(f'<figure id="plot-{b.name}" class="plot">{svgs[b.name]}<figcaption>{_inline(b.caption)}'
+                       "</figcaption></figure>")
+        elif isinstance(b, Details):
+            out.append(f"<details><summary>{_inline(b.summary)}</summary>{to_html_body(b.blocks, svgs)}</details>")
+    return "\n".join(out)
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+  color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:left}
+th{background:#f3f3f3}
+.verdict{font-size:1.1em;font-weight:600;background:#fff7e6;border-left:4px solid #dd8452;padding:.6em .8em}
+details{margin:.3em 0 .3em 1em}
+summary{cursor:pointer}
+figure.plot svg{max-width:100%;height:auto}
+figcaption{font-size:.85em;color:#555}
+code{background:#f3f3f3;padding:0 .2em}
+nav a{margin-right:1em}
+"""
+
+
+def to_html(report: MigrationReport, items: list[Any], svgs: dict[str, str]) -> str:
+    nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
+        ("verdict", "Verdict"), ("scores", "Scores"), ("tests", "Paired tests"), ("flips", "Flips"),
+        ("costs", "Cost"), ("rules", "Rules"), ("search", "Search"), ("compile", "Compile")))
+    title = html.escape(f"Migration: {report.models['source']} → {report.models['target']}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>\n'
+            f"<body><nav>{nav}</nav>\n{to_html_body(items, svgs)}\n</body></html>\n")
+
+
+def write_report(report: MigrationReport, folder: Path) -> dict[str, str]:
+    """Write report.json, report.md (+ plots/*.png) and report.html into `folder`; return their paths."""
+    folder = Path(folder)
+    figs = plots.figures(report)
+    try:
+        images = {name: f"plots/{name}.png" for name in figs}
+        for name, fig in figs.items():
+            plots.save_png(fig, folder / images[name])
+        svgs = {name: plots.svg_of(fig, name) for name, fig in figs.items()}
+    finally:
+        plots.close(figs)
+    items = blocks(report, set(figs))
+    report.files = {"html": str(folder / "report.html"), "markdown": str(folder / "report.md"),
+                    "json": str(folder / "report.json"), "rulebook": str(folder / "rulebook.yaml")}
+    (folder / "report.md").write_text(to_markdown(items, images), encoding="utf-8")
+    (folder / "report.html").write_text(to_html(report, items, svgs), encoding="utf-8")
+    RunDir(folder).write_json("report.json", report.to_dict())
+    return report.files
+
+
+def render_run_dir(folder: str | Path) -> dict[str, str]:
+    """Re-render the report of the migration in `folder` from its report.json (no LM call)."""
+    folder = Path(folder)
+    report = MigrationReport.from_dict(RunDir(folder).read_json("report.json"))
+    return write_report(report, folder)
