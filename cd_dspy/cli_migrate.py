@@ -89,7 +89,7 @@ def _lms(args):
 
 def run(args) -> int:
     """`cd-dspy migrate`."""
-    from cd_dspy.migrate import migrate
+    from cd_dspy.migration import migrate
 
     if args.source == args.target and args.source_api_base == args.target_api_base:
         raise CLIError(f"--source and --target are both {args.source}: name the cheaper model as --target.")

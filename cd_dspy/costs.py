@@ -38,7 +38,7 @@ class Price:
     output_per_mtok: float
     source: str  # "price table" or "litellm"
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
@@ -142,10 +142,10 @@ def migration_costs(*, models: dict[str, str], runs: dict[str, RunSummary], comp
     per_request: dict[str, float | None] = {}
     run_rows: dict[str, dict[str, Any]] = {}
     for run, summary in runs.items():
-        price = prices[run_lm[run]]
-        usd = price.cost(summary.prompt_tokens, summary.completion_tokens) if price else None
-        row = {**summary.to_dict(), "usd_per_request": summary.per_request(usd) if usd is not None else None,
-               "tokens_per_request": summary.per_request(summary.prompt_tokens + summary.completion_tokens)}
+        price, given, taken = prices[run_lm[run]], summary.prompt_tokens_per_request or 0.0, \
+            summary.completion_tokens_per_request or 0.0
+        row = {**summary.to_dict(), "usd_per_request": price.cost(given, taken) if price and summary.measured else None,
+               "tokens_per_request": given + taken if summary.measured else None}
         run_rows[run] = row
         per_request[run] = row["usd_per_request"] if unit == USD else summary.mean_lm_seconds
     compile_rows = {}

@@ -50,7 +50,10 @@ class ExampleRecord(_Record):
 
 @dataclass
 class RunSummary:
-    """What one program cost per held-out example, from its records."""
+    """What one program cost per held-out example (one request), from its records.
+
+    Per-request cost and latency are measured on the requests whose every LM call reached the model
+    (`measured`): a request DSPy's cache answered took no time and no tokens, which production calls do."""
 
     n: int
     calls: int
@@ -58,25 +61,31 @@ class RunSummary:
     prompt_tokens: int
     completion_tokens: int
     failed: int
+    measured: int  # requests with no cached call and no failure
+    prompt_tokens_per_request: float | None
+    completion_tokens_per_request: float | None
     median_call_seconds: float | None  # median latency of one LM call that reached the model
-    median_example_seconds: float | None  # median wall seconds of one program run (one request)
-    mean_lm_seconds: float | None  # mean seconds of LM calls per request (uncached calls)
+    median_example_seconds: float | None  # median wall seconds of one measured request
+    mean_lm_seconds: float | None  # mean seconds of LM calls per measured request
 
     @classmethod
     def of(cls, records: Sequence[ExampleRecord]) -> RunSummary:
+        timed = [r for r in records if r.calls and not r.cached_calls and not r.failed]
         calls = [s for r in records for s in r.call_seconds]
-        timed = [r for r in records if r.calls and not r.failed]
+
+        def mean(values: list[float]) -> float | None:
+            return sum(values) / len(values) if values else None
+
         return cls(n=len(records), calls=sum(r.calls for r in records),
                    cached_calls=sum(r.cached_calls for r in records),
                    prompt_tokens=sum(r.prompt_tokens for r in records),
                    completion_tokens=sum(r.completion_tokens for r in records),
-                   failed=sum(bool(r.failed) for r in records),
+                   failed=sum(bool(r.failed) for r in records), measured=len(timed),
+                   prompt_tokens_per_request=mean([r.prompt_tokens for r in timed]),
+                   completion_tokens_per_request=mean([r.completion_tokens for r in timed]),
                    median_call_seconds=statistics.median(calls) if calls else None,
                    median_example_seconds=statistics.median(r.seconds for r in timed) if timed else None,
-                   mean_lm_seconds=sum(calls) / len(timed) if timed else None)
-
-    def per_request(self, value: float) -> float:
-        return value / self.n if self.n else 0.0
+                   mean_lm_seconds=mean([sum(r.call_seconds) for r in timed]))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cd_dspy import plots
-from cd_dspy.migrate import LABELS, RUNS, MigrationReport, judgement
+from cd_dspy.migration import LABELS, RUNS, MigrationReport, judgement
 from cd_dspy.run_dir import RunDir
 from cd_dspy.stats import Comparison
 
@@ -137,8 +137,9 @@ def _costs(report: MigrationReport) -> list[Any]:
     rows = []
     for run, row in c["runs"].items():
         n = max(1, row["n"])
-        rows.append([LABELS[run], f"{row['calls'] / n:.2f}", str(row["cached_calls"]),
-                     f"{row['tokens_per_request']:.0f}", _num(row["usd_per_request"], 6, "$"),
+        rows.append([LABELS[run], f"{(row['calls'] + row['cached_calls']) / n:.2f}", str(row["cached_calls"]),
+                     f"{row['measured']} of {row['n']}", _num(row["tokens_per_request"], 0),
+                     _num(row["usd_per_request"], 6, "$"),
                      _secs(row["mean_lm_seconds"]), _secs(row["median_example_seconds"]),
                      _secs(row["median_call_seconds"]), str(row["failed"])])
     compile_rows = [[role, str(r["calls"]), str(r["cached_calls"]), f"{r['prompt_tokens'] + r['completion_tokens']:,}",
@@ -151,11 +152,13 @@ def _costs(report: MigrationReport) -> list[Any]:
     total = _num(c["compile"]["total"], 4, "$") if usd else f"{c['compile']['total']:,.1f} s"
     be = c["break_even"]
     pays = (f"{be:,} requests" if be is not None else "never (the target after CD is not cheaper per request)"
-            if c["measured"] else "unknown (latency not measured: every test call was a cache hit)")
+            if c["measured"] else "unknown (not measured: every request of a run was answered by DSPy's cache)")
     return [Heading("Cost and latency", "costs"),
-            Para(f"Costs are compared in {unit}. A request is one run of the program on one example; latency is "
-                 "measured on LM calls that reached the model (DSPy cache hits take no time and are not timed)."),
-            Table(["program", "LM calls / request", "cached calls", "tokens / request", "$ / request",
+            Para(f"Costs are compared in {unit}. A request is one run of the program on one example; cost and "
+                 "latency per request are measured on the requests whose every LM call reached the model (a request "
+                 "DSPy's cache answered took no time and no tokens)."),
+            Table(["program", "LM calls / request", "cached calls", "measured requests", "tokens / request",
+                   "$ / request",
                    "LM seconds / request", "median request latency (s)", "median call latency (s)", "failed"], rows),
             Table(["compile role", "calls", "cached calls", "tokens", "$", "LM seconds"], compile_rows),
             Table(["role", "model", "input $/Mtok", "output $/Mtok", "price from"], prices),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import dspy
 import pytest
 
-from cd_dspy.migrate import MigrationReport, migrate
+from cd_dspy.migration import MigrationReport, migrate
 from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
 
 PRICES = {"simulated/simulated-teacher": [10.0, 30.0], "simulated-target": [0.5, 1.5]}  # $/Mtok, made up for tests

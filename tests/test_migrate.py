@@ -132,7 +132,7 @@ def test_costs_in_seconds_when_no_price_is_known(tmp_path):
 ])
 def test_bad_inputs_are_clear_errors(tmp_path, change, words):
     world = Migration(n_test=8)
-    from cd_dspy.migrate import migrate
+    from cd_dspy.migration import migrate
     from cd_dspy.simulated import answer_match as metric
 
     kwargs = {"source_lm": world.source, "target_lm": world.target, "metric": metric, "trainset": world.trainset,

@@ -172,3 +172,18 @@ def test_bad_price_tables_name_the_entry_and_the_fix(tmp_path, content, words):
     raises_naming(PriceTableError, lambda: load_prices(path), words)
     with pytest.raises(PriceTableError, match="does not exist"):
         load_prices(tmp_path / "none.json")
+
+
+def test_cost_per_request_is_measured_on_requests_the_cache_did_not_answer():
+    records = [ExampleRecord(index=0, score=1.0, outputs={}, calls=1, prompt_tokens=100, completion_tokens=10,
+                             seconds=1.5, call_seconds=[1.0]),
+               ExampleRecord(index=1, score=1.0, outputs={}, calls=1, prompt_tokens=300, completion_tokens=30,
+                             seconds=3.5, call_seconds=[3.0]),
+               ExampleRecord(index=2, score=1.0, outputs={}, cached_calls=1, seconds=0.01),  # DSPy's cache answered
+               ExampleRecord(index=3, score=0.0, outputs={}, calls=1, prompt_tokens=999, failed="timeout",
+                             call_seconds=[9.0])]
+    run = RunSummary.of(records)
+    assert (run.n, run.measured, run.failed, run.cached_calls) == (4, 2, 1, 1)
+    assert (run.prompt_tokens_per_request, run.completion_tokens_per_request) == (200.0, 20.0)
+    assert run.mean_lm_seconds == 2.0 and run.median_example_seconds == 2.5
+    assert run.median_call_seconds == 3.0  # every call that reached the model: 1, 3 and 9 s

@@ -102,10 +102,15 @@ def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.Bas
     with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), clock]):
         compiled = cd.compile(program, trainset=trainset, valset=valset)
     result = cd.result
-    runner = HeldOutRunner(testset, metric, run_dir=run, num_threads=threads, progress=Progress(enabled=progress))
-    records = {"source": runner.run(with_rules(program, [], lm=source_lm), LABELS["source"], role="source"),
-               "target_before": runner.run(with_rules(program, [], lm=target_lm), LABELS["target_before"]),
-               "target_after": runner.run(compiled, LABELS["target_after"])}
+    shown = Progress(enabled=progress)
+    runner = HeldOutRunner(testset, metric, run_dir=run, num_threads=threads, progress=shown)
+    programs = {"source": with_rules(program, [], lm=source_lm), "target_before": with_rules(program, [], lm=target_lm),
+                "target_after": compiled}
+    records = {}
+    for name, runnable in programs.items():
+        records[name] = runner.run(runnable, LABELS[name], role="source" if name == "source" else "target")
+        shown.note(f"test: {LABELS[name]} {score_summary([r.score for r in records[name]])['score']:.1f} on "
+                   f"{len(testset)} examples")
     models = {"source": source_lm.model, "target": target_lm.model, "teacher": teacher.model}
     costs = migration_costs(models=models, runs={k: RunSummary.of(v) for k, v in records.items()},
                             compile_usage=result.usage, compile_seconds=clock.seconds(), table=table)
@@ -188,7 +193,7 @@ def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap
     quality = (f"Target after CD keeps {_ratio_text(kept)} of source quality ({after:.1f} vs {source:.1f} on {n} test "
                f"examples: {judgement(vs_source, 'the source', short=True)})")
     if not costs["measured"]:
-        cost = "its cost per request was not measured (every test call was answered by DSPy's cache)"
+        cost = "its cost per request was not measured (every request of a run was answered by DSPy's cache)"
     else:
         what = "cost" if unit == USD else "LM time"
         cost = (f"at {100 * costs['cost_ratio']:.0f}% of its {what} per request "
@@ -210,9 +215,19 @@ def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap
     details = [f"Target after CD vs source: {judgement(vs_source, 'the source')}.",
                f"Target after CD vs target before CD: {judgement(vs_before, 'the target before CD')}.",
                f"Share of the source→target gap closed: {_ratio_text(gap)} (Fieller's interval on paired examples).",
+               _compile_line(costs, n),
                "Scores [95% CI]: " + "; ".join(f"{LABELS[r]} {s['score']:.1f} [{s['low']:.1f}, {s['high']:.1f}]"
                                                 for r, s in scores.items()) + "."]
     return verdict, details
+
+
+def _compile_line(costs: dict[str, Any], n: int) -> str:
+    teacher, target, runs = costs["compile"]["teacher"], costs["compile"]["target"], costs["runs"]
+    tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in (teacher, target))
+    return (f"Compile: {teacher['calls']} teacher and {target['calls']} target calls that reached the model, "
+            f"{tokens:,} tokens, {_money(costs['compile']['total'], costs['unit'])}; cost per request measured on "
+            f"{runs['source']['measured']} (source) and {runs['target_after']['measured']} (target after CD) of {n} "
+            "requests (the others were answered by DSPy's cache or failed).")
 
 
 def _check_inputs(program, source_lm, target_lm, teacher_lm, trainset, valset, testset, run_dir) -> list[dspy.Example]:
