@@ -24,7 +24,7 @@ from dspy.utils.parallelizer import ParallelExecutor
 
 from cd_dspy.failures import LMUnavailableError, is_fatal
 from cd_dspy.integrate import triggers
-from cd_dspy.priming import primed
+from cd_dspy.priming import primed, shows_gold
 from cd_dspy.result import Explanation, Mistake, Rule
 from cd_dspy.usage import BudgetExhausted
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 EXPLANATIONS_LOG = "explanations.jsonl"
 RULES_FILE = "rules.json"
 ARTIFACTS = (EXPLANATIONS_LOG, RULES_FILE)
+GOLD_HIDDEN = "(not shown: work out the correct answer yourself)"  # priming other than `gold` (cd_dspy.priming)
 
 
 class ExplainMistake(dspy.Signature):
@@ -247,19 +248,23 @@ def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teach
     `LMUnavailableError` on a fatal teacher failure, or when every explanation failed."""
     names = [name for name, _ in program.named_predictors()]
     task = describe_program(program)
-    explain = dspy.Predict(ExplainMistake.with_instructions(primed(ExplainMistake.instructions, priming)))
-    explain.set_lm(teacher_lm)
+    gold_shown = shows_gold(priming)  # else neither the gold nor the metric's feedback (which can hold it)
 
     fatal: list[LMUnavailableError] = []
 
     def run(mistake: Mistake) -> Explanation | None:
-        evaluation = f"score {mistake.score:g}" + (f"; feedback: {mistake.feedback}" if mistake.feedback else "")
+        explain = dspy.Predict(ExplainMistake.with_instructions(
+            primed(ExplainMistake.instructions, priming, mistake.inputs, mistake.gold)))
+        explain.set_lm(teacher_lm)
+        feedback = f"; feedback: {mistake.feedback}" if mistake.feedback and gold_shown else ""
+        evaluation = f"score {mistake.score:g}{feedback}"
+        correct = json.dumps(mistake.gold, ensure_ascii=False) if gold_shown else GOLD_HIDDEN
         attempt = describe_attempt(mistake)
         outs, error = [], None
         for sample in range(samples):
             try:
                 outs.append(teacher_call(explain, retries, sample, task=task, student_attempt=attempt,
-                                         correct_answer=json.dumps(mistake.gold, ensure_ascii=False),
+                                         correct_answer=correct,
                                          evaluation=evaluation, steps=names))
             except BudgetExhausted:
                 return Explanation(mistake.id, "", "", [], ok=False, error="budget")

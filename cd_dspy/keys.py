@@ -16,6 +16,8 @@ from typing import Any
 
 import dspy
 
+from cd_dspy.priming import priming_key
+
 _SECRET = re.compile(r"key|token|secret|password|auth", re.I)
 
 
@@ -76,8 +78,8 @@ def phase_keys(cd: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
     """The key of each phase's inputs for the optimizer `cd` (each includes the keys before it);
     `program` is the user's program bound as the target will run it."""
     collect = digest([examples_key(trainset), program_key(program), metric_key(cd.metric), cd.mistake_threshold])
-    induce = digest([collect, lm_state(cd.teacher_lm), cd.priming, cd.max_mistakes, cd.max_rules, cd.consolidate,
-                     cd.filter_specific_rules, cd.samples_per_mistake, cd.seed])
+    induce = digest([collect, lm_state(cd.teacher_lm), priming_key(cd.priming), cd.max_mistakes, cd.max_rules,
+                     cd.consolidate, cd.filter_specific_rules, cd.samples_per_mistake, cd.seed])
     select = digest([induce, examples_key(valset), cd.verify, cd.verify_correct, cd.conditional_rules,
                      cd.verify_max_sources, cd.confirm_fraction, cd.num_trials, cd.minibatch_size])
     return {"collect": collect, "induce": induce, "select": select}

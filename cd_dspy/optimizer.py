@@ -81,7 +81,7 @@ class ConceptDistillation(Teleprompter):
         auto: "light" | "medium" | "heavy" preset for max_mistakes / max_rules / num_trials.
         num_trials, max_mistakes, max_rules: override the preset.
         mistake_threshold: an example scoring below this is a mistake (default 1.0).
-        priming: teacher priming strategy ("ground_truth", "teacher", "confidence", "none") or text.
+        priming: teacher priming (cd_dspy.priming): "gold" (gold answer shown), "ground_truth", "teacher", ..., text.
         consolidate: let the teacher merge the proposed rules (else only deduplicate).
         filter_specific_rules: drop rules that copy numbers or names from their mistake.
         minibatch_size: score trials in minibatches of this size with Optuna pruning.
@@ -111,7 +111,7 @@ class ConceptDistillation(Teleprompter):
 
     def __init__(self, metric: Callable, *, teacher_lm: Any = None, target_lm: Any = None,
                  auto: str | None = "light", num_trials: int | None = None, max_mistakes: int | None = None,
-                 max_rules: int | None = None, mistake_threshold: float = 1.0, priming: str | None = "ground_truth",
+                 max_rules: int | None = None, mistake_threshold: float = 1.0, priming: Any = "gold",
                  consolidate: bool = True, filter_specific_rules: bool = True, minibatch_size: int | None = None,
                  valset_fraction: float = 0.5, min_improvement: float = 0.0,
                  require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
