@@ -35,7 +35,7 @@ RULEBOOK_ORIGIN = "rulebook"
 HEADER = """\
 # cd-dspy rulebook. Edit `status` per rule: pinned (always on), free (the search decides), dropped (never
 # used); edit `text` to reword a rule. `provenance` records where a rule came from and is not read back.
-# Use it with ConceptDistillation(..., rulebook="this.yaml") or `cd-dspy compile --rulebook this.yaml`;
+# Use it with ConceptDistillation(..., rulebook="this.yaml") or `cd-dspy migrate ... --rulebook this.yaml`;
 # check it on another LM with `cd-dspy rulebook check this.yaml --task ... --lm ...`.
 """
 
