@@ -68,3 +68,18 @@ def test_transfer_script_writes_the_matrix(tmp_path):
     assert saved["cells"] == report["cells"]
     table = (tmp_path / "out" / "transfer.md").read_text()
     assert "| rulebook (rules) | `simulated-target` | `simulated-teacher` |" in table and "(learned here)" in table
+
+
+def test_transfer_script_skips_a_rulebook_with_nothing_to_apply_unless_asked(tmp_path):
+    spec = importlib.util.spec_from_file_location("cd_transfer_script", EXAMPLES / "transfer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rejected = Rulebook([RulebookRule(HELPFUL_RULES["vans"], "predict", DROPPED)]).save(tmp_path / "rejected.yaml")
+    base = ["--task", "simulated", "--train", "16", "--val", "40", "--test", "8", "--seed", "1", "--rulebooks",
+            str(rejected), "--models", "simulated-target", "--run-dir", str(tmp_path / "rec"), "--quiet"]
+    skipped = script.main([*base, "--out", str(tmp_path / "a")])
+    assert skipped["cells"] == [{"rulebook": str(rejected), "model_name": "simulated-target",
+                                 "skipped": "no pinned or free rule"}]
+    assert "- (no pinned or free rule)" in (tmp_path / "a" / "transfer.md").read_text()
+    applied = script.main([*base, "--include-dropped", "--out", str(tmp_path / "b")])
+    assert applied["cells"][0]["rules"] == 1 and applied["cells"][0]["comparison"]["wins"] == 2  # the 2 vans problems
