@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 _ENGINE_KEYS = {"n_ctx", "n_threads", "n_batch", "repeat_penalty", "top_k", "top_p", "seed", "verbose", "grammar",
-                "prompt_cache_mb"}
+                "prompt_cache_mb", "lora_path", "lora_scale"}
 
 
 def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **settings: Any) -> dspy.LM:
@@ -40,7 +41,8 @@ def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **sett
 
     ``role`` ("target"/"teacher") picks the default ``max_tokens``. Engine settings (n_ctx, n_threads,
     repeat_penalty, ...) go to ``LlamaCppEngine``; the rest (max_tokens, temperature, cache, ...) to
-    ``dspy.LM``.
+    ``dspy.LM``. ``lora_path`` serves a llama.cpp LoRA adapter on top of the model; the LM's name then
+    carries a hash of the adapter file, so DSPy's cache never mixes its answers with the base model's.
     Programs saved with this LM load back with ``program.load(path, allow_unsafe_lm_state=True)``.
     """
     name = str(name_or_path)
@@ -57,6 +59,17 @@ def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **sett
         raise AssertionError("unreachable")
     engine_settings = {k: settings.pop(k) for k in list(settings) if k in _ENGINE_KEYS}
     engine = LlamaCppEngine(name, **engine_settings)
+    if engine.lora_path:
+        scale = f"x{engine.lora_scale:g}" if engine.lora_scale != 1 else ""
+        alias += f"+lora-{_file_digest(engine.lora_path)}{scale}"
     lm_kwargs: dict[str, Any] = {"cache": True, "temperature": 0.0, "max_tokens": max_tokens}
     lm_kwargs.update(settings)
     return dspy.LM(f"local/{alias}", engine=engine, **lm_kwargs)
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:10]

@@ -19,8 +19,8 @@ LLAMA_INSTALL_HINT = (
     "(or: pip install llama-cpp-python; it builds from source, ~6 min on 2 cores)"
 )
 
-# One loaded Llama (and the lock serialising it) per (path, n_ctx) in this process.
-_MODELS: dict[tuple[str, int], tuple[Any, threading.Lock]] = {}
+# One loaded Llama (and the lock serialising it) per (path, n_ctx, LoRA adapter, its scale) in this process.
+_MODELS: dict[tuple[str, int, str | None, float], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
 # Factory used to build a Llama; tests replace it with a fake.
 _LLAMA_FACTORY: Any = None
@@ -40,11 +40,14 @@ def _llama_factory():
     return _LLAMA_FACTORY or _import_llama_cpp().Llama
 
 
-def _shared_llama(path: str, n_ctx: int, load_kwargs: dict[str, Any]) -> tuple[Any, threading.Lock]:
-    key = (str(Path(path).resolve()), int(n_ctx))
+def _shared_llama(path: str, n_ctx: int, load_kwargs: dict[str, Any], lora_path: str | None = None,
+                  lora_scale: float = 1.0) -> tuple[Any, threading.Lock]:
+    lora = str(Path(lora_path).resolve()) if lora_path else None
+    key = (str(Path(path).resolve()), int(n_ctx), lora, float(lora_scale) if lora else 1.0)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            llama = _llama_factory()(model_path=key[0], n_ctx=key[1], **load_kwargs)
+            adapter = {"lora_path": lora, "lora_scale": key[3]} if lora else {}
+            llama = _llama_factory()(model_path=key[0], n_ctx=key[1], **load_kwargs, **adapter)
             _MODELS[key] = (llama, threading.Lock())
         return _MODELS[key]
 
@@ -129,11 +132,12 @@ def conforms(text: str, schema: dict[str, Any] | None) -> bool:
 class LlamaCppEngine:
     """DSPy engine over ``llama_cpp.Llama``: chat template, greedy default, JSON as DSPy asks.
 
-    The model is loaded lazily on the first call and shared per (path, n_ctx) across engines;
+    The model is loaded lazily on the first call and shared per (path, n_ctx, LoRA) across engines;
     calls are serialised with one lock per model, so ``dspy.Evaluate`` threads are safe.
     ``grammar`` decides how DSPy's JSON schema is enforced: "always" samples under the llama.cpp
     grammar (about half the decode speed), "on_failure" samples freely and re-samples under the
-    grammar only when the reply does not conform, "never" never uses it.
+    grammar only when the reply does not conform, "never" never uses it. ``lora_path`` applies a
+    llama.cpp LoRA adapter (GGUF, e.g. from ``cd_dspy.distill.convert_lora``) at ``lora_scale``.
     """
 
     supports_response_schema = True
@@ -154,6 +158,8 @@ class LlamaCppEngine:
         seed: int = 0,
         prompt_cache_mb: int = 0,
         grammar: str = "always",
+        lora_path: str | os.PathLike | None = None,
+        lora_scale: float = 1.0,
         verbose: bool = False,
     ) -> None:
         from .catalog import CATALOG
@@ -170,6 +176,11 @@ class LlamaCppEngine:
                 f"GGUF model file not found: {self._path}. Pass an existing .gguf path or a catalog name "
                 f"({', '.join(sorted(CATALOG))})."
             )
+        self.lora_path = str(Path(lora_path).expanduser()) if lora_path else None
+        if self.lora_path is not None and not Path(self.lora_path).is_file():
+            raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}. Pass the .gguf adapter that "
+                                    "cd_dspy.distill.convert_lora (or `cd-dspy distill`) wrote.")
+        self.lora_scale = float(lora_scale)
         self.n_ctx = int(n_ctx or (CATALOG[model].n_ctx if self.catalog_name else 4096))
         self.n_threads = n_threads
         self.n_batch = n_batch
@@ -200,7 +211,7 @@ class LlamaCppEngine:
             "seed": self.seed,
             "verbose": self.verbose,
         }
-        llama, lock = _shared_llama(self.model_path, self.n_ctx, load_kwargs)
+        llama, lock = _shared_llama(self.model_path, self.n_ctx, load_kwargs, self.lora_path, self.lora_scale)
         if self.prompt_cache_mb and getattr(llama, "cache", None) is None and _LLAMA_FACTORY is None:
             # Keeps KV states of several prompts (e.g. two alternating programs); llama.cpp already
             # reuses the prefix shared with the previous call without it.
@@ -301,6 +312,8 @@ class LlamaCppEngine:
             "seed": self.seed,
             "prompt_cache_mb": self.prompt_cache_mb,
             "grammar": self.grammar,
+            "lora_path": self.lora_path,
+            "lora_scale": self.lora_scale,
         }
 
     @classmethod
@@ -314,4 +327,5 @@ class LlamaCppEngine:
         return cls(model, **{k: v for k, v in state.items() if k in known})
 
     def __repr__(self) -> str:
-        return f"LlamaCppEngine({self.name!r}, n_ctx={self.n_ctx})"
+        lora = f", lora_path={self.lora_path!r}" if self.lora_path else ""
+        return f"LlamaCppEngine({self.name!r}, n_ctx={self.n_ctx}{lora})"
