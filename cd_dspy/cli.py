@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--max-mistakes", type=int, default=4)
     comp.add_argument("--max-rules", type=int, default=None)
     comp.add_argument("--minibatch", type=int, default=None)
-    comp.add_argument("--priming", default="ground_truth")
+    comp.add_argument("--priming", default="gold", help="teacher priming: gold (default: the gold answer shown), "
+                      "ground_truth, teacher, confidence, none, or a sentence of your own (cd_dspy.priming)")
     comp.add_argument("--samples-per-mistake", type=int, default=1, help="teacher explanations per mistake")
     comp.add_argument("--verify-correct", type=int, default=8,
                       help="correctly answered training examples each rule is tried on (verification)")
@@ -322,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cd_dspy import cli_migrate  # migrate, rulebook export|check
 
     cli_migrate.add_parser(sub)
+
+    from cd_dspy import cli_distill  # distill: primed teacher -> LoRA (SFT or logit KD) -> llama.cpp adapter
+
+    cli_distill.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,375 @@
+"""Distillation data without a model: the primed teacher's accepted traces as chat JSONL (validated line by line,
+also by DSPy's own validator), rules in the system prompt, the validator's errors, the teacher's log-probabilities
+aligned to the reply's tokens (fake llama.cpp), the engine's LoRA setting, finding the conversion scripts, the CLI's
+bad inputs and the priming ablation script on the simulated world."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import dspy
+import numpy as np
+import pytest
+from dspy.clients.utils_finetune import TrainDataFormat, validate_data_format
+
+from cd_dspy import cli
+from cd_dspy.distill import (
+    AlignmentError,
+    DistillDataError,
+    LlamaScorer,
+    generate_distillation_data,
+    meta_path,
+    read_jsonl,
+    validate_jsonl,
+    with_student_view,
+    write_jsonl,
+)
+from cd_dspy.distill import convert as convert_module
+from cd_dspy.distill.simulated import solving_teacher_lm
+from cd_dspy.integrate import with_rules
+from cd_dspy.lms import llama_engine, local_lm
+from cd_dspy.priming import PRIMING_STRATEGIES
+from cd_dspy.programs.pipelines import PlanThenSolve
+from cd_dspy.result import Rule
+from cd_dspy.simulated import HELPFUL_RULES, answer_match, simulated_splits
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def generate(priming="gold", program=None, **kwargs):
+    train = simulated_splits(8, seed=1)[0]
+    program = program or dspy.ChainOfThought("question -> answer: float")
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        return generate_distillation_data(program, train, teacher_lm=solving_teacher_lm(), metric=answer_match,
+                                          priming=priming, **kwargs)
+
+
+# ---------------------------------------------------------------- generation and export
+
+def test_rejected_traces_are_dropped_and_gold_priming_recovers_them(tmp_path):
+    plain, gold = generate("none"), generate("gold")
+    # the solving teacher gets unit conversions wrong (2 of 8 problems) unless shown the gold answer
+    assert (plain.accepted, plain.rejected, len(plain.records)) == (6, 2, 6)
+    assert (gold.accepted, gold.rejected, len(gold.records)) == (8, 0, 8)
+    assert {r.example_index for r in plain.records} < {r.example_index for r in gold.records}
+    assert all(r.score == 1.0 for r in plain.records)
+
+
+def test_jsonl_is_dspys_chat_format_and_validates_line_by_line(tmp_path):
+    data = generate("gold")
+    path = write_jsonl(data.records, tmp_path / "train.jsonl")
+    report = validate_jsonl(path)
+    assert report.records == 8 and report.with_logprobs == 0
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    validate_data_format(lines, TrainDataFormat.CHAT)  # DSPy's own check of fine-tuning data
+    for line in lines:
+        assert [m["role"] for m in line["messages"]] == ["system", "user", "assistant"]
+        assert json.loads(line["messages"][-1]["content"])["answer"] is not None
+    # the student's view never holds the priming; the teacher's view (sidecar) does, with the gold
+    metas = [json.loads(line) for line in meta_path(path).read_text().splitlines()]
+    assert [m["line"] for m in metas] == list(range(8))
+    for line, meta in zip(lines, metas, strict=True):
+        assert "correct answer" not in line["messages"][0]["content"]
+        assert "You are given the correct answer: " in meta["teacher_messages"][0]["content"]
+    again = read_jsonl(path)
+    assert [r.messages for r in again] == [r.messages for r in data.records]
+    assert again[0].inputs == data.records[0].inputs
+
+
+def test_rules_reach_the_system_prompt_and_restyling_keeps_the_replies(tmp_path):
+    program = dspy.ChainOfThought("question -> answer: float")
+    ruled = with_rules(program, [Rule(id="R1", text=HELPFUL_RULES["units"], predictor="predict")])
+    data = generate("ground_truth", program=program, student_program=ruled)
+    assert data.records and all(HELPFUL_RULES["units"] in r.messages[0]["content"] for r in data.records)
+    plain = generate("ground_truth", program=program)
+    plain.records[0].teacher_logprobs = {"tokens": [1]}
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        restyled = with_student_view(plain.records, ruled)
+    assert [r.messages for r in restyled] == [r.messages for r in data.records]
+    assert restyled[0].teacher_logprobs == {"tokens": [1]}  # the same reply: its tokens still hold
+    chat = with_student_view(plain.records, ruled, adapter=dspy.ChatAdapter())
+    assert "[[ ## answer ## ]]" in chat[0].messages[-1]["content"] and chat[0].teacher_logprobs is None
+    assert all(HELPFUL_RULES["units"] not in r.messages[0]["content"] for r in plain.records)
+    with pytest.raises(ValueError, match="compiled version of the same program"):
+        generate("gold", program=program, student_program=dspy.Predict("question, plan -> answer"))
+
+
+def test_every_predictor_of_a_pipeline_gets_records():
+    data = generate("gold", program=PlanThenSolve())
+    assert data.per_predictor == {"plan": 8, "solve": 8}
+    first = [r for r in data.records if r.example_index == 0]
+    assert [r.predictor for r in first] == ["plan", "solve"]
+    assert "plan" in json.loads(first[0].messages[-1]["content"])
+
+
+def test_bad_inputs_to_generation():
+    with pytest.raises(ValueError, match="trainset is empty"):
+        generate_distillation_data(dspy.Predict("q -> a"), [], teacher_lm=solving_teacher_lm(), metric=answer_match)
+    with pytest.raises(ValueError, match="teacher_lm is required"):
+        generate_distillation_data(dspy.Predict("q -> a"), [dspy.Example(q="x", a="y").with_inputs("q")],
+                                   teacher_lm=None, metric=answer_match)
+    with pytest.raises(ValueError, match="unknown priming strategy"):
+        generate("goldd")
+    with pytest.raises(ValueError, match="no records to write"):
+        write_jsonl([], "unused.jsonl")
+
+
+# ---------------------------------------------------------------- the validator
+
+def _corrupt(tmp_path, edit) -> Path:
+    path = write_jsonl(generate("gold").records[:3], tmp_path / "d.jsonl")
+    lines = path.read_text().splitlines()
+    metas = meta_path(path).read_text().splitlines()
+    edit(lines, metas)
+    path.write_text("\n".join(lines) + "\n")
+    meta_path(path).write_text("\n".join(metas) + "\n")
+    return path
+
+
+def _message(line: str, **change) -> str:
+    record = json.loads(line)
+    record["messages"][-1].update(change)
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize("edit, line, problem", [
+    (lambda c, m: c.__setitem__(1, "{not json"), 2, "not valid JSON"),
+    (lambda c, m: c.__setitem__(0, json.dumps({"messages": [], "extra": 1})), 1, "exactly one key"),
+    (lambda c, m: c.__setitem__(2, _message(c[2], role="bot")), 3, "role 'bot'"),
+    (lambda c, m: c.__setitem__(1, _message(c[1], content="  ")), 2, "empty or non-string content"),
+    (lambda c, m: c.__setitem__(0, json.dumps({"messages": json.loads(c[0])["messages"][:2]})), 1,
+     "last message must be the assistant"),
+])
+def test_malformed_chat_lines_are_named_by_line(tmp_path, edit, line, problem):
+    path = _corrupt(tmp_path, edit)
+    with pytest.raises(DistillDataError) as err:
+        validate_jsonl(path)
+    assert f"{path}:{line}: " in str(err.value) and problem in str(err.value)
+
+
+def _logprobs(meta_line: str, **lp) -> str:
+    meta = json.loads(meta_line)
+    meta["teacher_logprobs"] = {"tokens": [5, 6], "top_ids": [[5, 1], [6, 2]], "top_logprobs": [[-0.1, -2.5],
+                                                                                                  [-0.2, -1.9]], **lp}
+    return json.dumps(meta)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda c, m: m.__setitem__(1, _logprobs(m[1], top_ids=[[5, 1]])), "not aligned: 2 tokens, 1 top_ids rows"),
+    (lambda c, m: m.__setitem__(1, _logprobs(m[1], top_logprobs=[[-0.1, 0.5], [-0.2, -1.9]])), "<= 0"),
+    (lambda c, m: m.__setitem__(1, _logprobs(m[1], top_ids=[[5, 5], [6, 2]])), "k distinct token ids"),
+    (lambda c, m: m.__setitem__(1, _logprobs(m[1], top_ids=[[5, 1], [6]])), "must both hold k = 2"),
+    (lambda c, m: m.__setitem__(1, json.dumps({**json.loads(m[1]), "line": 7})), "'line' must be 1"),
+    (lambda c, m: m.pop(), "2 lines for 3 records"),
+])
+def test_malformed_sidecar_lines_are_named_by_line(tmp_path, edit, problem):
+    path = _corrupt(tmp_path, edit)
+    with pytest.raises(DistillDataError, match="problem") as err:
+        validate_jsonl(path)
+    assert problem in str(err.value)
+
+
+def test_valid_logprobs_pass_and_kd_requires_them(tmp_path):
+    path = _corrupt(tmp_path, lambda c, m: m.__setitem__(1, _logprobs(m[1])))
+    assert validate_jsonl(path).with_logprobs == 1
+    with pytest.raises(DistillDataError, match=r"d\.meta\.jsonl:1: no teacher_logprobs; KD needs them"):
+        validate_jsonl(path, require_logprobs=True)
+    with pytest.raises(DistillDataError, match="no such file"):
+        validate_jsonl(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------- teacher log-probabilities (fake llama.cpp)
+
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIAL = {"<|im_start|>": 1, "<|im_end|>": 2}
+
+
+class ScoringLlama:
+    """A llama.cpp stand-in whose logits at position i put a margin of 4 on the token at i + 1."""
+
+    def __init__(self, model_path, n_ctx, **kwargs):
+        self.n_ctx, self.kwargs, self.metadata = n_ctx, kwargs, {"tokenizer.chat_template": TEMPLATE}
+        self.tokens: list[int] = []
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        out, text = [], text.decode()
+        while text:
+            mark = next((m for m in SPECIAL if text.startswith(m)), None)
+            out.append(SPECIAL[mark] if mark else ord(text[0]) % 250 + 3)
+            text = text[len(mark):] if mark else text[1:]
+        return out
+
+    def detokenize(self, tokens, special=False):
+        return b"<|im_end|>" if tokens == [2] else b""
+
+    def token_bos(self):
+        return 0
+
+    def token_eos(self):
+        return 2
+
+    def reset(self):
+        self.tokens = []
+
+    def eval(self, tokens):
+        self.tokens = list(tokens)
+
+    @property
+    def scores(self):
+        rows = np.zeros((self.n_ctx, 260), dtype=np.float32)
+        for i, token in enumerate(self.tokens[1:]):
+            rows[i, token] = 4.0
+        return rows
+
+
+def test_teacher_logprobs_are_aligned_with_the_replys_tokens(monkeypatch, tmp_path):
+    monkeypatch.setattr(llama_engine, "_LLAMA_FACTORY", ScoringLlama)
+    gguf = tmp_path / "teacher.gguf"
+    gguf.write_bytes(b"GGUF")
+    scorer = LlamaScorer(gguf, top_k=3, n_ctx=256)
+    prompt = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "2+2?"}]
+    scored = scorer.score(prompt, '{"answer": 4}')
+    assert scored.tokens == scorer.llama.tokenize(b'{"answer": 4}<|im_end|>')
+    assert scored.prompt_tokens == len(scorer.llama.tokenize(
+        b"<|im_start|>system\nBe exact.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"))
+    # the row predicting reply token j is the prompt length + j - 1: its top id is that very token
+    assert [row[0] for row in scored.top_ids] == scored.tokens
+    assert all(len(row) == 3 and row[0] > row[1] >= row[2] for row in scored.top_logprobs)
+    assert scored.token_logprobs == [row[0] for row in scored.top_logprobs]
+    assert np.isclose(np.exp(scored.top_logprobs[0][0]), np.exp(4) / (np.exp(4) + 259))
+    with pytest.raises(AlignmentError, match="raise n_ctx"):
+        LlamaScorer(gguf, top_k=3, n_ctx=20).score(prompt, "a long reply that does not fit")
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        LlamaScorer(gguf, top_k=0)
+    with pytest.raises(FileNotFoundError, match="KD needs a local GGUF teacher"):
+        LlamaScorer(tmp_path / "absent.gguf")
+
+
+# ---------------------------------------------------------------- serving a LoRA through the engine
+
+class LoadingLlama:
+    instances: list = []
+
+    def __init__(self, model_path, n_ctx, **kwargs):
+        self.model_path, self.kwargs = model_path, kwargs
+        LoadingLlama.instances.append(self)
+
+
+def test_engine_serves_a_lora_under_its_own_cache_keys(monkeypatch, tmp_path):
+    monkeypatch.setattr(llama_engine, "_LLAMA_FACTORY", LoadingLlama)
+    llama_engine.clear_model_cache()
+    model, adapter, other = tmp_path / "m.gguf", tmp_path / "a.gguf", tmp_path / "b.gguf"
+    for path, content in ((model, b"GGUF"), (adapter, b"lora-a"), (other, b"lora-b")):
+        path.write_bytes(content)
+    base, tuned, tuned2 = (local_lm(str(model)), local_lm(str(model), lora_path=str(adapter)),
+                           local_lm(str(model), lora_path=str(other)))
+    assert base.model == "local/m" and tuned.model.startswith("local/m+lora-") and tuned.model != tuned2.model
+    assert tuned.engine.dump_state()["lora_path"] == str(adapter)
+    for lm in (base, tuned, tuned2, local_lm(str(model), lora_path=str(adapter))):
+        lm.engine.llama  # noqa: B018 - loads the (fake) model
+    assert len(LoadingLlama.instances) == 3  # one per (model, adapter); the same pair is shared
+    assert "lora_path" not in LoadingLlama.instances[0].kwargs
+    assert LoadingLlama.instances[1].kwargs["lora_path"] == str(adapter.resolve())
+    with pytest.raises(FileNotFoundError, match="LoRA adapter not found"):
+        local_lm(str(model), lora_path=str(tmp_path / "none.gguf"))
+    llama_engine.clear_model_cache()
+
+
+# ---------------------------------------------------------------- finding llama.cpp's conversion scripts
+
+def _fake_sdist(path: Path, version: str = "9.9.9") -> Path:
+    files = {"convert_hf_to_gguf.py": "", "convert_lora_to_gguf.py": "", "LICENSE": "MIT",
+             "conversion/__init__.py": "", "gguf-py/gguf/__init__.py": "", "src/llama.cpp": "int main;"}
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in files.items():
+            info = tarfile.TarInfo(f"llama_cpp_python-{version}/vendor/llama.cpp/{name}")
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return path
+
+
+def test_conversion_scripts_come_from_a_configured_sdist(monkeypatch, tmp_path):
+    monkeypatch.setenv("CD_DSPY_CACHE", str(tmp_path / "cache" / "models"))
+    monkeypatch.setenv(convert_module.SOURCE_ENV, str(_fake_sdist(tmp_path / "llama_cpp_python-9.9.9.tar.gz")))
+    found = convert_module.scripts_dir()
+    assert (found / "convert_lora_to_gguf.py").is_file() and (found / "gguf-py" / "gguf").is_dir()
+    assert not (found / "src").exists()  # only the scripts, their packages and the license
+    monkeypatch.setenv(convert_module.SOURCE_ENV, str(tmp_path))
+    with pytest.raises(convert_module.ConversionUnavailableError, match="holds no llama.cpp conversion scripts"):
+        convert_module.scripts_dir()
+
+
+def test_conversion_scripts_are_downloaded_or_the_error_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("CD_DSPY_CACHE", str(tmp_path / "cache" / "models"))
+    monkeypatch.delenv(convert_module.SOURCE_ENV, raising=False)
+    monkeypatch.setattr(convert_module, "llama_cpp_version", lambda: "9.9.9")
+
+    def pip_download(command, **kwargs):
+        _fake_sdist(Path(command[command.index("-d") + 1]) / "llama_cpp_python-9.9.9.tar.gz")
+        return type("Done", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(convert_module.subprocess, "run", pip_download)
+    assert convert_module.scripts_dir() == tmp_path / "cache" / "llama.cpp" / "9.9.9"
+    monkeypatch.setenv("CD_DSPY_CACHE", str(tmp_path / "empty" / "models"))
+    monkeypatch.setattr(convert_module.subprocess, "run",
+                        lambda command, **kw: type("Done", (), {"returncode": 1, "stdout": "", "stderr": "offline"})())
+    with pytest.raises(convert_module.ConversionUnavailableError) as err:
+        convert_module.scripts_dir()
+    assert "offline" in str(err.value) and "pip download llama-cpp-python==9.9.9" in str(err.value)
+    assert convert_module.SOURCE_ENV in str(err.value)
+
+
+def test_conversion_inputs_are_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="LoraTrainer.save"):
+        convert_module.convert_lora(tmp_path, tmp_path / "a.gguf")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        convert_module.convert_hf(tmp_path, tmp_path / "m.gguf")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="outtype must be one of"):
+        convert_module.convert_hf(tmp_path, tmp_path / "m.gguf", outtype="q2")
+
+
+# ---------------------------------------------------------------- the CLI's bad inputs
+
+@pytest.mark.parametrize("extra, message", [
+    (["--kd-grid", "0.5:1"], "--kd-grid needs --mode kd"),
+    (["--mode", "kd", "--kd-grid", "0.5"], "bad KD grid item '0.5'"),
+    (["--mode", "kd", "--kd-grid", "1.5:2"], "alpha lies in [0, 1]"),
+    (["--priming", "Teacher"], "unknown priming strategy 'Teacher'"),
+    (["--rules", "no/such/program.json"], "--rules no/such/program.json: no such file"),
+    (["--train", "0"], "--train is 0"),
+    (["--mode", "kd"], "pass --kd-teacher PATH"),
+    (["--mode", "kd", "--kd-teacher", "missing.gguf"], "'missing.gguf' is neither a catalog model"),
+    (["--target", "nowhere.gguf", "--lr", "0"], "lr must be > 0"),
+])
+def test_distill_cli_bad_inputs_are_one_line_errors(capsys, extra, message):
+    code = cli.main(["distill", "--task", "simulated", "--teacher", "simulated-solver", "--train", "4", "--val", "0",
+                     "--test", "0", *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the priming ablation script
+
+def test_priming_ablation_script_on_the_simulated_world(tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location("priming_ablation", EXAMPLES / "priming_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--task", "simulated", "--train", "12", "--val", "24", "--test", "8", "--trials", "4",
+                          "--strategies", "none,gold", "--out", str(tmp_path / "abl")])
+    assert set(report["strategies"]) == {"none", "gold"}
+    for row in report["strategies"].values():
+        assert row["rules_proposed"] >= row["rules_verified"] >= row["rules_selected"] > 0
+        assert row["held_out"]["vs_baseline"]["difference"] > 0
+    saved = json.loads((tmp_path / "abl" / "priming_ablation.json").read_text())
+    assert saved["strategies"]["gold"]["rules_selected"] == report["strategies"]["gold"]["rules_selected"]
+    table = (tmp_path / "abl" / "priming_ablation.md").read_text()
+    assert "| gold |" in table and "| none |" in table
+    assert len(PRIMING_STRATEGIES) == 5
