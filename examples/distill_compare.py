@@ -1,0 +1,210 @@
+"""Rules vs weights on one split: the target with no help, with CD's rules, fine-tuned (SFT) on a primed
+teacher's demonstrations, with logit KD from the teacher, and with rules + SFT together. Held-out scores with
+95% intervals and a paired sign test against no help; training time and peak memory per adapter.
+
+    python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --epochs 1 \
+        --rules runs/mb/program.json --priming ground_truth --out examples/results/distill_compare_math_basic
+    python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --estimate   # time only
+
+The KD adapter's (alpha, temperature) is chosen on --val by --select-on (never on the test split). The
+rules come from --rules (a `cd-dspy compile` program.json) or from a compile run here (--cd-run-dir).
+"rules + SFT" trains its own adapter on the same teacher replies shown under the rules' system prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import dspy
+from bench_lib import SIMULATED, load_task, split_arguments, write_report
+
+from cd_dspy.distill import LlamaScorer, LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
+from cd_dspy.distill import pipeline as pl
+from cd_dspy.distill.student import model_file
+from cd_dspy.stats import min_detectable_gain
+
+METHODS = ("none", "rules", "sft", "kd", "rules+sft")
+# Rates for --estimate, measured on this project's 2-core machine (README): a 0.5B call on math-basic with the
+# JSON grammar ~6.7 s (~220 prompt tokens at ~280 tok/s, ~120 reply tokens at ~25 tok/s under the grammar); the
+# 1.5B about 3x slower; one LoRA step of the 0.5B on a ~340-token record ~10-20 s (a same-shape random model
+# measured 19 s under load); loading the 0.5B through transformers ~60 s; one conversion ~10 s.
+RATES = {"target_call": 6.7, "teacher_call": 20.0, "teacher_score": 4.0, "lora_step": 15.0, "load": 60.0,
+         "convert": 10.0, "accepted": 0.85}
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    split_arguments(parser, run_dir=False)
+    parser.add_argument("--teacher", default="qwen2.5-coder-1.5b", help="or simulated-solver with --task simulated")
+    parser.add_argument("--student", help="the target's weights as a Hugging Face dir (default: its GGUF)")
+    parser.add_argument("--priming", default="ground_truth")
+    parser.add_argument("--rules", help="program.json of `cd-dspy compile` on this task (the CD rules)")
+    parser.add_argument("--cd-run-dir", help="or compile CD here on the same split (resumable run directory)")
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--max-mistakes", type=int, default=6)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--kd-teacher", help="GGUF scoring the teacher's replies (default --teacher)")
+    parser.add_argument("--kd-top-k", type=int, default=20)
+    parser.add_argument("--kd-n-ctx", type=int, default=2048)
+    parser.add_argument("--kd-grid", default="0.5:2", help="alpha:temperature pairs, chosen on --val")
+    parser.add_argument("--select-on", choices=pl.SELECT_ON, default="metric")
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--lora-alpha", type=float, default=8.0)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--grammar", choices=["always", "on_failure", "never"])
+    parser.add_argument("--train-threads", type=int)
+    parser.add_argument("--estimate", action="store_true", help="print the expected time on 2 cores and exit")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := [m for m in args.methods if m not in METHODS]:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if "none" not in args.methods:
+        args.methods.insert(0, "none")  # the baseline every row is compared with
+    if not args.estimate and not args.out:
+        parser.error("--out is required (unless --estimate)")
+    return args
+
+
+def estimate(args: argparse.Namespace) -> dict[str, float]:
+    """Expected seconds per phase on this project's 2-core machine (RATES; the CD compile not included)."""
+    records = RATES["accepted"] * args.train
+    grid = pl.parse_grid(args.kd_grid)
+    adapters = sum(m in args.methods for m in ("sft", "rules+sft")) + ("kd" in args.methods) * len(grid)
+    kd = "kd" in args.methods
+    return {"teacher demonstrations": args.train * RATES["teacher_call"],
+            "teacher log-probabilities": kd * records * RATES["teacher_score"],
+            "student load": RATES["load"] if adapters else 0.0,
+            "training": adapters * records * args.epochs * RATES["lora_step"],
+            "conversion": adapters * RATES["convert"],
+            "KD selection on validation": kd * (len(grid) > 1) * len(grid) * args.val * RATES["target_call"]
+            * (args.select_on == "metric"),
+            "held-out scoring": len(args.methods) * args.test * RATES["target_call"]}
+
+
+def rules_program(args: argparse.Namespace, task, target: str, teacher) -> dspy.Module | None:
+    """CD's compiled program (from --rules or compiled here), or None when neither is given."""
+    from cd_dspy.integrate import load_program
+
+    if args.rules:
+        return load_program(task.make_program(), args.rules, allow_unsafe_lm_state=True)
+    if not args.cd_run_dir:
+        return None
+    from cd_dspy import ConceptDistillation
+
+    cd = ConceptDistillation(metric=task.metric_with_feedback, teacher_lm=teacher, target_lm=pl.serve(target),
+                             num_trials=args.trials, max_mistakes=args.max_mistakes, priming=args.priming,
+                             seed=args.seed, run_dir=args.cd_run_dir, num_threads=1, progress=False)
+    return cd.compile(task.make_program(), trainset=task.splits["train"], valset=task.splits["val"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv)
+    if args.estimate:
+        phases = estimate(args)
+        for phase, seconds in phases.items():
+            print(f"{phase:>28}: {seconds / 60:6.1f} min")
+        print(f"{'total':>28}: {sum(phases.values()) / 60:6.1f} min (plus the CD compile if --cd-run-dir)")
+        return phases
+    task = load_task(args.task, args.seed, {"train": args.train, "val": args.val, "test": args.test})
+    out, lm = Path(args.out), {k: v for k, v in (("max_tokens", args.max_tokens), ("grammar", args.grammar)) if v}
+    if args.task == SIMULATED and args.teacher == "simulated-solver":
+        from cd_dspy.distill.simulated import solving_teacher_lm
+
+        teacher = solving_teacher_lm()
+    else:
+        from cd_dspy.lms import local_lm
+
+        teacher = local_lm(args.teacher, role="teacher")
+    program, metric = task.make_program(), task.metric
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        ruled = rules_program(args, task, args.target, teacher)
+        if ruled is None:
+            args.methods = [m for m in args.methods if "rules" not in m]
+        scorer = None
+        if "kd" in args.methods:
+            scorer = LlamaScorer(model_file(args.kd_teacher or args.teacher), top_k=args.kd_top_k, n_ctx=args.kd_n_ctx)
+        try:
+            records, data = pl.build_records(program, task.splits["train"], teacher_lm=teacher, metric=metric,
+                                             priming=args.priming, scorer=scorer)
+        finally:
+            if scorer is not None:
+                scorer.close()
+        files = {"train": pl.save_records(records, out / "train.jsonl")}
+        trained = train_all(args, task, records, ruled, teacher, files, lm)
+        report = {"command": "python examples/distill_compare.py " + " ".join(argv or sys.argv[1:]),
+                  "task": args.task, "target": args.target, "teacher": args.teacher, "priming": args.priming,
+                  "splits": {k: len(v) for k, v in task.splits.items()}, "data": data, "files": files,
+                  "min_detectable_gain": min_detectable_gain(args.test, 0.05) if args.test else None, "rows": {}}
+        baseline = None
+        for method in args.methods:
+            started = time.perf_counter()
+            train_report, gguf = trained.get(method, (None, None))
+            shown = ruled if method.startswith("rules") else program
+            scores = pl.scores_on(shown, pl.serve(args.target, gguf, **lm), task.splits["test"], metric)
+            report["rows"][method] = pl.held_out_row(
+                scores, baseline, eval_seconds=round(time.perf_counter() - started, 1),
+                train=train_report.to_dict() if train_report else None)
+            baseline = baseline or scores
+    return write_report(out, "distill_compare", report, render)
+
+
+def train_all(args, task, records, ruled, teacher, files, lm) -> dict[str, tuple]:
+    """The adapters the methods need: method -> (TrainReport, adapter GGUF)."""
+    wanted = [m for m in ("sft", "kd", "rules+sft") if m in args.methods]
+    if not wanted:
+        return {}
+    model, tokenizer = load_student(args.student or args.target)
+    trainer = LoraTrainer(model, tokenizer, LoraSettings(rank=args.rank, alpha=args.lora_alpha), seed=args.seed)
+    settings = TrainSettings(mode="sft", epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, seed=args.seed,
+                             threads=args.train_threads)
+    out, trained = Path(args.out), {}
+    if "sft" in wanted:
+        trained["sft"] = pl.train_adapter(trainer, records, settings, out / "sft")
+    if "kd" in wanted:
+        if args.select_on == "loss":
+            val_records, _ = pl.build_records(task.make_program(), task.splits["val"], teacher_lm=teacher,
+                                              metric=task.metric, priming=args.priming)
+            files["val"] = pl.save_records(val_records, out / "val.jsonl")
+            score = pl.val_loss_scorer(trainer, val_records)
+        else:
+            score = pl.val_metric_scorer(task.make_program(), args.target, task.splits["val"], task.metric, **lm)
+        report, gguf, _ = pl.choose_kd(trainer, records, settings, pl.parse_grid(args.kd_grid), out / "kd", score)
+        trained["kd"] = (report, gguf)
+    if "rules+sft" in wanted:
+        restyled = with_student_view(records, ruled)
+        files["train_rules"] = pl.save_records(restyled, out / "train_rules.jsonl")
+        trained["rules+sft"] = pl.train_adapter(trainer, restyled, settings, out / "rules-sft")
+    return trained
+
+
+def render(report: dict) -> str:
+    data = report["data"]
+    names = {"none": "target, no help", "rules": "target + CD rules", "sft": "target + SFT (primed teacher)",
+             "kd": "target + logit KD", "rules+sft": "target + CD rules + SFT"}
+    lines = [f"# Rules vs weights on {report['task']} ({report['command']})", "",
+             f"Target {report['target']}, teacher {report['teacher']}, priming {report['priming']}; splits "
+             f"{report['splits']}. Teacher data: {data['records']} records from {data['accepted']} of "
+             f"{data['examples']} training examples ({data['rejected']} rejected by the metric, {data['failed']} "
+             f"failed), {data['seconds']:.0f} s.", "", pl.TABLE_HEADER]
+    lines += [pl.format_row(names[m], row) for m, row in report["rows"].items()]
+    kd = (report["rows"].get("kd") or {}).get("train") or {}
+    if kd.get("extra", {}).get("kd_grid"):
+        lines += ["", "KD settings (alpha, T) tried, chosen on validation data: " + ", ".join(
+            f"{g['alpha']:g}/{g['temperature']:g} -> {g['validation']:.3f}" for g in kd["extra"]["kd_grid"])]
+    gain, n = report.get("min_detectable_gain"), report["splits"]["test"]
+    if gain is not None:
+        lines += ["", f"With {n} held-out examples, a paired sign test at 5% can only tell a gain of about "
+                  f"{gain:.0f} points from noise." if gain <= 100 else
+                  f"With {n} held-out examples, no gain can be told from noise by a paired sign test at 5%."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
