@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +36,17 @@ from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector
 from cd_dspy.shared_store import ScoreStore
 from cd_dspy.usage import TARGET, UsageMeter
-from cd_dspy.workers import STATE, WorkerError, _examples, guarded, load_attribute, public_url, rdb_storage
+from cd_dspy.workers import (
+    REFUSED,
+    STATE,
+    WorkerError,
+    _examples,
+    guarded,
+    load_attribute,
+    public_url,
+    rdb_storage,
+    run_one,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +134,11 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
                                "adapter": load_attribute(spec["adapter"])() if spec["adapter"] else None}
     trials = 0
     with dspy.context(**context), quiet_example_errors():
-        _check_rebuild(spec, program_key(program_with([])), evaluator)
+        try:
+            _check_rebuild(spec, program_key(program_with([])), evaluator)
+        except WorkerError as exc:  # the main process logs it (else it would wait for this worker in silence)
+            opt_study.set_user_attr(f"{REFUSED}{socket.gethostname()}:{os.getpid()}", str(exc))
+            raise
         selector = RuleSelector(program_with, [Rule.from_dict(r) for r in spec["rules"]], evaluator,
                                 indices=spec["search"], num_trials=spec["num_trials"], seed=spec["seed"],
                                 storage=None, study_name=name, minibatch_size=None, study=opt_study)
@@ -132,8 +147,8 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
         logger.info("Worker: joined study %s on %s", name, public_url(storage))
         while max_trials is None or trials < max_trials:
             if opt_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                opt_study.optimize(objective, n_trials=1, catch=())
-                trials, idle_since = trials + 1, time.monotonic()
+                trials += run_one(opt_study, objective)
+                idle_since = time.monotonic()
             elif opt_study.user_attrs.get(STATE, {}).get("state") == "done":
                 break
             elif time.monotonic() - idle_since > wait:

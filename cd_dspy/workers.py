@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 STATE = "cd_dspy.workers"  # study user attribute: {"state": "search" | "done", "published": time}
 SLOT = "cd_dspy.slot"  # trial user attribute: the position the main process planned it at (kept by retries)
 ERROR = "cd_dspy.error"  # trial user attribute: why a worker's objective raised
+REFUSED = "cd_dspy.refused."  # study user attribute prefix: why the worker host:pid would not join
 USAGE = "cd_dspy.usage"  # trial user attribute: [target calls, prompt tokens, completion tokens] of a worker
 
 
@@ -159,6 +160,12 @@ class DistributedSelector(RuleSelector):
         self._next_slot = 1 + max((t.user_attrs[SLOT] for t in self._all()), default=-1)
         self._round = 0
         self._reported: set[int] = set()
+        self._refusals: set[str] = set(k for k in self.study.user_attrs if k.startswith(REFUSED))
+        self._old_failures = {t.number for t in self._all() if t.state == TrialState.FAIL}
+        for t in self._trials():  # a rerun after a worker's error (or retries spent) tries those trials again
+            if t.state == TrialState.FAIL:
+                attrs = {k: v for k, v in t.user_attrs.items() if k in ("enqueued", SLOT)}
+                self.study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs=attrs)
 
     def run(self) -> Selection:
         try:
@@ -229,13 +236,15 @@ class DistributedSelector(RuleSelector):
         last_change, last_log, finished = time.monotonic(), 0.0, -1
         while True:
             if self.workers.evaluate_in_main and any(t.state == TrialState.WAITING for t in self._all()):
-                self.study.optimize(objective, n_trials=1, catch=())
+                run_one(self.study, objective)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, then retried
             trials = self._all()
             self._report(trials)
-            failed = [t for t in trials if t.state == TrialState.FAIL and ERROR in t.user_attrs]
+            self._log_refusals()
+            failed = [t for t in trials if t.state == TrialState.FAIL and ERROR in t.user_attrs
+                      and t.number not in self._old_failures]
             if failed:
                 raise WorkerError(f"a worker failed on trial {failed[0].number}: {failed[0].user_attrs[ERROR]}. "
                                   "Fix the cause and rerun the compile (finished trials and scores are kept).")
@@ -259,6 +268,12 @@ class DistributedSelector(RuleSelector):
             raise WorkerError(f"trial {lost[0].number} ({subset_of(lost[0].params, self.rules)}) failed "
                               f"{self.workers.max_retry + 1} times (its workers died); rerun the compile.")
 
+    def _log_refusals(self) -> None:
+        for key, why in self.study.user_attrs.items():
+            if key.startswith(REFUSED) and key not in self._refusals:
+                self._refusals.add(key)
+                logger.warning("Select: worker %s did not join: %s", key[len(REFUSED):], why)
+
     def _report(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         for t in trials:
             if t.state != TrialState.COMPLETE or t.number in self._reported:
@@ -274,6 +289,20 @@ class DistributedSelector(RuleSelector):
                         t.user_attrs.get("cd_dspy.worker", "?"))
             if self.on_trial:
                 self.on_trial(record, self.best)
+
+
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> bool:
+    """Evaluate one waiting trial; False when another process had finished it first. Optuna takes a waiting
+    trial under a row lock on PostgreSQL and MySQL; SQLite has none, so two local workers may now and then
+    both take one trial (and pay for it twice): the second one's result is dropped."""
+    try:
+        study.optimize(objective, n_trials=1, catch=())
+        return True
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a "):
+            raise  # the objective's own error (a MetricError, say)
+        logger.info("Select: a trial was finished by another process first (%s).", exc)
+        return False
 
 
 def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None = None
