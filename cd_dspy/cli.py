@@ -1,7 +1,9 @@
-"""The `cd-dspy` command: compile, evaluate, models, report.
+"""The `cd-dspy` command: compile, worker, evaluate, models, report.
 
     cd-dspy compile            # the main job: math-basic, 0.5B target, 1.5B teacher (see the README for its time)
     cd-dspy evaluate --task math --load runs/math/program.json --lm qwen2.5-coder-0.5b --n 20
+    cd-dspy compile --task simulated --target simulated-target --teacher simulated-teacher --storage URL --workers
+    cd-dspy worker --storage URL --study concept-distillation     # on each machine, during that compile
     cd-dspy models
     cd-dspy report runs/math
     cd-dspy migrate --task math-basic --source qwen2.5-coder-1.5b --target qwen2.5-coder-0.5b --run-dir runs/mig
