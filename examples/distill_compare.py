@@ -2,7 +2,7 @@
 teacher's demonstrations, with logit KD from the teacher, and with rules + SFT together. Held-out scores with
 95% intervals and a paired sign test against no help; training time and peak memory per adapter.
 
-    python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --epochs 1 \
+    python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --epochs 1 --lr 1e-3 \
         --rules runs/mb/program.json --priming ground_truth --out examples/results/distill_compare_math_basic
     python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --estimate   # time only
 
@@ -83,8 +83,8 @@ def estimate(args: argparse.Namespace) -> dict[str, float]:
             "student load": RATES["load"] if adapters else 0.0,
             "training": adapters * records * args.epochs * RATES["lora_step"],
             "conversion": adapters * RATES["convert"],
-            "KD selection on validation": kd * (len(grid) > 1) * len(grid) * args.val * RATES["target_call"]
-            * (args.select_on == "metric"),
+            "KD selection on validation": kd * (len(grid) > 1) * args.val * (
+                len(grid) * RATES["target_call"] if args.select_on == "metric" else RATES["teacher_call"]),
             "held-out scoring": len(args.methods) * args.test * RATES["target_call"]}
 
 
@@ -102,6 +102,14 @@ def rules_program(args: argparse.Namespace, task, target: str, teacher) -> dspy.
                              num_trials=args.trials, max_mistakes=args.max_mistakes, priming=args.priming,
                              seed=args.seed, run_dir=args.cd_run_dir, num_threads=1, progress=False)
     return cd.compile(task.make_program(), trainset=task.splits["train"], valset=task.splits["val"])
+
+
+def holds_rules(program: dspy.Module, ruled: dspy.Module) -> bool:
+    """True when `ruled` (CD's compiled program) differs from `program` in some predictor's instructions or
+    conditional rules."""
+    pairs = zip(program.named_predictors(), ruled.named_predictors(), strict=True)
+    return any(a.signature.instructions != b.signature.instructions or getattr(b, "conditional_rules", None)
+               for (_, a), (_, b) in pairs)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,6 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     program, metric = task.make_program(), task.metric
     with dspy.context(adapter=dspy.JSONAdapter()):
         ruled = rules_program(args, task, args.target, teacher)
+        notes = []
+        if ruled is not None and not holds_rules(program, ruled):
+            notes.append("CD's program holds no rules (its compile confirmed none): the rules rows are left out.")
+            ruled = None
         if ruled is None:
             args.methods = [m for m in args.methods if "rules" not in m]
         scorer = None
@@ -141,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
         report = {"command": "python examples/distill_compare.py " + " ".join(argv or sys.argv[1:]),
                   "task": args.task, "target": args.target, "teacher": args.teacher, "priming": args.priming,
                   "splits": {k: len(v) for k, v in task.splits.items()}, "data": data, "files": files,
-                  "min_detectable_gain": min_detectable_gain(args.test, 0.05) if args.test else None, "rows": {}}
+                  "min_detectable_gain": min_detectable_gain(args.test, 0.05) if args.test else None,
+                  "notes": notes, "rows": {}}
         baseline = None
         for method in args.methods:
             started = time.perf_counter()
@@ -198,6 +211,7 @@ def render(report: dict) -> str:
     if kd.get("extra", {}).get("kd_grid"):
         lines += ["", "KD settings (alpha, T) tried, chosen on validation data: " + ", ".join(
             f"{g['alpha']:g}/{g['temperature']:g} -> {g['validation']:.3f}" for g in kd["extra"]["kd_grid"])]
+    lines += [f"\n{note}" for note in report.get("notes", [])]
     gain, n = report.get("min_detectable_gain"), report["splits"]["test"]
     if gain is not None:
         lines += ["", f"With {n} held-out examples, a paired sign test at 5% can only tell a gain of about "

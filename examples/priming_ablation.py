@@ -4,8 +4,8 @@ test). Strategies: cd_dspy.priming (none, teacher, confidence and ground_truth, 
 gold shown; gold, the gold answer shown and to be justified, which also lets the teacher see the metric's
 feedback).
 
-    python examples/priming_ablation.py --task math-basic --train 16 --val 16 --test 24 --trials 4 \
-        --max-mistakes 6 --out examples/results/priming_ablation_math_basic
+    python examples/priming_ablation.py --task math-basic --train 12 --val 16 --test 24 --trials 4 \
+        --max-mistakes 4 --verify-correct 4 --out examples/results/priming_ablation_math_basic
     python examples/priming_ablation.py --task simulated --train 12 --val 24 --test 12 --out /tmp/ablation
 
 Each strategy compiles in its own run directory under <out>/runs/<strategy> (a rerun resumes); the target's
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--strategies", default=",".join(ORDER), help="comma-separated cd_dspy.priming names")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--max-mistakes", type=int, default=6)
+    parser.add_argument("--verify-correct", type=int, default=8, help="correct examples each rule is tried on")
     parser.add_argument("--conditional-rules", action="store_true")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
             started = time.perf_counter()
             cd = ConceptDistillation(metric=metric, teacher_lm=teacher, target_lm=target, priming=strategy,
                                      num_trials=args.trials, max_mistakes=args.max_mistakes, seed=args.seed,
+                                     verify_correct=args.verify_correct,
                                      conditional_rules=args.conditional_rules, num_threads=1, progress=False,
                                      run_dir=Path(args.out) / "runs" / strategy)
             compiled = cd.compile(task.make_program(), trainset=task.splits["train"], valset=task.splits["val"])

@@ -203,6 +203,7 @@ def test_distill_compare_example_on_the_tiny_model(tiny, tmp_path):
                           "--student", str(tiny.hf), "--train", "5", "--val", "2", "--test", "3", "--rules",
                           str(rules), "--methods", "rules+sft", "--max-steps", "2", "--lr", "1e-2",
                           "--max-tokens", "6", "--grammar", "never", "--out", str(tmp_path / "cmp")])
+    assert module.holds_rules(program, dspy.ChainOfThought("question -> answer: float")) is False
     assert list(report["rows"]) == ["none", "rules+sft"]  # no help is always the baseline
     assert report["rows"]["rules+sft"]["train"]["steps"] == 2 and "vs_baseline" in report["rows"]["rules+sft"]
     restyled = validate_jsonl(tmp_path / "cmp" / "train_rules.jsonl")

@@ -289,7 +289,7 @@ class LoraTrainer:
         """Save the adapter (peft format) and, in `adapter_dir/base`, the base model's config and tokenizer
         (what llama.cpp's convert_lora_to_gguf.py needs as --base)."""
         out = Path(adapter_dir)
-        self.model.save_pretrained(str(out))
+        self.model.save_pretrained(str(out), save_embedding_layers=False)  # LoRA on attention only
         save_base_config(self.model.get_base_model(), self.tokenizer, out / "base")
         return out
 
