@@ -2,18 +2,21 @@
 teacher's demonstrations, with logit KD from the teacher, and with rules + SFT together. Held-out scores with
 95% intervals and a paired sign test against no help; training time and peak memory per adapter.
 
-    python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --epochs 1 --lr 1e-3 \
-        --rules runs/mb/program.json --priming ground_truth --out examples/results/distill_compare_math_basic
-    python examples/distill_compare.py --task math-basic --train 24 --val 8 --test 40 --estimate   # time only
+    python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --epochs 1 --lr 1e-3 \
+        --rules-run-dir runs/i8-math-cond --priming ground_truth --out examples/results/distill_compare_math_basic
+    python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --estimate   # time only
 
 The KD adapter's (alpha, temperature) is chosen on --val by --select-on (never on the test split). The
-rules come from --rules (a `cd-dspy compile` program.json) or from a compile run here (--cd-run-dir).
+rules come from --rules (a `cd-dspy compile` program.json), --rules-run-dir (a finished compile) or a compile
+run here (--cd-run-dir). Use the compile's --train/--val/--seed: the splits are cut from one seeded sequence,
+so other sizes would put the compile's training or validation problems into this test split.
 "rules + SFT" trains its own adapter on the same teacher replies shown under the rules' system prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +45,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--student", help="the target's weights as a Hugging Face dir (default: its GGUF)")
     parser.add_argument("--priming", default="ground_truth")
     parser.add_argument("--rules", help="program.json of `cd-dspy compile` on this task (the CD rules)")
+    parser.add_argument("--rules-run-dir", help="or a finished compile's run dir on the same split: its confirmed "
+                        "rules, else its search's best subset (chosen on validation data, not confirmed)")
     parser.add_argument("--cd-run-dir", help="or compile CD here on the same split (resumable run directory)")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--max-mistakes", type=int, default=6)
@@ -88,12 +93,27 @@ def estimate(args: argparse.Namespace) -> dict[str, float]:
             "held-out scoring": len(args.methods) * args.test * RATES["target_call"]}
 
 
-def rules_program(args: argparse.Namespace, task, target: str, teacher) -> dspy.Module | None:
-    """CD's compiled program (from --rules or compiled here), or None when neither is given."""
-    from cd_dspy.integrate import load_program
+def rules_program(args: argparse.Namespace, task, target: str, teacher, notes: list[str]) -> dspy.Module | None:
+    """CD's compiled program (from --rules, --rules-run-dir or compiled here), or None when none is given."""
+    from cd_dspy.integrate import load_program, with_rules
 
     if args.rules:
         return load_program(task.make_program(), args.rules, allow_unsafe_lm_state=True)
+    if args.rules_run_dir:
+        from cd_dspy.result import ConceptDistillationResult
+
+        result = ConceptDistillationResult.from_dict(json.loads((Path(args.rules_run_dir) / "result.json").read_text()))
+        if (result.n_train, result.n_val) != (args.train, args.val):
+            raise SystemExit(f"{args.rules_run_dir} was compiled on {result.n_train} train / {result.n_val} val "
+                             f"examples; pass --train {result.n_train} --val {result.n_val} so that the test split "
+                             "holds the same held-out problems (the splits are cut from one seeded sequence).")
+        ids = result.selected_rule_ids or (result.candidates[0]["rule_ids"] if result.candidates else [])
+        rules = [r for r in result.rules if r.id in ids]
+        conditional = bool(result.settings.get("conditional_rules"))
+        status = "confirmed" if result.selected_rule_ids else "the search's best subset, not confirmed"
+        notes.append(f"CD rules from {args.rules_run_dir} ({status}; {'conditional' if conditional else 'always on'})"
+                     ": " + "; ".join(r.text for r in rules))
+        return with_rules(task.make_program(), rules, conditional=conditional)
     if not args.cd_run_dir:
         return None
     from cd_dspy import ConceptDistillation
@@ -132,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = local_lm(args.teacher, role="teacher")
     program, metric = task.make_program(), task.metric
     with dspy.context(adapter=dspy.JSONAdapter()):
-        ruled = rules_program(args, task, args.target, teacher)
-        notes = []
+        notes: list[str] = []
+        ruled = rules_program(args, task, args.target, teacher, notes)
         if ruled is not None and not holds_rules(program, ruled):
             notes.append("CD's program holds no rules (its compile confirmed none): the rules rows are left out.")
             ruled = None

@@ -373,3 +373,31 @@ def test_priming_ablation_script_on_the_simulated_world(tmp_path):
     table = (tmp_path / "abl" / "priming_ablation.md").read_text()
     assert "| gold |" in table and "| none |" in table
     assert len(PRIMING_STRATEGIES) == 5
+
+
+def test_distill_compare_takes_the_rules_of_a_finished_compile_on_the_same_split(tmp_path):
+    from cd_dspy.result import ConceptDistillationResult
+
+    sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location("distill_compare", EXAMPLES / "distill_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rules = [Rule(id="R1", text=HELPFUL_RULES["units"], predictor="predict"),
+             Rule(id="R2", text=HELPFUL_RULES["vans"], predictor="predict")]
+    result = ConceptDistillationResult(n_train=8, n_val=12, rules=rules, candidates=[{"rule_ids": ["R2"]}],
+                                       settings={"conditional_rules": False})
+    (tmp_path / "result.json").write_text(json.dumps(result.to_dict()))
+    from bench_lib import load_task
+
+    task = load_task("simulated", 0, {"train": 8, "val": 12, "test": 4})
+    args = module.arguments(["--task", "simulated", "--train", "8", "--val", "12", "--test", "4",
+                             "--rules-run-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    notes: list[str] = []
+    ruled = module.rules_program(args, task, "unused", None, notes)
+    assert module.holds_rules(task.make_program(), ruled)
+    assert HELPFUL_RULES["vans"] in ruled.predict.signature.instructions
+    assert HELPFUL_RULES["units"] not in ruled.predict.signature.instructions
+    assert "not confirmed" in notes[0]
+    args.val = 16
+    with pytest.raises(SystemExit, match="pass --train 8 --val 12"):
+        module.rules_program(args, task, "unused", None, [])
