@@ -91,6 +91,16 @@ def load_task_and_splits(args):
     return task, splits, metric
 
 
+def chosen_adapter(args: argparse.Namespace) -> str:
+    """--adapter, else the task's default (the harness measured best for it), else json."""
+    if getattr(args, "adapter", None):
+        return args.adapter
+    from cd_dspy.programs import TASKS
+
+    task = TASKS.get(getattr(args, "task", None) or "")
+    return task.adapter if task else "json"
+
+
 def adapter_context(name: str):
     """A `dspy.context` with the chosen adapter (the CLI never changes DSPy's global settings)."""
     import dspy
@@ -253,8 +263,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="parallel LM calls (default: 1 for embedded models, else DSPy's num_threads)")
-    parser.add_argument("--adapter", choices=["json", "chat"], default="json",
-                        help="DSPy adapter (json: grammar-constrained JSON on local models)")
+    parser.add_argument("--adapter", choices=["json", "chat"], default=None,
+                        help="DSPy adapter (default: the task's measured best; json: grammar-constrained JSON)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("dspy").setLevel(logging.ERROR)
     try:
-        with adapter_context(getattr(args, "adapter", "json")):
+        with adapter_context(chosen_adapter(args)):
             return args.func(args)
     except CLIError as exc:
         print(f"cd-dspy: error: {exc}", file=sys.stderr)

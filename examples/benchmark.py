@@ -42,6 +42,8 @@ from pathlib import Path
 
 import dspy
 
+from cd_dspy.programs import get_task
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lib import (  # noqa: E402
@@ -76,7 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="examples/results/benchmark", help="output prefix (no extension)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="parallel program calls (1 for embedded local LMs)")
-    p.add_argument("--adapter", choices=["chat", "json"], default="chat", help="DSPy adapter for every method")
+    p.add_argument("--adapter", choices=["chat", "json"], default=None,
+                   help="DSPy adapter for every method (default: the task's measured best; chat for simulated)")
     p.add_argument("--retry-errors", action="store_true", help="rerun methods recorded with an error")
     p.add_argument("--fresh", action="store_true", help="ignore (overwrite) an existing <out>.json")
     args = p.parse_args(argv)
@@ -100,6 +103,7 @@ class Benchmark:
             self.target, self.teacher = simulated_lms()
         else:
             self.target, self.teacher = make_lm(args.target, "target"), make_lm(args.teacher, "teacher")
+        self.adapter_name = args.adapter or ("chat" if args.task == SIMULATED else get_task(args.task).adapter)
         self.peer_budget = target_budget(len(self.train), len(self.val), args.trials)  # until CD has run
 
     @property
@@ -110,7 +114,7 @@ class Benchmark:
         a = self.args
         return {"task": a.task, "target": a.target if a.task != SIMULATED else "simulated-target",
                 "teacher": a.teacher if a.task != SIMULATED else "simulated-teacher", "trials": a.trials,
-                "seed": a.seed, "threads": a.threads, "adapter": a.adapter,
+                "seed": a.seed, "threads": a.threads, "adapter": self.adapter_name,
                 "planned_peer_budget": target_budget(len(self.train), len(self.val), a.trials),
                 "dspy_version": dspy.__version__}
 
@@ -119,7 +123,7 @@ class Benchmark:
                             adapter=self.adapter(), max_errors=10**6)  # a parse failure scores 0, not an abort
 
     def adapter(self) -> dspy.Adapter:
-        return {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter}[self.args.adapter]()
+        return {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter}[self.adapter_name]()
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, method: str, meter: BenchMeter) -> tuple[dspy.Module, dict]:

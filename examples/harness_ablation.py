@@ -114,10 +114,11 @@ def summarise(task: str, n: int, rows: list[dict], model: str) -> dict:
                  "parse_failures": sum(r["parse_failure"] for r in rs), "truncated": sum(r["truncated"] for r in rs),
                  "mean_output_tokens": sum(r["output_tokens"] for r in rs) / len(rs),
                  "seconds_per_call": sum(uncached) / len(uncached) if uncached else None}
-        if reference and v != "plain-chat" and len(reference) == len(rs):
-            cmp = paired_difference(scores, [r["score"] for r in reference])
-            entry["vs_plain_chat"] = {"difference": cmp.difference, "p_value": cmp.p_two_sided,
-                                      "wins": cmp.wins, "losses": cmp.losses}
+        for key, other in (("vs_plain_chat", reference), ("vs_json_cot", by.get("json-cot"))):
+            if other and other is not rs and len(other) == len(rs):
+                cmp = paired_difference(scores, [r["score"] for r in other])
+                entry[key] = {"difference": cmp.difference, "p_value": cmp.p_two_sided,
+                              "wins": cmp.wins, "losses": cmp.losses}
         out["variants"][v] = entry
     return out
 
@@ -125,15 +126,24 @@ def summarise(task: str, n: int, rows: list[dict], model: str) -> dict:
 def write_markdown(summary: dict, path: Path, command: str) -> None:
     lines = [f"# Harness ablation: {summary['task']}, {summary['model']}, {summary['n']} training problems", "",
              f"Command: `{command}`", "",
+             "Paired columns: difference in points on the same problems, problems better/worse, exact two-sided "
+             "sign test. json-cot is the built-in program's old harness (JSONAdapter, chain of thought). "
+             "Seconds per call were measured while other jobs shared the 2 cores: compare them only roughly "
+             "(examples/bench_calls.py times configurations side by side).", "",
              "| variant | score % | 95% interval | parse failures | truncated | mean output tokens | s/call "
-             "| vs plain chat (paired) |", "|---|---|---|---|---|---|---|---|"]
+             "| vs plain chat (paired) | vs json-cot (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def paired(vs: dict | None, name: str, ref: str) -> str:
+        if vs:
+            return f"{vs['difference']:+.1f} pts ({vs['wins']} better, {vs['losses']} worse, p={vs['p_value']:.3f})"
+        return "reference" if name == ref else "-"
+
     for v, e in summary["variants"].items():
-        vs = e.get("vs_plain_chat")
-        vs_txt = (f"{vs['difference']:+.1f} pts ({vs['wins']} better, {vs['losses']} worse, p={vs['p_value']:.3f})"
-                  if vs else "reference" if v == "plain-chat" else "-")
         spc = f"{e['seconds_per_call']:.1f}" if e["seconds_per_call"] else "cached"
         lines.append(f"| {v} | {e['score']:.1f} | [{e['interval'][0]:.1f}, {e['interval'][1]:.1f}] | "
-                     f"{e['parse_failures']} | {e['truncated']} | {e['mean_output_tokens']:.0f} | {spc} | {vs_txt} |")
+                     f"{e['parse_failures']} | {e['truncated']} | {e['mean_output_tokens']:.0f} | {spc} | "
+                     f"{paired(e.get('vs_plain_chat'), v, 'plain-chat')} | "
+                     f"{paired(e.get('vs_json_cot'), v, 'json-cot')} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -170,7 +180,8 @@ def main() -> None:
     rows = [r for r in done if r["variant"] in chosen and r["index"] < args.n]
     summary = summarise(args.task, args.n, rows, args.model)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    command = f"python examples/harness_ablation.py --task {args.task} --n {args.n} --out {args.out}"
+    command = f"python examples/harness_ablation.py --task {args.task} --n {args.n} --out {args.out}" + \
+        (f" --variants {args.variants}" if args.variants else "")
     write_markdown(summary, out.with_suffix(".md"), command)
     print(out.with_suffix(".md").read_text())
 

@@ -22,6 +22,7 @@ class Task:
     metric_with_feedback: Callable | None = field(default=None, repr=False)
     default_sizes: dict[str, int] = field(default_factory=dict)
     description: str = ""
+    adapter: str = "json"  # the DSPy adapter measured best for this task's program (examples/harness_ablation.py)
 
     def load_splits(self, seed: int = 0, sizes: dict[str, int] | None = None,
                     path: str | None = None) -> dict[str, list]:
@@ -124,18 +125,23 @@ def _lazy(module: str, name: str) -> Callable:
 _NUM = _lazy("cd_dspy.programs.math_word", "numeric_match")
 _NUM_FB = _lazy("cd_dspy.programs.math_word", "numeric_match_with_feedback")
 _MATH_SIZES = {"train": 200, "val": 100, "test": 200}
+# ChatAdapter: measured on math-basic with the 0.5B (examples/results/harness_math_basic.md), chain of thought
+# under the JSON grammar scored far below the same program under ChatAdapter; the math tasks share the program.
+_MATH_ADAPTER = "chat"
 
 TASKS: dict[str, Task] = {
     "math": Task("math", _math_solver, _math_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
-                 "generated multi-step word problems, chain-of-thought solver"),
+                 "generated multi-step word problems, chain-of-thought solver", adapter=_MATH_ADAPTER),
     "math-basic": Task("math-basic", _math_solver, _math_basic_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
-                       "generated one- or two-step word problems (rounding, remainders, clocks, units)"),
+                       "generated one- or two-step word problems (rounding, remainders, clocks, units)",
+                       adapter=_MATH_ADAPTER),
     "math-plan": Task("math-plan", _plan_then_solve, _math_loader, _NUM, _NUM_FB, dict(_MATH_SIZES),
-                      "generated word problems, two predictors: plan then solve"),
+                      "generated word problems, two predictors: plan then solve", adapter=_MATH_ADAPTER),
     "gsm8k": Task("gsm8k", _math_solver, _hub_loader("gsm8k"), _NUM, _NUM_FB, dict(_MATH_SIZES),
-                  "GSM8K (hub or local JSONL via path)"),
+                  "GSM8K (hub or local JSONL via path)", adapter=_MATH_ADAPTER),
     "multiarith": Task("multiarith", _math_solver, _hub_loader("multiarith"), _NUM, _NUM_FB,
-                       {"train": 100, "val": 50, "test": 150}, "MultiArith (hub or local JSONL via path)"),
+                       {"train": 100, "val": 50, "test": 150}, "MultiArith (hub or local JSONL via path)",
+                       adapter=_MATH_ADAPTER),
     "simulated": Task("simulated", _simulated_program, _simulated_loader,
                       _lazy("cd_dspy.simulated", "answer_match"), None, {"train": 16, "val": 16, "test": 16},
                       "the simulated world of cd_dspy.simulated (use --target/--teacher simulated-*)"),
