@@ -2,7 +2,7 @@
 teacher's demonstrations, with logit KD from the teacher, and with rules + SFT together. Held-out scores with
 95% intervals and a paired sign test against no help; training time and peak memory per adapter.
 
-    python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --epochs 1 --lr 1e-3 \
+    python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --epochs 1 \
         --rules-run-dir runs/i8-math-cond --priming ground_truth --out examples/results/distill_compare_math_basic
     python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --estimate   # time only
 
@@ -58,7 +58,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--select-on", choices=pl.SELECT_ON, default="metric")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--lora-alpha", type=float, default=8.0)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--max-tokens", type=int)

@@ -62,7 +62,7 @@ class TrainSettings:
     mode: str = "sft"
     epochs: int = 1
     max_steps: int | None = None
-    lr: float = 2e-4
+    lr: float = 1e-3  # sized for the few dozen records a CPU run affords; lower it for thousands
     grad_accum: int = 1
     kd_alpha: float = 0.5
     kd_temperature: float = 2.0
