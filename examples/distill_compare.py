@@ -24,17 +24,20 @@ from pathlib import Path
 import dspy
 from bench_lib import SIMULATED, load_task, split_arguments, write_report
 
+from cd_dspy.cli import adapter_context
 from cd_dspy.distill import LlamaScorer, LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
 from cd_dspy.distill import pipeline as pl
 from cd_dspy.distill.student import model_file
+from cd_dspy.programs import TASKS
 from cd_dspy.stats import min_detectable_gain
 
 METHODS = ("none", "rules", "sft", "kd", "rules+sft")
-# Rates for --estimate, measured on this project's 2-core machine (README): a 0.5B call on math-basic with the
-# JSON grammar ~6.7 s (~220 prompt tokens at ~280 tok/s, ~120 reply tokens at ~25 tok/s under the grammar); the
-# 1.5B about 3x slower; one LoRA step of the 0.5B on a ~340-token record ~10-20 s (a same-shape random model
-# measured 19 s under load); loading the 0.5B through transformers ~60 s; one conversion ~10 s.
-RATES = {"target_call": 6.7, "teacher_call": 20.0, "teacher_score": 4.0, "lora_step": 15.0, "load": 60.0,
+# Rates for --estimate, measured on this project's 2-core machine: a 0.5B chain-of-thought call on math-basic
+# 6.7 s (JSON grammar, idle cores; README) to 10.7 s (ChatAdapter, shared cores; harness_math_basic.md), ~220
+# prompt and ~100 reply tokens; the 1.5B about 3x slower; one LoRA step of the 0.5B on a ~340-token record
+# 10-20 s (a same-shape random model measured 19 s on shared cores); loading the 0.5B through transformers
+# ~35-60 s; one conversion ~10 s; the 1.5B accepted by the metric on ~85% of problems.
+RATES = {"target_call": 8.0, "teacher_call": 24.0, "teacher_score": 4.0, "lora_step": 15.0, "load": 60.0,
          "convert": 10.0, "accepted": 0.85}
 
 
@@ -65,6 +68,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grammar", choices=["always", "on_failure", "never"])
     parser.add_argument("--train-threads", type=int)
     parser.add_argument("--estimate", action="store_true", help="print the expected time on 2 cores and exit")
+    parser.add_argument("--adapter", choices=["json", "chat"], help="default: the task's (math: chat)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         teacher = local_lm(args.teacher, role="teacher")
     program, metric = task.make_program(), task.metric
-    with dspy.context(adapter=dspy.JSONAdapter()):
+    with adapter_context(args.adapter or TASKS[args.task].adapter):
         notes: list[str] = []
         ruled = rules_program(args, task, args.target, teacher, notes)
         if ruled is not None and not holds_rules(program, ruled):

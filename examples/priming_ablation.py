@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import dspy
 from bench_lib import SIMULATED, held_out_record, load_task, make_lm, simulated_lms, split_arguments, write_report
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.cli import per_example_scores
+from cd_dspy.cli import adapter_context, per_example_scores
 from cd_dspy.priming import PRIMING_STRATEGIES
+from cd_dspy.programs import TASKS
 
 ORDER = ("none", "teacher", "confidence", "ground_truth", "gold")
 
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-mistakes", type=int, default=6)
     parser.add_argument("--verify-correct", type=int, default=8, help="correct examples each rule is tried on")
     parser.add_argument("--conditional-rules", action="store_true")
+    parser.add_argument("--adapter", choices=["json", "chat"], help="default: the task's (math: chat)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": "python examples/priming_ablation.py " + " ".join(argv or sys.argv[1:]),
               "task": args.task, "target": args.target, "teacher": args.teacher,
               "splits": {k: len(v) for k, v in task.splits.items()}, "strategies": {}}
-    with dspy.context(adapter=dspy.JSONAdapter()):
+    with adapter_context(args.adapter or TASKS[args.task].adapter):
         base = task.make_program()
         base.set_lm(target)
         baseline = per_example_scores(base, test, metric, 1) if test else []
