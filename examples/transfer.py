@@ -24,7 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lib import write_report  # noqa: E402
 
-from cd_dspy.cli import _data_arguments, adapter_context, load_task_and_splits, make_program, resolve_lm  # noqa: E402
+from cd_dspy.cli import (  # noqa: E402
+    _data_arguments,
+    adapter_context,
+    chosen_adapter,
+    load_task_and_splits,
+    make_program,
+    resolve_lm,
+)
 from cd_dspy.rulebook import FREE, Rulebook  # noqa: E402
 from cd_dspy.transfer import check_rulebook  # noqa: E402
 
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         books = [Rulebook([replace(r, status=FREE) for r in b.rules], b.learned, b.path) for b in books]
     task, splits, metric = load_task_and_splits(args)
     cells = []
-    with adapter_context(args.adapter):
+    with adapter_context(chosen_adapter(args)):
         for name in args.models:
             lm = resolve_lm(name, "target")
             for path, book in zip(args.rulebooks, books, strict=True):
