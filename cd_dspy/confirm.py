@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import dspy
 
 from cd_dspy.evaluation import CachedEvaluator
-from cd_dspy.result import Rule
+from cd_dspy.result import ConceptDistillationResult, Rule
 from cd_dspy.select import Selection
 from cd_dspy.stats import Comparison, min_detectable_gain, min_wins_for_significance, paired_difference
 
@@ -81,6 +82,20 @@ def split_sizes(n_val: int, confirm_fraction: float) -> tuple[int, int]:
     """(search, confirmation) sizes of a valset of `n_val` examples; each part gets at least one."""
     n_confirm = min(n_val - 1, max(1, round(n_val * confirm_fraction)))
     return n_val - n_confirm, n_confirm
+
+
+def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, confirm_fraction: float,
+                 alpha: float | None, top_k: int) -> tuple[list[int], list[int]]:
+    """Seeded disjoint (search, confirmation) index lists over a valset of `n_val` examples; their sizes,
+    the smallest detectable gain and a warning when the confirmation part is too small go into `result`."""
+    order = random.Random(seed + 1).sample(range(n_val), n_val)
+    _, n_confirm = split_sizes(n_val, confirm_fraction)
+    confirmation, search = sorted(order[:n_confirm]), sorted(order[n_confirm:])
+    result.n_search, result.n_confirm = len(search), len(confirmation)
+    result.min_detectable_gain, warning = small_sample_warning(len(confirmation), alpha, top_k, confirm_fraction)
+    if warning:
+        result.warnings.append(warning)
+    return search, confirmation
 
 
 def small_sample_warning(n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,

@@ -21,11 +21,15 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 
-from cd_dspy.result import Rule
+from cd_dspy.result import ConceptDistillationResult, Rule, format_score
+
+if TYPE_CHECKING:
+    from cd_dspy.confirm import Decision
+    from cd_dspy.select import Selection
 
 logger = logging.getLogger(__name__)
 RULES_HEADER = "Follow these rules:"
@@ -191,3 +195,33 @@ def save_program(compiled: dspy.Module, path: str | Path | None) -> None:
         bare = compiled.deepcopy()
         bare.set_lm(None)
         bare.save(str(path))
+
+
+def record_decision(result: ConceptDistillationResult, rules: list[Rule], selection: Selection,
+                    decision: Decision) -> list[Rule]:
+    """Write the search's trials and the confirmation's decision into `result` and each rule (selected,
+    effect); return the selected rules, those the compiled program holds."""
+    result.trials = selection.trials
+    result.search_baseline_score, result.search_best_score = selection.baseline_score, selection.best_score
+    result.baseline_score, result.best_score = decision.baseline_score, decision.chosen_score
+    result.candidates = decision.candidates
+    result.comparison = decision.comparison.to_dict() if decision.comparison else None
+    result.p_value = decision.comparison.p_greater if decision.comparison else None
+    for rule in rules:
+        effect = decision.effects.get(rule.id)
+        rule.selected = rule.id in decision.chosen
+        rule.effect = effect.difference if effect else None
+        rule.effect_interval = [effect.low, effect.high] if effect else None
+    result.rules, result.selected_rule_ids = rules, list(decision.chosen)
+    result.improved = bool(decision.chosen)
+    n = result.n_confirm
+    if decision.chosen:
+        result.message = (f"{len(decision.chosen)} of {len(rules)} rules selected; on {n} confirmation examples "
+                          f"the search never saw: {decision.comparison.describe()}.")
+    else:
+        tried = "; ".join(f"{c['rule_ids']}: {format_score(c['score'])} (p = {c['p_adjusted']:.3g} adjusted)"
+                          for c in decision.candidates) or "no subset beat the baseline on the search part"
+        result.message = (f"No rule subset was confirmed: baseline {format_score(decision.baseline_score)} on {n} "
+                          f"confirmation examples; candidates {tried}. Not distinguishable from the "
+                          "baseline, so the program is returned unchanged.")
+    return [r for r in rules if r.selected]

@@ -32,10 +32,11 @@ from cd_dspy.costs import USD, CompileClock, load_prices, migration_costs
 from cd_dspy.heldout import ExampleRecord, HeldOutRunner, RunSummary
 from cd_dspy.integrate import with_rules
 from cd_dspy.keys import lm_state
-from cd_dspy.optimizer import ConceptDistillation, default_threads
+from cd_dspy.optimizer import ConceptDistillation
 from cd_dspy.progress import Progress
 from cd_dspy.rulebook import export_rulebook, rule_provenance
 from cd_dspy.run_dir import RunDir
+from cd_dspy.settings import default_threads
 from cd_dspy.stats import Comparison, paired_difference, ratio_interval, score_summary
 
 logger = logging.getLogger("cd_dspy")

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -25,48 +23,28 @@ from dspy.teleprompt import Teleprompter
 from cd_dspy import keys, validation
 from cd_dspy.collect import ARTIFACTS as COLLECT_ARTIFACTS
 from cd_dspy.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
-from cd_dspy.confirm import Decision, confirm, small_sample_warning, split_sizes
+from cd_dspy.confirm import confirm, split_valset
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.failures import quiet_example_errors
 from cd_dspy.induce import ARTIFACTS as INDUCE_ARTIFACTS
 from cd_dspy.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mistakes, rule_id
-from cd_dspy.integrate import save_program, with_rules
+from cd_dspy.integrate import record_decision, save_program, with_rules
 from cd_dspy.progress import Progress
 from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
 from cd_dspy.rulebook import RULEBOOK_ORIGIN, load_rulebook
 from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials, delete_study
+from cd_dspy.settings import AUTO_PRESETS, Preset, default_threads
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
 from cd_dspy.verify import VERIFICATION_LOG, correct_sample, verify_rules
 from cd_dspy.workers import Workers, check_workers, distributed_selector
 
 logger = logging.getLogger("cd_dspy")
-
-
-@dataclass(frozen=True)
-class Preset:
-    max_mistakes: int
-    max_rules: int
-    num_trials: int
+__all__ = ["AUTO_PRESETS", "PHASE_ARTIFACTS", "ConceptDistillation", "Preset", "default_threads"]
 
 
 PHASE_ARTIFACTS = {"collect": COLLECT_ARTIFACTS, "induce": INDUCE_ARTIFACTS}
-
-AUTO_PRESETS = {
-    "light": Preset(max_mistakes=8, max_rules=5, num_trials=10),
-    "medium": Preset(max_mistakes=16, max_rules=8, num_trials=24),
-    "heavy": Preset(max_mistakes=32, max_rules=12, num_trials=48),
-}
-
-
-def default_threads(*lms: Any) -> int:
-    """DSPy's `num_threads` for remote LMs; 1 when an LM runs in this process (an embedded model gains
-    nothing from threads on a small machine, and calls queued past DSPy's straggler timeout would be
-    sent twice)."""
-    if any(not isinstance(getattr(lm, "_engine_spec", None), str | None) for lm in lms):
-        return 1
-    return int(dspy.settings.num_threads or 1)
 
 
 class ConceptDistillation(Teleprompter):
@@ -231,8 +209,10 @@ class ConceptDistillation(Teleprompter):
         metric = ScoredMetric(self.metric)
         checkpoint = lambda: run.write_json("progress.json", {**result.to_dict(), "usage": {  # noqa: E731
             k: v.to_dict() for k, v in meter.snapshot().items()}})
-        search, confirmation = self._split_valset(valset, result)  # warns up front when it is too small
-        for warning in result.warnings:
+        search, confirmation = split_valset(len(valset), result, seed=self.seed, confirm_fraction=self.confirm_fraction,
+                                            alpha=self.require_significance, top_k=self.confirm_top_k)
+        for warning in result.warnings:  # up front when the confirmation part is too small
+            logger.warning("Concept Distillation: %s", warning)
             progress.note(f"warning: {warning}")
         try:
             with self._phase("collect", result, progress):
@@ -277,7 +257,7 @@ class ConceptDistillation(Teleprompter):
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "
                               "returned unchanged.")
             return self._bind(base)
-        return self._integrate(base, rules, selection, decision, result)
+        return self._bind(base, record_decision(result, rules, selection, decision))
 
     def _phase(self, name: str, result: ConceptDistillationResult, progress: Progress):
         return progress.phase(name, result.phase_seconds)
@@ -350,19 +330,6 @@ class ConceptDistillation(Teleprompter):
         bar.close()
         run.write_json(RULES_FILE, [r.to_dict() for r in rules])
 
-    def _split_valset(self, valset, result) -> tuple[list[int], list[int]]:
-        """Seeded disjoint (search, confirmation) index lists over the valset."""
-        order = random.Random(self.seed + 1).sample(range(len(valset)), len(valset))
-        _, n_confirm = split_sizes(len(valset), self.confirm_fraction)
-        confirmation, search = sorted(order[:n_confirm]), sorted(order[n_confirm:])
-        result.n_search, result.n_confirm = len(search), len(confirmation)
-        result.min_detectable_gain, warning = small_sample_warning(
-            len(confirmation), self.require_significance, self.confirm_top_k, self.confirm_fraction)
-        if warning:
-            logger.warning("Concept Distillation: %s", warning)
-            result.warnings.append(warning)
-        return search, confirmation
-
     def _select(self, base, rules, evaluator: CachedEvaluator, search, run: RunDir, select_key: str, result,
                 progress, checkpoint) -> Selection:
         storage = self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None)
@@ -395,51 +362,10 @@ class ConceptDistillation(Teleprompter):
             raise BudgetExhausted(selection.stopped_early)
         return selection
 
-    def _integrate(self, base, rules: list[Rule], selection: Selection, decision: Decision, result) -> dspy.Module:
-        result.trials = selection.trials
-        result.search_baseline_score, result.search_best_score = selection.baseline_score, selection.best_score
-        result.baseline_score, result.best_score = decision.baseline_score, decision.chosen_score
-        result.candidates = decision.candidates
-        result.comparison = decision.comparison.to_dict() if decision.comparison else None
-        result.p_value = decision.comparison.p_greater if decision.comparison else None
-        for rule in rules:
-            effect = decision.effects.get(rule.id)
-            rule.selected = rule.id in decision.chosen
-            rule.effect = effect.difference if effect else None
-            rule.effect_interval = [effect.low, effect.high] if effect else None
-        result.rules, result.selected_rule_ids = rules, list(decision.chosen)
-        result.improved = bool(decision.chosen)
-        n = result.n_confirm
-        if decision.chosen:
-            result.message = (f"{len(decision.chosen)} of {len(rules)} rules selected; on {n} confirmation examples "
-                              f"the search never saw: {decision.comparison.describe()}.")
-        else:
-            tried = "; ".join(f"{c['rule_ids']}: {format_score(c['score'])} (p = {c['p_adjusted']:.3g} adjusted)"
-                              for c in decision.candidates) or "no subset beat the baseline on the search part"
-            result.message = (f"No rule subset was confirmed: baseline {format_score(decision.baseline_score)} on {n} "
-                              f"confirmation examples; candidates {tried}. Not distinguishable from the "
-                              "baseline, so the program is returned unchanged.")
-        return self._bind(base, [r for r in rules if r.selected])
-
     # -- helpers ---------------------------------------------------------------------------------
     def _bind(self, base: dspy.Module, rules: Sequence[Rule] = ()) -> dspy.Module:
         """A copy of `base` with `rules` integrated and the target LM (if one was given) bound."""
         return with_rules(base, rules, lm=self.target_lm, conditional=self.conditional_rules)
 
     def _split(self, trainset, valset) -> tuple[list[dspy.Example], list[dspy.Example]]:
-        trainset = validation.check_examples(trainset, "trainset")
-        if valset is not None:
-            valset = validation.check_examples(valset, "valset")
-            validation.warn_overlap(trainset, valset)
-            if len(valset) < 2:
-                raise ValueError("valset needs at least 2 examples: one part searches rule subsets, the other "
-                                 "confirms the result; pass a larger valset (dozens for a decision that can "
-                                 "detect gains of 10-20 points).")
-            return trainset, valset
-        if len(trainset) < 3:
-            raise ValueError("trainset needs at least 3 examples when no valset is given (a share is held out for "
-                             "searching and confirming rules); pass more examples or a valset.")
-        shuffled = random.Random(self.seed).sample(trainset, len(trainset))
-        n_val = max(2, min(len(trainset) - 1, round(len(trainset) * self.valset_fraction)))
-        logger.info("No valset given: holding out %d of %d training examples for selection.", n_val, len(trainset))
-        return shuffled[n_val:], shuffled[:n_val]
+        return validation.split_examples(trainset, valset, seed=self.seed, valset_fraction=self.valset_fraction)

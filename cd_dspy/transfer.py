@@ -18,10 +18,10 @@ import dspy
 from cd_dspy import validation
 from cd_dspy.heldout import HeldOutRunner
 from cd_dspy.integrate import with_rules
-from cd_dspy.optimizer import default_threads
 from cd_dspy.progress import Progress
 from cd_dspy.rulebook import Rulebook, load_rulebook
 from cd_dspy.run_dir import RunDir
+from cd_dspy.settings import default_threads
 from cd_dspy.stats import paired_difference, score_summary
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,6 +94,27 @@ def check_examples(examples: Any, name: str) -> list[dspy.Example]:
             raise ValueError(f"{name}[{i}] has no input fields marked; call .with_inputs('question', ...) on "
                              "every example so DSPy knows which fields are inputs and which are labels.")
     return examples
+
+
+def split_examples(trainset: Any, valset: Any, *, seed: int, valset_fraction: float
+                   ) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """(trainset, valset) checked; without a valset, a seeded share of the trainset is held out as one."""
+    trainset = check_examples(trainset, "trainset")
+    if valset is not None:
+        valset = check_examples(valset, "valset")
+        warn_overlap(trainset, valset)
+        if len(valset) < 2:
+            raise ValueError("valset needs at least 2 examples: one part searches rule subsets, the other "
+                             "confirms the result; pass a larger valset (dozens for a decision that can "
+                             "detect gains of 10-20 points).")
+        return trainset, valset
+    if len(trainset) < 3:
+        raise ValueError("trainset needs at least 3 examples when no valset is given (a share is held out for "
+                         "searching and confirming rules); pass more examples or a valset.")
+    shuffled = random.Random(seed).sample(trainset, len(trainset))
+    n_val = max(2, min(len(trainset) - 1, round(len(trainset) * valset_fraction)))
+    logger.info("No valset given: holding out %d of %d training examples for selection.", n_val, len(trainset))
+    return shuffled[n_val:], shuffled[:n_val]
 
 
 def warn_overlap(trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
