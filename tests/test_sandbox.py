@@ -18,7 +18,7 @@ import warnings
 
 import pytest
 
-from cd_dspy import sandbox
+from cd_dspy import sandbox_isolation
 from cd_dspy.sandbox import TOKEN_VAR, SandboxResult, isolation_info, run_untrusted
 
 T = 1.5  # sandbox timeout used for hostile programs
@@ -154,7 +154,7 @@ def test_degraded_isolation_is_loud(missing, monkeypatch, caplog):
         monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "unshare" else which(name, *a, **k))
         expected, named = {"netns", "pidns", "mountns"}, ["unshare", "netns", "mountns", "/tmp"]
     else:  # unshare works but the private mounts cannot be made
-        monkeypatch.setattr(sandbox, "_MOUNT_SCRIPT", "exit 1")
+        monkeypatch.setattr(sandbox_isolation, "_MOUNT_SCRIPT", "exit 1")
         expected, named = {"mountns"}, ["mountns", "/tmp", "/dev/shm"]
     isolation_info.cache_clear()
     try:
