@@ -1,7 +1,17 @@
-"""Benchmark the local llama.cpp engine: throughput through dspy.LM vs raw llama.cpp, and parse failures.
+"""The embedded engine against raw llama.cpp: prefill and decode speed, prefix reuse, calls per minute.
 
-Usage: python examples/bench_engine.py [--n 50] [--model qwen2.5-coder-0.5b] [--arms chat,json,json_nogrammar]
-Writes examples/results/engine.json and examples/results/engine.md. Caching is off, so numbers are real.
+    python examples/bench_engine.py --llama-bench PATH/llama-bench --calls examples/results/calls/bench_calls.json
+
+Three levels, same model, same 2 threads, cache off:
+- raw llama.cpp: `llama-bench` built from the llama.cpp sources vendored in the installed
+  llama-cpp-python (prompt processing of 512 tokens, generation of 128; flash attention off and on);
+- llama-cpp-python's `Llama` called directly, and `dspy.LM` over the project's `LlamaCppEngine`,
+  alternating on the same prompts (their per-prompt medians);
+- end to end: the main job's calls per minute measured by examples/bench_calls.py, against the
+  calls per minute raw llama.cpp's rates would allow for the same prompt and output tokens (a cold
+  prompt every call: an upper bound on prefill cost, so the ratio can exceed 100% when llama.cpp's
+  prefix reuse saves prefill).
+Writes examples/results/engine.json and engine.md.
 """
 
 from __future__ import annotations
@@ -10,16 +20,15 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import dspy
 from dspy.lm15 import Config, Message, Request
-from dspy.utils.exceptions import AdapterParseError
 
-from cd_dspy.lms import LlamaCppEngine, local_lm
+from cd_dspy.lms import LlamaCppEngine, ensure_model, local_lm
 
 RESULTS = Path(__file__).parent / "results"
 SYSTEM = "You are a patient teacher. " + " ".join(
@@ -27,13 +36,6 @@ SYSTEM = "You are a patient teacher. " + " ".join(
 )
 TOPICS = ["how binary search works", "why the sky is blue", "how a hash map handles collisions",
           "what recursion is", "how compound interest grows"]
-
-
-class NoGrammarEngine(LlamaCppEngine):
-    """Same engine without response_format support: JSONAdapter only asks for JSON in the prompt."""
-
-    supports_response_schema = False
-    supported_params = frozenset({"temperature", "max_tokens", "stop", "seed"})
 
 
 def _timed(fn):
@@ -107,123 +109,91 @@ def bench_prefix_reuse(lm: dspy.LM) -> dict:
             "speedup": cold / warm}
 
 
-def make_questions(n: int, seed: int = 0) -> list[tuple[str, float]]:
-    """Simple generated arithmetic word problems with their answers."""
-    rng = random.Random(seed)
-    names = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana"]
-    items = ["apples", "pencils", "stickers", "marbles", "books", "cookies"]
-    out = []
-    for _ in range(n):
-        who, what = rng.choice(names), rng.choice(items)
-        a, b, c = rng.randint(3, 40), rng.randint(2, 9), rng.randint(1, 20)
-        kind = rng.randrange(4)
-        if kind == 0:
-            q = f"{who} has {a} {what} and buys {b} bags with {c} {what} each. How many {what} now?"
-            ans = a + b * c
-        elif kind == 1:
-            q = f"{who} has {a + c} {what}, gives away {c}, then doubles the rest. How many {what}?"
-            ans = 2 * a
-        elif kind == 2:
-            q, ans = f"{b} friends share {a * b} {what} equally. How many {what} does each friend get?", a
-        else:
-            q = f"A box holds {b} {what}. {who} fills {a} boxes and loses {c} {what}. How many are left?"
-            ans = a * b - c
-        out.append((q, float(ans)))
+def bench_raw(llama_bench: str, model: str, threads: int, repeats: int) -> dict:
+    """llama-bench's prompt-processing (512) and generation (128) tokens/s, flash attention off and on."""
+    out = subprocess.run([llama_bench, "-m", str(ensure_model(model)), "-p", "512", "-n", "128", "-t", str(threads),
+                          "-r", str(repeats), "-fa", "0,1", "-o", "json"], capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout)
+    result = {}
+    for r in rows:
+        kind = "prefill_tps" if r["n_prompt"] else "decode_tps"
+        result.setdefault(f"flash_attn_{int(r['flash_attn'])}", {})[kind] = r["avg_ts"]
+    result["build_commit"] = rows[0]["build_commit"]
+    return result
+
+
+def end_to_end(calls_json: Path, raw: dict) -> dict:
+    """Measured calls/min per configuration of bench_calls.py vs the raw llama.cpp bound for its tokens."""
+    calls = json.loads(calls_json.read_text())
+    pp, tg = raw["flash_attn_0"]["prefill_tps"], raw["flash_attn_0"]["decode_tps"]
+    out = {"source": str(calls_json), "command": calls["command"], "configs": {}}
+    for name, c in calls["configs"].items():
+        bound = 60 / (c["prompt_tokens_per_call"] / pp + c["output_tokens_per_call"] / tg)
+        out["configs"][name] = {"calls_per_minute": c["calls_per_minute"], "raw_bound_calls_per_minute": bound,
+                                "ratio": c["calls_per_minute"] / bound, "prompt_tokens": c["prompt_tokens_per_call"],
+                                "output_tokens": c["output_tokens_per_call"]}
     return out
 
 
-def bench_parse(lm: dspy.LM, arm: str, questions: list[tuple[str, float]]) -> dict:
-    """Run ChainOfThought on each question with one adapter; count parse failures, truncations, accuracy."""
-    adapter = (dspy.ChatAdapter(use_json_adapter_fallback=False) if arm == "chat" else dspy.JSONAdapter())
-    program = dspy.ChainOfThought("question -> answer: float")
-    fails = errors = correct = truncated = 0
-    times = []
-    for q, gold in questions:
-        n_hist = len(lm.history)
-        t = time.perf_counter()
-        try:
-            with dspy.context(lm=lm, adapter=adapter):
-                pred = program(question=q)
-            correct += abs(float(pred.answer) - gold) < 1e-6
-        except AdapterParseError:
-            fails += 1
-        except Exception as exc:  # noqa: BLE001 - recorded, not fatal
-            errors += 1
-            print(f"    error: {type(exc).__name__}: {str(exc)[:120]}")
-        times.append(time.perf_counter() - t)
-        truncated += any(getattr(h.get("response"), "finish_reason", None) == "length"
-                         for h in lm.history[n_hist:])
-    n = len(questions)
-    print(f"  {arm}: parse failures {fails}/{n}, correct {correct}/{n}, mean {statistics.mean(times):.1f}s")
-    return {"n": n, "parse_failures": fails, "parse_failure_rate": fails / n, "other_errors": errors,
-            "correct": correct, "accuracy": correct / n, "truncated": truncated,
-            "mean_s": statistics.mean(times)}
-
-
 def write_md(res: dict, path: Path) -> None:
-    tp, lines = res["throughput"]["median"], []
-    rep = res["throughput"].get("repeats", 1)
-    lines += [f"# Local engine benchmark ({res['model']}, {res['cpu_threads']} threads, cache off)", "",
-              f"Machine load average at start {res['loadavg_start'][0]:.1f}, end {res['loadavg_end'][0]:.1f} "
-              "(shared cores: throughput is noisy).", "",
-              f"## Throughput: dspy.LM + LlamaCppEngine vs raw llama_cpp (5 prompts x {rep} alternating "
-              "runs, medians)", "",
-              "| metric | raw tok/s | dspy.LM tok/s | ratio |", "|---|---|---|---|"]
+    lines = [f"# Embedded engine vs raw llama.cpp ({res['model']}, {res['cpu_threads']} threads, cache off)", "",
+             f"Command: `{res['command']}`. Load average at start {res['loadavg_start'][0]:.1f}, at end "
+             f"{res['loadavg_end'][0]:.1f} (2 cores: a load above 2 means other work shared them).", ""]
+    raw = res.get("raw")
+    if raw:
+        lines += [f"## Raw llama.cpp (`llama-bench`, build {raw['build_commit']}, pp512 / tg128)", "",
+                  "| flash attention | prefill tok/s | decode tok/s |", "|---|---|---|"]
+        lines += [f"| {k[-1]} | {v['prefill_tps']:.1f} | {v['decode_tps']:.1f} |" for k, v in raw.items()
+                  if k.startswith("flash_attn")]
+    tp = res["throughput"]["median"]
+    lines += ["", f"## llama-cpp-python and dspy.LM (5 prompts x {res['throughput']['repeats']} alternating runs, "
+              "medians)", "", "| metric | raw llama.cpp | llama_cpp.Llama | dspy.LM + LlamaCppEngine | engine / Llama "
+              "| engine / raw llama.cpp |", "|---|---|---|---|---|---|"]
     for k in ("prefill_tps", "decode_tps"):
-        lines.append(f"| {k} | {tp[k]['raw']:.1f} | {tp[k]['dspy']:.1f} | {tp[k]['ratio']:.0%} |")
+        r = raw["flash_attn_0"][k] if raw else float("nan")
+        lines.append(f"| {k} | {r:.1f} | {tp[k]['raw']:.1f} | {tp[k]['dspy']:.1f} | {tp[k]['ratio']:.0%} "
+                     f"| {tp[k]['dspy'] / r:.0%} |")
     kv = res["prefix_reuse"]
     lines += ["", f"KV prefix reuse: {kv['prompt_tokens']}-token prompt, cold {kv['cold_s']:.2f}s, next call "
               f"with the same prefix {kv['shared_prefix_s']:.2f}s ({kv['speedup']:.0f}x; automatic in "
-              "llama_cpp.Llama).", "",
-              "## Parse failures: ChainOfThought('question -> answer: float'), generated arithmetic", "",
-              "| adapter | n | parse failures | rate | other errors | truncated | accuracy | mean s/call |",
-              "|---|---|---|---|---|---|---|---|"]
-    labels = {"chat": "ChatAdapter (no JSON fallback)", "json": "JSONAdapter + grammar",
-              "json_nogrammar": "JSONAdapter, prompt only"}
-    for arm, r in res["parse"].items():
-        lines.append(f"| {labels.get(arm, arm)} | {r['n']} | {r['parse_failures']} "
-                     f"| {r['parse_failure_rate']:.0%} | {r['other_errors']} | {r['truncated']} "
-                     f"| {r['accuracy']:.0%} | {r['mean_s']:.1f} |")
+              "llama_cpp.Llama, and the evaluations of one trial share their instruction prefix).", ""]
+    e2e = res.get("end_to_end")
+    if e2e:
+        lines += ["## End to end: the main job's target calls", "", f"From `{e2e['command']}`.", "",
+                  "| configuration | prompt / output tokens per call | calls/min measured | raw llama.cpp bound "
+                  "| measured / bound |", "|---|---|---|---|---|"]
+        for name, c in e2e["configs"].items():
+            lines.append(f"| {name} | {c['prompt_tokens']:.0f} / {c['output_tokens']:.0f} | "
+                         f"{c['calls_per_minute']:.1f} | {c['raw_bound_calls_per_minute']:.1f} | {c['ratio']:.0%} |")
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--arms", default="chat,json")
+    ap.add_argument("--llama-bench", help="path to llama-bench built from the vendored llama.cpp sources")
+    ap.add_argument("--calls", type=Path, help="bench_calls.json of examples/bench_calls.py (end-to-end ratios)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--skip-parse", action="store_true",
-                    help="re-measure throughput only (merged into json)")
     args = ap.parse_args()
-    lm = local_lm(args.model, cache=False, max_tokens=args.max_tokens)
-    res = {"model": args.model, "cpu_threads": lm.engine.n_threads or os.cpu_count(),
-           "platform": platform.platform(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "loadavg_start": os.getloadavg()}
-    if args.skip_parse and (RESULTS / "engine.json").is_file():
-        res = {**json.loads((RESULTS / "engine.json").read_text()), **res}
-    if not args.skip_throughput:
-        print("throughput:", flush=True)
-        res["throughput"] = bench_throughput(lm, max_tokens=128, repeats=args.repeats)
-        res["prefix_reuse"] = bench_prefix_reuse(lm)
-    questions = make_questions(args.n)
-    res.setdefault("parse", {})
-    for arm in ([] if args.skip_parse else args.arms.split(",")):
-        arm_lm = lm
-        if arm == "json_nogrammar":
-            arm_lm = dspy.LM(lm.model, engine=NoGrammarEngine(args.model), cache=False, temperature=0.0,
-                             max_tokens=args.max_tokens)
-        res["parse"][arm] = bench_parse(arm_lm, arm, questions)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "engine.json").write_text(json.dumps(res, indent=2))
-    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    res["loadavg_end"] = os.getloadavg()
+    lm = local_lm(args.model, cache=False, max_tokens=128)
+    threads = lm.engine.n_threads or os.cpu_count()
+    res = {"model": args.model, "cpu_threads": threads, "platform": platform.platform(),
+           "command": "python examples/bench_engine.py" + (" --llama-bench llama-bench" if args.llama_bench else "")
+           + (f" --calls {args.calls}" if args.calls else ""),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg()}
+    if args.llama_bench:
+        print("raw llama.cpp:", flush=True)
+        res["raw"] = bench_raw(args.llama_bench, args.model, threads, args.repeats)
+    print("throughput:", flush=True)
+    res["throughput"] = bench_throughput(lm, max_tokens=128, repeats=args.repeats)
+    res["prefix_reuse"] = bench_prefix_reuse(lm)
+    if args.calls and "raw" in res:
+        res["end_to_end"] = end_to_end(args.calls, res["raw"])
+    res["finished"], res["loadavg_end"] = time.strftime("%Y-%m-%d %H:%M:%S"), os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(res, indent=2))
-    if "throughput" in res:
-        write_md(res, RESULTS / "engine.md")
-    print(f"wrote {RESULTS / 'engine.json'}")
+    write_md(res, RESULTS / "engine.md")
+    print((RESULTS / "engine.md").read_text())
 
 
 if __name__ == "__main__":

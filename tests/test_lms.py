@@ -201,6 +201,17 @@ def test_shared_model_and_thread_safety(fake_gguf):
     assert fake.kwargs["n_threads"] == (os.cpu_count() or 1)
 
 
+def test_flash_attention_is_its_own_model_and_cache_name(fake_gguf):
+    plain, fast = lms.local_lm(fake_gguf, cache=False), lms.local_lm(fake_gguf, cache=False, flash_attn=True)
+    ask = dspy.Predict("question -> answer")
+    ask(question="q", lm=plain)
+    ask(question="q", lm=fast)
+    assert [i.kwargs.get("flash_attn", False) for i in FakeLlama.instances] == [False, True]
+    assert fast.model == plain.model + "+fa"  # DSPy's cache never serves one's answers to the other
+    assert "flash_attn" not in plain.engine.dump_state() and fast.engine.dump_state()["flash_attn"] is True
+    assert LlamaCppEngine.load_state(fast.engine.dump_state()).flash_attn
+
+
 def test_dump_load_state_roundtrip(fake_gguf, tmp_path):
     eng = LlamaCppEngine(fake_gguf, n_ctx=2048, repeat_penalty=1.15, seed=3)
     state = eng.dump_state()

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _ENGINE_KEYS = {"n_ctx", "n_threads", "n_batch", "repeat_penalty", "top_k", "top_p", "seed", "verbose", "grammar",
-                "prompt_cache_mb", "lora_path", "lora_scale"}
+                "prompt_cache_mb", "lora_path", "lora_scale", "flash_attn"}
 
 
 def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **settings: Any) -> dspy.LM:
@@ -43,6 +43,7 @@ def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **sett
     repeat_penalty, ...) go to ``LlamaCppEngine``; the rest (max_tokens, temperature, cache, ...) to
     ``dspy.LM``. ``lora_path`` serves a llama.cpp LoRA adapter on top of the model; the LM's name then
     carries a hash of the adapter file, so DSPy's cache never mixes its answers with the base model's.
+    ``flash_attn=True`` uses llama.cpp's flash attention (faster on this CPU: examples/results/engine.md).
     Programs saved with this LM load back with ``program.load(path, allow_unsafe_lm_state=True)``.
     """
     name = str(name_or_path)
@@ -62,6 +63,8 @@ def local_lm(name_or_path: str | os.PathLike, *, role: str | None = None, **sett
     if engine.lora_path:
         scale = f"x{engine.lora_scale:g}" if engine.lora_scale != 1 else ""
         alias += f"+lora-{_file_digest(engine.lora_path)}{scale}"
+    if engine.flash_attn:  # other numerics, so other greedy answers: never mixed in DSPy's cache
+        alias += "+fa"
     lm_kwargs: dict[str, Any] = {"cache": True, "temperature": 0.0, "max_tokens": max_tokens}
     lm_kwargs.update(settings)
     return dspy.LM(f"local/{alias}", engine=engine, **lm_kwargs)

@@ -41,13 +41,14 @@ def _llama_factory():
 
 
 def _shared_llama(path: str, n_ctx: int, load_kwargs: dict[str, Any], lora_path: str | None = None,
-                  lora_scale: float = 1.0) -> tuple[Any, threading.Lock]:
+                  lora_scale: float = 1.0, flash_attn: bool = False) -> tuple[Any, threading.Lock]:
     lora = str(Path(lora_path).resolve()) if lora_path else None
-    key = (str(Path(path).resolve()), int(n_ctx), lora, float(lora_scale) if lora else 1.0)
+    key = (str(Path(path).resolve()), int(n_ctx), lora, float(lora_scale) if lora else 1.0, bool(flash_attn))
     with _MODELS_LOCK:
         if key not in _MODELS:
             adapter = {"lora_path": lora, "lora_scale": key[3]} if lora else {}
-            llama = _llama_factory()(model_path=key[0], n_ctx=key[1], **load_kwargs, **adapter)
+            fa = {"flash_attn": True} if flash_attn else {}
+            llama = _llama_factory()(model_path=key[0], n_ctx=key[1], **load_kwargs, **adapter, **fa)
             _MODELS[key] = (llama, threading.Lock())
         return _MODELS[key]
 
@@ -160,6 +161,7 @@ class LlamaCppEngine:
         grammar: str = "always",
         lora_path: str | os.PathLike | None = None,
         lora_scale: float = 1.0,
+        flash_attn: bool = False,
         verbose: bool = False,
     ) -> None:
         from .catalog import CATALOG
@@ -181,6 +183,7 @@ class LlamaCppEngine:
             raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}. Pass the .gguf adapter that "
                                     "cd_dspy.distill.convert_lora (or `cd-dspy distill`) wrote.")
         self.lora_scale = float(lora_scale)
+        self.flash_attn = bool(flash_attn)
         self.n_ctx = int(n_ctx or (CATALOG[model].n_ctx if self.catalog_name else 4096))
         self.n_threads = n_threads
         self.n_batch = n_batch
@@ -211,7 +214,8 @@ class LlamaCppEngine:
             "seed": self.seed,
             "verbose": self.verbose,
         }
-        llama, lock = _shared_llama(self.model_path, self.n_ctx, load_kwargs, self.lora_path, self.lora_scale)
+        llama, lock = _shared_llama(self.model_path, self.n_ctx, load_kwargs, self.lora_path, self.lora_scale,
+                                    self.flash_attn)
         if self.prompt_cache_mb and getattr(llama, "cache", None) is None and _LLAMA_FACTORY is None:
             # Keeps KV states of several prompts (e.g. two alternating programs); llama.cpp already
             # reuses the prefix shared with the previous call without it.
@@ -314,6 +318,7 @@ class LlamaCppEngine:
             "grammar": self.grammar,
             "lora_path": self.lora_path,
             "lora_scale": self.lora_scale,
+            **({"flash_attn": True} if self.flash_attn else {}),  # absent when off: older keys stay valid
         }
 
     @classmethod
