@@ -292,17 +292,37 @@ class DistributedSelector(RuleSelector):
 
 
 def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> bool:
-    """Evaluate one waiting trial; False when another process had finished it first. Optuna takes a waiting
+    """Evaluate one waiting trial; False when another process finished it first. Optuna takes a waiting
     trial under a row lock on PostgreSQL and MySQL; SQLite has none, so two local workers may now and then
-    both take one trial (and pay for it twice): the second one's result is dropped."""
+    both take one trial (and pay for it twice), and a slow worker's trial may be failed as stale (and
+    retried) meanwhile. Whoever finishes second moves on: its result is dropped, the first one's kept.
+    Told apart by the trial's state, not by Optuna's message: when Optuna cannot record this process's
+    outcome (a ValueError "Cannot tell a COMPLETE trial", UpdateFinishedTrialError, or its own assertion
+    when the trial was failed meanwhile) and the trial is finished, another process finished it."""
+    taken: dict[str, Any] = {}
+
+    def tracked(trial: optuna.Trial) -> float:
+        taken["trial"] = trial
+        try:
+            return objective(trial)
+        except BaseException as exc:
+            taken["raised"] = exc
+            raise
+
     try:
-        study.optimize(objective, n_trials=1, catch=())
+        study.optimize(tracked, n_trials=1, catch=())
         return True
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-        if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a "):
-            raise  # the objective's own error (a MetricError, say)
-        logger.info("Select: a trial was finished by another process first (%s).", exc)
+    except Exception as exc:
+        trial = taken.get("trial")
+        if trial is None or exc is taken.get("raised") or not _finished(study, trial):
+            raise  # the objective's own error (a MetricError, say), recorded as the trial's failure
+        logger.info("Select: trial %d was finished by another process first (%s: %s).", trial.number,
+                    type(exc).__name__, exc)
         return False
+
+
+def _finished(study: optuna.Study, trial: optuna.Trial) -> bool:
+    return study._storage.get_trial(trial._trial_id).state.is_finished()
 
 
 def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None = None

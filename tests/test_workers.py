@@ -33,7 +33,7 @@ from cd_dspy.shared_store import ScoreStore
 from cd_dspy.simulated import answer_match
 from cd_dspy.usage import UsageMeter
 from cd_dspy.worker import run_worker, start_local_workers
-from cd_dspy.workers import WorkerError, Workers
+from cd_dspy.workers import SLOT, WorkerError, Workers, guarded, rdb_storage, run_one
 
 TESTS = Path(__file__).parent
 POSTGRES_ENV = "CD_DSPY_TEST_POSTGRES_URL"
@@ -190,8 +190,37 @@ def test_two_sqlite_workers_on_one_machine_equal_one_process(reference, tmp_path
     counts = finish_workers(procs)
     assert outcome(result) == outcome(reference)
     assert all(counts)
-    # no pays-once check here: SQLite has no row locks, so two workers may now and then take the same trial
-    # (workers.run_one); PostgreSQL's row lock rules that out (test_three_postgres_workers_equal_one_process)
+    # no pays-once check here: SQLite has no row locks, so two workers may now and then take the same trial (the
+    # second to finish moves on: workers.run_one, test_a_trial_another_process_finished_first_is_left_to_it);
+    # PostgreSQL's row lock rules that out (test_three_postgres_workers_equal_one_process)
+
+
+@pytest.mark.parametrize("state", [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL])
+def test_a_trial_another_process_finished_first_is_left_to_it(tmp_path, state):
+    """The race behind SQLite's flakiness, made certain: while this worker evaluates its trial, another process
+    completes it (a second worker took it too) or fails it (found stale). This worker moves on (run_one is False)
+    and the other's outcome stands; an error of the objective itself still propagates."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=rdb_storage(url, 1, 3, 0), sampler=optuna.samplers.RandomSampler())
+    other = optuna.storages.RDBStorage(url)  # the other process's connection
+    study.enqueue_trial({"x": 1}, user_attrs={SLOT: 0})
+
+    def finished_elsewhere(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("x", [0, 1])
+        values = [50.0] if state == optuna.trial.TrialState.COMPLETE else None
+        other.set_trial_state_values(trial._trial_id, state, values)
+        return 42.0
+
+    assert run_one(study, guarded(finished_elsewhere)) is False
+    [trial] = study.get_trials()
+    assert trial.state == state and trial.value == (50.0 if trial.values else None)
+
+    def broken(trial: optuna.Trial) -> float:
+        raise RuntimeError("the metric failed")
+
+    study.enqueue_trial({"x": 0}, user_attrs={SLOT: 1})
+    with pytest.raises(RuntimeError, match="the metric failed"):
+        run_one(study, guarded(broken))
 
 
 def test_journal_storage_serves_the_single_process_search(sim, tmp_path):
