@@ -147,16 +147,10 @@ def _run(args: Any) -> int:
     else:
         report, gguf = pl.train_adapter(trainer, records, settings, out / args.mode)
 
-    rows: dict[str, dict[str, Any]] = {}
     rules = " + CD rules" if args.rules else ""
-    served = ((f"target{rules}", None), (f"target{rules} + {args.mode.upper()} adapter", gguf))
-    baseline = None
-    for name, adapter in served if splits["test"] else ():
-        started = time.perf_counter()
-        scores = pl.scores_on(student_view, pl.serve(args.target, adapter, **lm_settings), splits["test"], metric)
-        rows[name] = pl.held_out_row(scores, baseline, eval_seconds=round(time.perf_counter() - started, 1),
-                                     train=report.to_dict() if adapter else None)
-        baseline = baseline or scores
+    served = [(f"target{rules}", student_view, None, None),
+              (f"target{rules} + {args.mode.upper()} adapter", student_view, gguf, report)]
+    rows = pl.held_out_rows(served, args.target, splits["test"], metric, **lm_settings) if splits["test"] else {}
     result = {"command": command_line(args), "task": task.name, "splits": {k: len(v) for k, v in splits.items()},
               "target": args.target, "teacher": args.teacher, "priming": args.priming, "mode": args.mode,
               "rules": args.rules, "data": data, "files": files, "adapter_gguf": str(gguf),
@@ -170,22 +164,17 @@ def _run(args: Any) -> int:
 def _records(args: Any, program: Any, examples: list, common: dict[str, Any]) -> tuple[list, dict[str, Any]]:
     """The teacher's records on `examples`, scored for KD by the teacher's GGUF in --mode kd."""
     from cd_dspy.cli import CLIError
-    from cd_dspy.distill import LlamaScorer
-    from cd_dspy.distill.pipeline import build_records
+    from cd_dspy.distill.pipeline import teacher_records
     from cd_dspy.distill.student import model_file
 
-    if args.mode != "kd":
-        return build_records(program, examples, **common)
-    try:
-        gguf = model_file(args.kd_teacher or args.teacher)
-    except FileNotFoundError as exc:
-        raise CLIError(f"{exc} KD scores the teacher's replies with a local GGUF: pass --kd-teacher PATH or a "
-                       "catalog name.") from exc
-    scorer = LlamaScorer(gguf, top_k=args.kd_top_k, n_ctx=args.kd_n_ctx)
-    try:
-        return build_records(program, examples, scorer=scorer, **common)
-    finally:
-        scorer.close()
+    gguf = None
+    if args.mode == "kd":
+        try:
+            gguf = model_file(args.kd_teacher or args.teacher)
+        except FileNotFoundError as exc:
+            raise CLIError(f"{exc} KD scores the teacher's replies with a local GGUF: pass --kd-teacher PATH or a "
+                           "catalog name.") from exc
+    return teacher_records(program, examples, kd_gguf=gguf, kd_top_k=args.kd_top_k, kd_n_ctx=args.kd_n_ctx, **common)
 
 
 def render(result: dict[str, Any]) -> str:

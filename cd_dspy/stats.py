@@ -73,6 +73,12 @@ class Comparison:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
 
 
+def comparison_cell(c: dict) -> str:
+    """A `Comparison.to_dict()` in one table cell: difference [95% CI], fixed/broken, two-sided sign test p."""
+    return (f"{c['difference']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}], {c['wins']}/{c['losses']}, "
+            f"p = {c['p_two_sided']:.3g}")
+
+
 def min_wins_for_significance(alpha: float, comparisons: int = 1) -> int:
     """The fewest wins, with no loss, that a one-sided sign test at `alpha / comparisons` accepts."""
     return math.floor(math.log2(comparisons / alpha)) + 1  # the smallest w with 0.5**w < alpha / comparisons

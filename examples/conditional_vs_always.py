@@ -23,7 +23,7 @@ from cd_dspy.cli import per_example_scores
 from cd_dspy.integrate import with_rules
 from cd_dspy.programs import get_task
 from cd_dspy.result import ConceptDistillationResult
-from cd_dspy.stats import paired_difference, score_interval
+from cd_dspy.stats import comparison_cell, paired_difference, score_interval
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,8 +66,7 @@ def render(report: dict) -> str:
               "|---|---|---|"]
     for name, p in report["programs"].items():
         vs = p.get("vs_baseline")
-        cell = (f"{vs['difference']:+.1f} [{vs['low']:+.1f}, {vs['high']:+.1f}], {vs['wins']}/{vs['losses']}, "
-                f"p = {vs['p_two_sided']:.3g}") if vs else ""
+        cell = comparison_cell(vs) if vs else ""
         lines.append(f"| {name} | {p['score']:.1f} [{p['interval'][0]:.1f}, {p['interval'][1]:.1f}] | {cell} |")
     c = report["conditional_vs_always_on"]
     lines += ["", f"Conditional minus always-on: {c['difference']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}], "

@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import dspy
-from bench_lib import SIMULATED, load_task, split_arguments, write_report
+from bench_lib import load_task, split_arguments, write_report
 
 from cd_dspy.cli import adapter_context
-from cd_dspy.distill import LlamaScorer, LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
+from cd_dspy.cli_distill import resolve_teacher
+from cd_dspy.distill import LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
 from cd_dspy.distill import pipeline as pl
 from cd_dspy.distill.student import model_file
 from cd_dspy.programs import TASKS
@@ -146,14 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         return phases
     task = load_task(args.task, args.seed, {"train": args.train, "val": args.val, "test": args.test})
     out, lm = Path(args.out), {k: v for k, v in (("max_tokens", args.max_tokens), ("grammar", args.grammar)) if v}
-    if args.task == SIMULATED and args.teacher == "simulated-solver":
-        from cd_dspy.distill.simulated import solving_teacher_lm
-
-        teacher = solving_teacher_lm()
-    else:
-        from cd_dspy.lms import local_lm
-
-        teacher = local_lm(args.teacher, role="teacher")
+    teacher = resolve_teacher(args.teacher, None)
     program, metric = task.make_program(), task.metric
     with adapter_context(args.adapter or TASKS[args.task].adapter):
         notes: list[str] = []
@@ -163,15 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
             ruled = None
         if ruled is None:
             args.methods = [m for m in args.methods if "rules" not in m]
-        scorer = None
-        if "kd" in args.methods:
-            scorer = LlamaScorer(model_file(args.kd_teacher or args.teacher), top_k=args.kd_top_k, n_ctx=args.kd_n_ctx)
-        try:
-            records, data = pl.build_records(program, task.splits["train"], teacher_lm=teacher, metric=metric,
-                                             priming=args.priming, scorer=scorer)
-        finally:
-            if scorer is not None:
-                scorer.close()
+        kd_gguf = model_file(args.kd_teacher or args.teacher) if "kd" in args.methods else None
+        records, data = pl.teacher_records(program, task.splits["train"], kd_gguf=kd_gguf, kd_top_k=args.kd_top_k,
+                                           kd_n_ctx=args.kd_n_ctx, teacher_lm=teacher, metric=metric,
+                                           priming=args.priming)
         files = {"train": pl.save_records(records, out / "train.jsonl")}
         trained = train_all(args, task, records, ruled, teacher, files, lm)
         report = {"command": "python examples/distill_compare.py " + " ".join(argv or sys.argv[1:]),
@@ -179,16 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
                   "splits": {k: len(v) for k, v in task.splits.items()}, "data": data, "files": files,
                   "min_detectable_gain": min_detectable_gain(args.test, 0.05) if args.test else None,
                   "notes": notes, "rows": {}}
-        baseline = None
+        variants = []
         for method in args.methods:
-            started = time.perf_counter()
             train_report, gguf = trained.get(method, (None, None))
-            shown = ruled if method.startswith("rules") else program
-            scores = pl.scores_on(shown, pl.serve(args.target, gguf, **lm), task.splits["test"], metric)
-            report["rows"][method] = pl.held_out_row(
-                scores, baseline, eval_seconds=round(time.perf_counter() - started, 1),
-                train=train_report.to_dict() if train_report else None)
-            baseline = baseline or scores
+            variants.append((method, ruled if method.startswith("rules") else program, gguf, train_report))
+        report["rows"] = pl.held_out_rows(variants, args.target, task.splits["test"], metric, **lm)
     return write_report(out, "distill_compare", report, render)
 
 

@@ -32,7 +32,9 @@ from cd_dspy.cli import (  # noqa: E402
     make_program,
     resolve_lm,
 )
+from cd_dspy.cli_migrate import _split_sizes  # noqa: E402
 from cd_dspy.rulebook import FREE, Rulebook  # noqa: E402
+from cd_dspy.stats import comparison_cell  # noqa: E402
 from cd_dspy.transfer import check_rulebook  # noqa: E402
 
 
@@ -41,8 +43,7 @@ def _cell(cell: dict) -> str:
         return f"- ({cell['skipped']})"
     c = cell["comparison"]
     own = " (learned here)" if cell["learned_on"] == cell["model"] else ""
-    return (f"{c['difference']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}], {c['wins']}/{c['losses']}, "
-            f"p = {c['p_two_sided']:.3g}{own}")
+    return comparison_cell(c) + own
 
 
 def render(report: dict) -> str:
@@ -74,9 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", required=True,
                         help="catalog names, .gguf paths, litellm models, or simulated-target / simulated-teacher")
     _data_arguments(parser)  # --task, --program, --metric, --data, --seed, --threads, --adapter
-    parser.add_argument("--train", type=int, default=24)
-    parser.add_argument("--val", type=int, default=40)
-    parser.add_argument("--test", type=int, default=80)
+    _split_sizes(parser, test=80)  # --train 24, --val 40: the defaults of cd-dspy migrate
     parser.add_argument("--run-dir", required=True, help="per-example records (resume)")
     parser.add_argument("--out", required=True, help="folder for transfer.json and transfer.md")
     parser.add_argument("--include-dropped", action="store_true",

@@ -19,7 +19,7 @@ from cd_dspy.distill.data import DistillRecord, generate_distillation_data, writ
 from cd_dspy.distill.logprobs import LlamaScorer, add_teacher_logprobs
 from cd_dspy.distill.train import LoraTrainer, TrainReport, TrainSettings, encode_records
 from cd_dspy.distill.validate import validate_jsonl
-from cd_dspy.stats import paired_difference, score_interval
+from cd_dspy.stats import comparison_cell, paired_difference, score_interval
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,20 @@ def build_records(program: dspy.Module, examples: Sequence[dspy.Example], *, tea
         summary["kd"]["seconds"] = round(time.perf_counter() - scored_at, 1)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return data.records, summary
+
+
+def teacher_records(program: dspy.Module, examples: Sequence[dspy.Example], *, kd_gguf: str | Path | None = None,
+                    kd_top_k: int = 20, kd_n_ctx: int = 2048,
+                    **settings: Any) -> tuple[list[DistillRecord], dict[str, Any]]:
+    """`build_records`; given `kd_gguf` (the teacher as a local GGUF), with its top-k log-probabilities for KD
+    (the scoring model is closed afterwards)."""
+    if kd_gguf is None:
+        return build_records(program, examples, **settings)
+    scorer = LlamaScorer(kd_gguf, top_k=kd_top_k, n_ctx=kd_n_ctx)
+    try:
+        return build_records(program, examples, scorer=scorer, **settings)
+    finally:
+        scorer.close()
 
 
 def save_records(records: Sequence[DistillRecord], path: str | Path) -> dict[str, Any]:
@@ -141,6 +155,21 @@ def parse_grid(text: str) -> list[tuple[float, float]]:
     return pairs
 
 
+def held_out_rows(variants: Sequence[tuple[str, dspy.Module, Path | None, TrainReport | None]], target: str,
+                  examples: Sequence[dspy.Example], metric: Callable, **lm_settings: Any) -> dict[str, dict[str, Any]]:
+    """Score each (name, program, adapter GGUF or None, its training report or None) served on `target`, in
+    order: rows of `held_out_row`, each later one compared with the first (the baseline)."""
+    rows: dict[str, dict[str, Any]] = {}
+    baseline = None
+    for name, program, adapter, report in variants:
+        started = time.perf_counter()
+        scores = scores_on(program, serve(target, adapter, **lm_settings), examples, metric)
+        rows[name] = held_out_row(scores, baseline, eval_seconds=round(time.perf_counter() - started, 1),
+                                  train=report.to_dict() if report is not None else None)
+        baseline = baseline or scores
+    return rows
+
+
 def held_out_row(scores: Sequence[float], baseline: Sequence[float] | None = None, **extra: Any) -> dict[str, Any]:
     """A row of a comparison: the mean score (0-100) with its 95% interval and, given the baseline's scores on
     the same examples, the paired difference, its interval and the sign test."""
@@ -155,8 +184,7 @@ def held_out_row(scores: Sequence[float], baseline: Sequence[float] | None = Non
 def format_row(name: str, row: dict[str, Any]) -> str:
     """One Markdown table row: name, score [interval], difference vs baseline, time, memory."""
     vs = row.get("vs_baseline")
-    diff = (f"{vs['difference']:+.1f} [{vs['low']:+.1f}, {vs['high']:+.1f}], {vs['wins']}/{vs['losses']}, "
-            f"p = {vs['p_two_sided']:.3g}") if vs else ""
+    diff = comparison_cell(vs) if vs else ""
     train = row.get("train") or {}
     cost = f"{train['seconds']:.0f} s, {train['steps']} steps, peak {train['peak_rss_mb']:.0f} MB" if train else ""
     return (f"| {name} | {row['score']:.1f} [{row['low']:.1f}, {row['high']:.1f}] | {diff} | {cost} | "
