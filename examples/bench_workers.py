@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import dspy
+from bench_lib import write_report
 
 from cd_dspy import ConceptDistillation
 from cd_dspy.simulated import answer_match, simulated_lms, simulated_splits
@@ -79,12 +80,15 @@ def main() -> None:
               "latency_s": args.latency, "cpus": os.cpu_count(), "machine": platform.machine(),
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Rule search with worker processes ({report['date']})", "", f"`{command}`", "",
-             f"Simulated target, {args.latency:g} s per call, one call per example and thread; search part of "
-             f"{rows[0]['search_examples']} examples per trial; {report['storage']} storage; {report['cpus']} CPUs. "
-             "Each worker is a `cd-dspy worker` process; the main process only plans and waits.", "",
+    write_report(out.parent, out.name, report, render)
+
+
+def render(report: dict) -> str:
+    rows = report["rows"]
+    lines = [f"# Rule search with worker processes ({report['date']})", "", f"`{report['command']}`", "",
+             f"Simulated target, {report['latency_s']:g} s per call, one call per example and thread; search part "
+             f"of {rows[0]['search_examples']} examples per trial; {report['storage']} storage; {report['cpus']} "
+             "CPUs. Each worker is a `cd-dspy worker` process; the main process only plans and waits.", "",
              "| workers | trials | search phase (s) | trials / minute | ratio to 1 worker |", "|---|---|---|---|---|"]
     lines += [f"| {r['workers']} | {r['trials']} | {r['select_seconds']:.1f} | {r['trials_per_minute']:.1f} | "
               f"{r['ratio_to_one_worker']:.2f} |" for r in rows]
@@ -93,8 +97,7 @@ def main() -> None:
               "rounds of `batch_size`=4, backward-elimination rounds) and plans a round only when the one before "
               "has finished, so the result does not depend on the workers; a worker idles at the end of a round "
               "when fewer trials are left than workers, which is why 4 workers gain less than 2 do per worker."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

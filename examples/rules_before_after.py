@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import dspy
-from bench_lib import split_arguments
+from bench_lib import split_arguments, write_report
 
 from cd_dspy.collect import sample_mistakes
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
@@ -113,10 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
               "legacy_induce_seconds": round(induce_seconds, 1),
               "before": summarise(before_rules, before_raw, sources),
               "after": summarise(after_rules, after_raw, sources)}
-    (out / "rules_before_after.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "rules_before_after.md").write_text(render(report))
-    print(render(report))
-    return report
+    return write_report(out, "rules_before_after", report, render)
 
 
 def render(report: dict) -> str:
