@@ -1,11 +1,29 @@
-"""Shared fixtures: simulated target/teacher LMs and their problem sets."""
+"""Shared fixtures: simulated target/teacher LMs and their problem sets; the example scripts as modules."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import dspy
 import pytest
 
 from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(script: str):
+    """examples/<script>.py as a module: examples/ goes on sys.path (the scripts import bench_lib) and the
+    module into sys.modules (dataclasses look their module up there)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"cd_example_{script}", EXAMPLES / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class SimWorld:

@@ -69,6 +69,14 @@ class LoggedEngine:
         return self
 
 
+def logged_calls(log: Path, event: str, role: str | None = None) -> list[str]:
+    """The request keys of the `event` ("start" or "end") lines a `LoggedEngine` wrote to `log` (of `role`)."""
+    if not log.exists():
+        return []
+    rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    return [key for ev, r, key in rows if ev == event and (role is None or r == role)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True)

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, load_example
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 from bench_lib import gap_closed, held_out_record, measured_budget, peer_configs, target_budget  # noqa: E402
 
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("cd_benchmark_script", EXAMPLES / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_example("benchmark")
 TINY = ["--task", "simulated", "--train", "8", "--val", "32", "--test", "12", "--trials", "4", "--seed", "0"]
 
 

@@ -5,16 +5,15 @@ bad inputs and the priming ablation script on the simulated world."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import dspy
 import numpy as np
 import pytest
+from conftest import load_example
 from dspy.clients.utils_finetune import TrainDataFormat, validate_data_format
 
 from cd_dspy import cli
@@ -37,8 +36,6 @@ from cd_dspy.priming import PRIMING_STRATEGIES
 from cd_dspy.programs.pipelines import PlanThenSolve
 from cd_dspy.result import Rule
 from cd_dspy.simulated import HELPFUL_RULES, answer_match, simulated_splits
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def generate(priming="gold", program=None, **kwargs):
@@ -358,10 +355,7 @@ def test_distill_cli_bad_inputs_are_one_line_errors(capsys, extra, message):
 # ---------------------------------------------------------------- the priming ablation script
 
 def test_priming_ablation_script_on_the_simulated_world(tmp_path):
-    sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location("priming_ablation", EXAMPLES / "priming_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("priming_ablation")
     report = module.main(["--task", "simulated", "--train", "12", "--val", "24", "--test", "8", "--trials", "4",
                           "--strategies", "none,gold", "--out", str(tmp_path / "abl")])
     assert set(report["strategies"]) == {"none", "gold"}
@@ -378,10 +372,7 @@ def test_priming_ablation_script_on_the_simulated_world(tmp_path):
 def test_distill_compare_takes_the_rules_of_a_finished_compile_on_the_same_split(tmp_path):
     from cd_dspy.result import ConceptDistillationResult
 
-    sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location("distill_compare", EXAMPLES / "distill_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("distill_compare")
     rules = [Rule(id="R1", text=HELPFUL_RULES["units"], predictor="predict"),
              Rule(id="R2", text=HELPFUL_RULES["vans"], predictor="predict")]
     result = ConceptDistillationResult(n_train=8, n_val=12, rules=rules, candidates=[{"rule_ids": ["R2"]}],

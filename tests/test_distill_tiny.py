@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from types import SimpleNamespace
 import dspy
 import numpy as np
 import pytest
+from conftest import load_example
 
 from cd_dspy import cli
 from cd_dspy.distill import (
@@ -39,7 +39,6 @@ from cd_dspy.distill.simulated import solving_teacher_lm
 from cd_dspy.distill.train import encode_records
 from cd_dspy.simulated import HELPFUL_RULES, answer_match, simulated_splits
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SOURCE = "qwen2.5-coder-0.5b"  # only its tokenizer is used
 
 
@@ -195,10 +194,7 @@ def test_distill_compare_example_on_the_tiny_model(tiny, tmp_path):
     rules = tmp_path / "program.json"
     program = dspy.ChainOfThought("question -> answer: float")
     with_rules(program, [Rule(id="R1", text=HELPFUL_RULES["units"], predictor="predict")]).save(str(rules))
-    sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location("distill_compare", EXAMPLES / "distill_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("distill_compare")
     report = module.main(["--task", "simulated", "--teacher", "simulated-solver", "--target", str(tiny.gguf),
                           "--student", str(tiny.hf), "--train", "5", "--val", "2", "--test", "3", "--rules",
                           str(rules), "--methods", "rules+sft", "--max-steps", "2", "--lr", "1e-2",

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from kill_child import logged_calls
 
 CHILD = Path(__file__).with_name("kill_child.py")
 # select:75 comes after 30 verification calls and two trials of 20 search examples: inside the third trial
@@ -55,13 +56,6 @@ def kill_at_marker(proc: subprocess.Popen, paths: dict) -> None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
-
-
-def calls(log: Path, event: str, role: str | None = None) -> list[str]:
-    if not log.exists():
-        return []
-    rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
-    return [key for ev, r, key in rows if ev == event and (role is None or r == role)]
 
 
 def check_artifacts_parse(run_dir: Path) -> list[str]:
@@ -107,8 +101,8 @@ def runs(tmp_path_factory):
 
 def test_reference_run_pays_each_request_once(runs):
     log = runs["reference_log"]
-    assert calls(log, "start") == calls(log, "end")  # nothing in flight at the end
-    assert not [k for k, n in Counter(calls(log, "start")).items() if n > 1]
+    assert logged_calls(log, "start") == logged_calls(log, "end")  # nothing in flight at the end
+    assert not [k for k, n in Counter(logged_calls(log, "start")).items() if n > 1]
     ref = runs["reference"]
     assert ref["improved"] and ref["selected_rule_ids"]
 
@@ -117,7 +111,7 @@ def test_reference_run_pays_each_request_once(runs):
 def test_kill_and_resume(runs, phase):
     data, ref = runs["phases"][phase], runs["reference"]
     log1, log2 = data["paths1"]["log"], data["paths2"]["log"]
-    finished1, started1, started2 = calls(log1, "end"), calls(log1, "start"), calls(log2, "start")
+    finished1, started1, started2 = logged_calls(log1, "end"), logged_calls(log1, "start"), logged_calls(log2, "start")
     in_flight = Counter(started1) - Counter(finished1)
     assert sum(in_flight.values()) == 1  # the kill landed inside exactly one call
     assert {"fingerprint.json"} <= set(data["artifacts"])
@@ -126,7 +120,7 @@ def test_kill_and_resume(runs, phase):
     assert not set(finished1) & set(started2)
     assert len(set(started1)) == len(started1) and len(set(started2)) == len(started2)
 
-    teacher1, teacher2 = calls(log1, "end", "teacher"), calls(log2, "start", "teacher")
+    teacher1, teacher2 = logged_calls(log1, "end", "teacher"), logged_calls(log2, "start", "teacher")
     ref_log = runs["reference_log"]
     if phase == "collect":
         assert not teacher1
@@ -148,9 +142,9 @@ def test_kill_and_resume(runs, phase):
             assert resumed[trial["number"]]["state"] == "complete"
             assert resumed[trial["number"]]["rule_ids"] == trial["rule_ids"]
     if phase in ("collect", "induce"):  # the rest of the run is deterministic: the same calls as the reference
-        assert sorted(set(finished1) | set(started2)) == sorted(calls(ref_log, "start"))
+        assert sorted(set(finished1) | set(started2)) == sorted(logged_calls(ref_log, "start"))
     # the teacher did exactly the reference's work across both runs
-    assert len(teacher1) + len(teacher2) == len(calls(ref_log, "start", "teacher"))
+    assert len(teacher1) + len(teacher2) == len(logged_calls(ref_log, "start", "teacher"))
 
     result = data["result"]
     assert result["selected_rule_ids"] == ref["selected_rule_ids"]

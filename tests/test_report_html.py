@@ -3,27 +3,17 @@ plots drawn, sections there; committed reports under examples/results/ too. Skip
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, load_example
 from migrate_world import PRICES, Migration
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 COMMITTED = sorted((EXAMPLES / "results").glob("migrate*/report.html"))
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("cd_check_html", EXAMPLES / "check_html.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-checker = _load_checker()
+checker = load_example("check_html")
 
 
 @pytest.fixture(scope="module")

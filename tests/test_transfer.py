@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import dspy
 import pytest
+from conftest import load_example
 from migrate_world import COT, Migration
 
 from cd_dspy.rulebook import DROPPED, FREE, PINNED, Rulebook, RulebookRule
 from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, answer_match
 from cd_dspy.transfer import check_rulebook
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def helpful_book(tmp_path: Path) -> Path:
@@ -50,9 +48,7 @@ def test_a_rulebook_with_nothing_to_apply_is_an_error(tmp_path):
 
 
 def test_transfer_script_writes_the_matrix(tmp_path):
-    spec = importlib.util.spec_from_file_location("cd_transfer_script", EXAMPLES / "transfer.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_example("transfer")
     harmful = Rulebook([RulebookRule(HARMFUL_RULE, "predict", PINNED)]).save(tmp_path / "harmful.yaml")
     books = [str(helpful_book(tmp_path)), str(harmful)]
     report = script.main(["--task", "simulated", "--train", "16", "--val", "40", "--test", "24", "--seed", "1",
@@ -71,9 +67,7 @@ def test_transfer_script_writes_the_matrix(tmp_path):
 
 
 def test_transfer_script_skips_a_rulebook_with_nothing_to_apply_unless_asked(tmp_path):
-    spec = importlib.util.spec_from_file_location("cd_transfer_script", EXAMPLES / "transfer.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_example("transfer")
     rejected = Rulebook([RulebookRule(HELPFUL_RULES["vans"], "predict", DROPPED)]).save(tmp_path / "rejected.yaml")
     base = ["--task", "simulated", "--train", "16", "--val", "40", "--test", "8", "--seed", "1", "--rulebooks",
             str(rejected), "--models", "simulated-target", "--run-dir", str(tmp_path / "rec"), "--quiet"]

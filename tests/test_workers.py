@@ -26,6 +26,7 @@ import dspy
 import optuna
 import pytest
 from conftest import SimWorld
+from kill_child import logged_calls
 
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.run_dir import RunDir
@@ -38,6 +39,11 @@ from cd_dspy.workers import SLOT, WorkerError, Workers, guarded, rdb_storage, ru
 TESTS = Path(__file__).parent
 POSTGRES_ENV = "CD_DSPY_TEST_POSTGRES_URL"
 SETTINGS = {"verify": False, "num_trials": 10}  # 5 candidate rules: 7 first trials, a TPE round, elimination
+
+
+def fresh_world(tmp_path: Path) -> tuple[SimWorld, str, Path]:
+    """A simulated world, a study name no other test uses, and the file the workers log their calls to."""
+    return SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
 
 
 def compile_sim(sim: SimWorld, **settings):
@@ -73,11 +79,6 @@ def finish_workers(procs: list, killed: int | None = None) -> list[int]:
         assert code == 0, out.read_text()[-3000:]
         counts.append(int(out.read_text().strip().splitlines()[-1].split()[1]))
     return counts
-
-
-def logged_calls(log: Path, event: str) -> list[str]:
-    rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
-    return [key for ev, _, key in rows if ev == event]
 
 
 def workers_for(log: Path, **settings) -> Workers:
@@ -124,7 +125,7 @@ def test_reference_finds_the_helpful_rules(reference):
 
 
 def test_three_postgres_workers_equal_one_process(reference, postgres_url, tmp_path):
-    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    sim, study, log = fresh_world(tmp_path)
     procs = start_workers(tmp_path, postgres_url, study, 3, log)
     result = compile_sim(sim, storage=postgres_url, study_name=study, workers=workers_for(log))
     counts = finish_workers(procs)
@@ -143,7 +144,7 @@ def test_three_postgres_workers_equal_one_process(reference, postgres_url, tmp_p
 def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path):
     """SIGKILL a worker inside the 5th call of its first trial: Optuna's heartbeat finds the trial stale, the
     retry callback re-enqueues it, another worker finishes it, paying only for the examples not yet scored."""
-    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    sim, study, log = fresh_world(tmp_path)
     procs = start_workers(tmp_path, postgres_url, study, 3, log, hang=5)
     marker, killed = tmp_path / "marker", {}
 
@@ -183,7 +184,7 @@ def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path)
 
 
 def test_two_sqlite_workers_on_one_machine_equal_one_process(reference, tmp_path):
-    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    sim, study, log = fresh_world(tmp_path)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     procs = start_workers(tmp_path, storage, study, 2, log)
     result = compile_sim(sim, storage=storage, study_name=study, workers=workers_for(log))
@@ -306,7 +307,7 @@ def test_cli_compile_with_workers_and_a_worker_process(tmp_path, capsys):
 def test_a_worker_error_stops_the_compile_and_a_rerun_finishes(reference, tmp_path):
     """A worker whose target is down fails its trial with the reason; the compile stops with a WorkerError naming
     it; rerun with a healthy worker, the failed trial is tried again and the result is the single-process one."""
-    sim, study, log = SimWorld(tmp_path), f"cdtest-{uuid.uuid4().hex[:8]}", tmp_path / "calls.log"
+    sim, study, log = fresh_world(tmp_path)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     broken = start_local_workers(storage, study, 1, tmp_path, envs=[{
         "PYTHONPATH": str(TESTS), "CD_DSPY_TEST_BROKEN": "1"}])
