@@ -246,7 +246,11 @@ def _verdict(vs: dict | None) -> str:
     sig = "better than baseline" if vs["p_two_sided"] < 0.05 and vs["difference"] > 0 else \
         "worse than baseline" if vs["p_two_sided"] < 0.05 else "not distinguishable"
     return (f"{vs['difference']:+.1f} [{vs['ci'][0]:+.1f}, {vs['ci'][1]:+.1f}]; {vs['fixed']} fixed / "
-            f"{vs['broken']} broken, p={vs['p_two_sided']:.3f}: {sig}")
+            f"{vs['broken']} broken, {_p(vs['p_two_sided'])}: {sig}")
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def write_markdown(data: dict, path: Path) -> None:
