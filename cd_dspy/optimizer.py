@@ -37,7 +37,8 @@ from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials, delete_study
 from cd_dspy.settings import AUTO_PRESETS, Preset, default_threads
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
-from cd_dspy.verify import VERIFICATION_LOG, correct_sample, verify_rules
+from cd_dspy.verify import VERIFICATION_LOG, checked, correct_sample, verify_rules
+from cd_dspy.verify_workers import verify_on_workers
 from cd_dspy.workers import Workers, check_workers, distributed_selector
 
 logger = logging.getLogger("cd_dspy")
@@ -322,8 +323,12 @@ class ConceptDistillation(Teleprompter):
         evaluator = CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.threads,
                                     log_name=VERIFICATION_LOG)
         own = [r for r in rules if r.origin != RULEBOOK_ORIGIN]  # a rulebook's free rules go to the search
+        sample = correct_sample(correct, self.verify_correct, self.seed)
+        if self.workers is not None and own:  # workers score every check; verify_rules then reads their scores
+            verify_on_workers(self, base, own, checked(own, mistakes, sample, self.verify_max_sources), evaluator,
+                              self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None), progress)
         bar = progress.bar("verify rules", total=len(own))
-        verify_rules(own, mistakes, correct_sample(correct, self.verify_correct, self.seed),
+        verify_rules(own, mistakes, sample,
                      evaluator=evaluator, program_with=lambda chosen: self._bind(base, chosen),
                      threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
                      on_rule=lambda rule: bar.update(1))

@@ -27,6 +27,14 @@ def correct_sample(correct_indices: Sequence[int], size: int, seed: int) -> list
     return sorted(random.Random(seed).sample(sorted(correct_indices), min(size, len(correct_indices))))
 
 
+def checked(rules: Sequence[Rule], mistakes: Sequence[Mistake], correct: Sequence[int],
+            max_sources: int) -> dict[str, list[int]]:
+    """Each rule's verification examples: (at most `max_sources` of) its source mistakes, then `correct`."""
+    index_of = {m.id: m.example_index for m in mistakes}
+    return {r.id: sorted({index_of[s] for s in r.sources if s in index_of})[:max_sources] + list(correct)
+            for r in rules}
+
+
 def verify_rules(rules: Sequence[Rule], mistakes: Sequence[Mistake], correct: Sequence[int], *,
                  evaluator: CachedEvaluator, program_with: Callable[[Sequence[Rule]], dspy.Module],
                  threshold: float, max_sources: int, min_fixed: int = 1,
@@ -35,11 +43,10 @@ def verify_rules(rules: Sequence[Rule], mistakes: Sequence[Mistake], correct: Se
 
     `evaluator` scores programs on the trainset (indices are trainset positions); `program_with(rules)`
     builds the program with those rules; `correct` are the trainset indices of the correct sample."""
-    index_of = {m.id: m.example_index for m in mistakes}
-    kept = []
+    kept, checks = [], checked(rules, mistakes, correct, max_sources)
     for rule in rules:
-        own = sorted({index_of[s] for s in rule.sources if s in index_of})[:max_sources]
-        scores = evaluator(program_with([rule]), own + list(correct))
+        own = checks[rule.id][:len(checks[rule.id]) - len(correct)]
+        scores = evaluator(program_with([rule]), checks[rule.id])
         fixed = [i for i, s in zip(own, scores, strict=False) if s >= threshold]
         broken = [i for i, s in zip(correct, scores[len(own):], strict=True) if s < threshold]
         verdict = Verification(checked_mistakes=own, checked_correct=list(correct), fixed=fixed, broken=broken,

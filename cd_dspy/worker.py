@@ -36,6 +36,7 @@ from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector
 from cd_dspy.shared_store import ScoreStore
 from cd_dspy.usage import TARGET, UsageMeter
+from cd_dspy.verify_workers import verify_objective
 from cd_dspy.workers import (
     REFUSED,
     STATE,
@@ -115,15 +116,33 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
     logger.info("Worker: looking for a search named %s on %s", study, public_url(storage))
     store = _retrying(lambda: ScoreStore(storage), f"the score store at {public_url(storage)}")
     plain = _retrying(lambda: optuna.storages.RDBStorage(storage), f"the Optuna storage at {public_url(storage)}")
-    name = find_study(plain, study, wait)
-    spec = store.published(name)
-    if spec is None:
-        raise WorkerError(f"study {name!r} has no published search in {public_url(storage)}; it was not created "
-                          "by a compile with workers.")
+    trials, name, built, meter = 0, study, None, UsageMeter(None)
+    while True:  # a compile with verification publishes its verify study first, then its search
+        try:
+            name = find_study(plain, study, wait)
+        except WorkerError:
+            if built is None:
+                raise
+            break  # verification kept no rule: there is no search
+        spec = store.published(name)
+        if spec is None:
+            raise WorkerError(f"study {name!r} has no published search in {public_url(storage)}; it was not created "
+                              "by a compile with workers.")
+        built = built or load_attribute(spec["setup"])(**spec["setup_args"])
+        trials += _work_on(storage, name, spec, store, built, meter, wait, num_threads,
+                           None if max_trials is None else max_trials - trials)
+        if "verify" not in spec or (max_trials is not None and trials >= max_trials):
+            break
+    store.close()
+    return WorkerReport(name, trials, meter.snapshot()[TARGET].calls, round(time.perf_counter() - started, 3))
+
+
+def _work_on(storage: str, name: str, spec: dict[str, Any], store: ScoreStore, built: tuple, meter: UsageMeter,
+             wait: float, num_threads: int | None, max_trials: int | None) -> int:
+    """Evaluate waiting trials of the study `name` until it is done (or `max_trials`, or `wait` s idle)."""
     opt_study = optuna.load_study(study_name=name, storage=rdb_storage(storage, *spec["heartbeat"]),
                                   sampler=optuna.samplers.RandomSampler())
-    program, metric, target = load_attribute(spec["setup"])(**spec["setup_args"])
-    meter = UsageMeter(None)
+    program, metric, target = built
     evaluator = CachedEvaluator(_examples(spec["valset"]), ScoredMetric(metric), run_dir=RunDir(None), meter=meter,
                                 num_threads=num_threads or spec["num_threads"], shared=store)
 
@@ -139,10 +158,13 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
         except WorkerError as exc:  # the main process logs it (else it would wait for this worker in silence)
             opt_study.set_user_attr(f"{REFUSED}{socket.gethostname()}:{os.getpid()}", str(exc))
             raise
-        selector = RuleSelector(program_with, [Rule.from_dict(r) for r in spec["rules"]], evaluator,
-                                indices=spec["search"], num_trials=spec["num_trials"], seed=spec["seed"],
-                                storage=None, study_name=name, minibatch_size=None, study=opt_study)
-        objective = guarded(selector._objective, meter)
+        rules = [Rule.from_dict(r) for r in spec["rules"]]
+        if "verify" in spec:  # one rule per trial, on its verification examples (cd_dspy.verify_workers)
+            objective = guarded(verify_objective(program_with, rules, evaluator, spec["verify"]), meter)
+        else:
+            objective = guarded(RuleSelector(program_with, rules, evaluator, indices=spec["search"],
+                                             num_trials=spec["num_trials"], seed=spec["seed"], storage=None,
+                                             study_name=name, minibatch_size=None, study=opt_study)._objective, meter)
         idle_since = time.monotonic()
         logger.info("Worker: joined study %s on %s", name, public_url(storage))
         while max_trials is None or trials < max_trials:
@@ -156,8 +178,7 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
                 break
             else:
                 time.sleep(spec["poll_seconds"])
-    store.close()
-    return WorkerReport(name, trials, meter.snapshot()[TARGET].calls, round(time.perf_counter() - started, 3))
+    return trials
 
 
 def start_local_workers(storage: str, study: str, n: int, out_dir: Path, *, wait: float = 120.0,

@@ -355,8 +355,9 @@ def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None
 
 def distributed_selector(cd: Any, base: dspy.Module, rules: list[Rule], evaluator: CachedEvaluator,
                          search: list[int], *, storage: str, study_name: str,
-                         on_trial: Callable[[Trial, float | None], None], progress: Any) -> DistributedSelector:
-    """Create the study, publish the search for workers, and return the selector that drives it."""
+                         on_trial: Callable[[Trial, float | None], None] | None, progress: Any,
+                         kind: type = DistributedSelector, extra: dict | None = None, **more: Any) -> Any:
+    """Create the study, publish the search (with `extra`) for workers, and return the `kind` that drives it."""
     workers: Workers = cd.workers
     if storage is None:
         raise ValueError("workers need a storage all of them reach: pass storage='postgresql://user:password@host/db' "
@@ -377,12 +378,12 @@ def distributed_selector(cd: Any, base: dspy.Module, rules: list[Rule], evaluato
         "heartbeat": [workers.heartbeat_interval, workers.grace_period, workers.max_retry],
         "poll_seconds": workers.poll_seconds,
         "keys": {"program": program_key(cd._bind(base)), "metric": evaluator.metric_key,
-                 "examples": evaluator.examples_key}})
+                 "examples": evaluator.examples_key}, **(extra or {})})
     study.set_user_attr("cd_dspy.rules", {r.id: r.text for r in rules})  # for the dashboard
     study.set_user_attr(STATE, {"state": "search", "published": time.time()})
     command = f"cd-dspy worker --storage '{public_url(storage)}' --study {study_name}"
     progress.note(f"select: search published for workers; start them with: {command}")
-    return DistributedSelector(lambda chosen: cd._bind(base, chosen), rules, evaluator, indices=search,
+    return kind(lambda chosen: cd._bind(base, chosen), rules, evaluator, indices=search,
                                num_trials=cd.num_trials, seed=cd.seed, storage=None, study_name=study_name,
                                minibatch_size=None, on_trial=on_trial, study=study, workers=workers,
-                               worker_command=command)
+                               worker_command=command, **more)

@@ -47,7 +47,7 @@ def fresh_world(tmp_path: Path) -> tuple[SimWorld, str, Path]:
 
 
 def compile_sim(sim: SimWorld, **settings):
-    cd = sim.optimizer(resume=False, **SETTINGS, **settings)
+    cd = sim.optimizer(resume=False, **{**SETTINGS, **settings})
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
     return cd.result
 
@@ -57,6 +57,10 @@ def outcome(result) -> dict:
     return {"trials": [(t.rule_ids, t.score, t.state) for t in result.trials],
             "selected": result.selected_rule_ids, "baseline": result.baseline_score, "best": result.best_score,
             "search": (result.search_baseline_score, result.search_best_score), "candidates": result.candidates}
+
+
+def verdicts(result) -> list:
+    return [(r.id, r.verification) for r in result.rules]
 
 
 def start_workers(tmp: Path, storage: str, study: str, n: int, log: Path, hang: int | None = None) -> list:
@@ -95,6 +99,18 @@ def reference(tmp_path_factory):
     result = compile_sim(sim, storage=f"sqlite:///{tmp / 'study.db'}",
                          workers=Workers(setup="worker_setup:build", evaluate_in_main=True))
     assert not log.exists()  # the main's own target did the work: no worker was involved
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference_verify(tmp_path_factory):
+    """With verification: the main process evaluates the verify study's trials and the search's itself."""
+    tmp = tmp_path_factory.mktemp("reference_verify")
+    result = compile_sim(SimWorld(tmp), verify=True, storage=f"sqlite:///{tmp / 'study.db'}",
+                         workers=Workers(setup="worker_setup:build", evaluate_in_main=True))
+    plain = compile_sim(SimWorld(tmp / "plain"), verify=True)  # no workers at all: verify.verify_rules alone
+    assert verdicts(result) == verdicts(plain) and any(r.verified for r in result.rules)
+    assert not all(r.verified for r in result.rules)  # some rules are dropped
     return result
 
 
@@ -300,7 +316,8 @@ def test_cli_compile_with_workers_and_a_worker_process(tmp_path, capsys):
                  "--storage", storage, "--workers", "--quiet"]) == 0
     [trials] = finish_workers(procs)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert trials >= 4 and len(result["trials"]) == trials and result["improved"]
+    # the worker verified every candidate rule (one trial each), then evaluated every search trial
+    assert len(result["trials"]) >= 4 and len(result["trials"]) + len(result["rules"]) == trials and result["improved"]
     assert "rules selected: 3 of" in capsys.readouterr().out
 
 
@@ -319,3 +336,49 @@ def test_a_worker_error_stops_the_compile_and_a_rerun_finishes(reference, tmp_pa
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset, valset=sim.valset)
     finish_workers(procs)
     assert outcome(cd.result) == outcome(reference)
+
+
+def kill_when_marked(tmp: Path, proc, killed: dict) -> threading.Thread:
+    """A thread that SIGKILLs `proc` once its worker wrote the marker (inside its hanging call)."""
+    marker = tmp / "marker"
+
+    def kill_at_marker() -> None:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if marker.exists():
+            killed["key"] = marker.read_text().split()[1]
+            os.kill(proc.pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill_at_marker)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("n, kill", [(3, False), (2, True)], ids=["three-workers", "a-worker-killed"])
+def test_postgres_workers_verify_as_one_process(reference_verify, postgres_url, tmp_path, n, kill):
+    """Verification on workers (cd_dspy.verify_workers): the same verdicts, trials and selected rules as one
+    process, each (prompt, example) pair paid once; a worker killed inside a verify trial loses nothing."""
+    sim, study, log = fresh_world(tmp_path)
+    procs = start_workers(tmp_path, postgres_url, study, n, log, hang=5 if kill else None)
+    killed: dict = {}
+    killer = kill_when_marked(tmp_path, procs[0][0], killed) if kill else None
+    result = compile_sim(sim, verify=True, storage=postgres_url, study_name=study, workers=workers_for(log))
+    if killer:
+        killer.join()
+        assert "key" in killed, "the worker never reached its kill point"
+    finish_workers(procs, killed=0 if kill else None)
+    assert verdicts(result) == verdicts(reference_verify)
+    assert outcome(result) == outcome(reference_verify)
+    started, ended = Counter(logged_calls(log, "start")), Counter(logged_calls(log, "end"))
+    assert {k for k, c in started.items() if c > 1} == ({killed["key"]} if kill else set())
+    assert max(ended.values()) == 1 and set(ended) == set(started)  # each pair paid (finished) once
+    checks = sum(len(r.verification["checked_mistakes"]) + len(r.verification["checked_correct"])
+                 for r in result.rules)
+    distinct = {tuple(t.rule_ids) for t in result.trials}
+    assert len(started) == checks + len(distinct) * result.n_search  # verify + search, nothing skipped
+    [name] = [s for s in optuna.get_all_study_names(postgres_url) if s.startswith(f"{study}-verify-")]
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    assert sum(t.state == optuna.trial.TrialState.FAIL for t in trials) == int(kill)
+    if not kill:  # a dead worker reports no usage
+        assert result.usage["target"].calls == reference_verify.usage["target"].calls
