@@ -44,6 +44,7 @@ def _variants(task: str) -> dict[str, tuple[Callable[[], dspy.Module] | str, str
         "json-cot-1024": (lambda: dspy.ChainOfThought(sig), "json", 1024),
         "json-predict": (lambda: dspy.Predict(sig), "json", 320),
         "chat-cot": (lambda: dspy.ChainOfThought(sig), "chat", 320),
+        "chat-cot-1024": (lambda: dspy.ChainOfThought(sig), "chat", 1024),
         "chat-predict": (lambda: dspy.Predict(sig), "chat", 320),
         "plain-chat": ("plain", "-", 512),
         **({"plain-chat-steps": ("plain-steps", "-", 512)} if task != "humaneval" else {}),
@@ -125,6 +126,9 @@ def summarise(task: str, n: int, rows: list[dict], model: str) -> dict:
 
 def write_markdown(summary: dict, path: Path, command: str) -> None:
     lines = [f"# Harness ablation: {summary['task']}, {summary['model']}, {summary['n']} training problems", "",
+             *([f"**PARTIAL**: only the first {summary['n']} problems are finished by every variant; rerun the "
+                "command without --summarise-only to go on (finished rows are kept).", ""]
+               if summary.get("partial") else []),
              f"Command: `{command}`", "",
              "Paired columns: difference in points on the same problems, problems better/worse, exact two-sided "
              "sign test. json-cot is the built-in program's old harness (JSONAdapter, chain of thought). "
@@ -154,6 +158,8 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variants")
     ap.add_argument("--out", required=True, help="output prefix (writes .jsonl, .json, .md)")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="run nothing: summarise the problems every chosen variant has finished (marked PARTIAL)")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +174,7 @@ def main() -> None:
     lm = local_lm(args.model, role="target", cache=False)  # every call real: timings are honest
     exs = problems(args.task, args.n)
     with log.open("a") as f:
-        for v in chosen:
+        for v in ([] if args.summarise_only else chosen):
             for i, ex in enumerate(exs):
                 if (v, i) in seen:
                     continue
@@ -178,10 +184,15 @@ def main() -> None:
                 done.append(row)
                 print(f"{v} {i}: score={row['score']} {row['seconds']}s tokens={row['output_tokens']}", flush=True)
     rows = [r for r in done if r["variant"] in chosen and r["index"] < args.n]
-    summary = summarise(args.task, args.n, rows, args.model)
+    common = set.intersection(*({r["index"] for r in rows if r["variant"] == v} for v in chosen))
+    rows = [r for r in rows if r["index"] in common]
+    summary = summarise(args.task, len(common), rows, args.model)
+    summary["partial"] = len(common) < args.n
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     command = f"python examples/harness_ablation.py --task {args.task} --n {args.n} --out {args.out}" + \
         (f" --variants {args.variants}" if args.variants else "")
+    if summary["partial"]:
+        command += " --summarise-only"
     write_markdown(summary, out.with_suffix(".md"), command)
     print(out.with_suffix(".md").read_text())
 
