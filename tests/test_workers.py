@@ -162,18 +162,8 @@ def test_killed_postgres_worker_loses_nothing(reference, postgres_url, tmp_path)
     retry callback re-enqueues it, another worker finishes it, paying only for the examples not yet scored."""
     sim, study, log = fresh_world(tmp_path)
     procs = start_workers(tmp_path, postgres_url, study, 3, log, hang=5)
-    marker, killed = tmp_path / "marker", {}
-
-    def kill_at_marker() -> None:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if marker.exists():
-            killed["key"] = marker.read_text().split()[1]
-            os.kill(procs[0][0].pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_at_marker)
-    killer.start()
+    killed: dict = {}
+    killer = kill_when_marked(tmp_path, procs[0][0], killed)
     result = compile_sim(sim, storage=postgres_url, study_name=study, workers=workers_for(log))
     killer.join()
     assert "key" in killed, "the worker never reached its kill point"
