@@ -105,8 +105,9 @@ def adapter_context(name: str):
     """A `dspy.context` with the chosen adapter (the CLI never changes DSPy's global settings)."""
     import dspy
 
-    adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
-    return dspy.context(adapter=adapters[name]())
+    from cd_dspy.programs import make_adapter
+
+    return dspy.context(adapter=make_adapter(name))
 
 
 def evaluate(program, examples, metric, threads: int) -> float:

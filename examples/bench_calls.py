@@ -23,9 +23,9 @@ import sys
 import time
 
 import dspy
-from bench_lib import write_report
+from bench_lib import tokens_since, write_report
 
-from cd_dspy.programs import get_task
+from cd_dspy.programs import get_task, make_adapter
 from cd_dspy.stats import paired_difference, score_interval
 
 CONFIGS = {
@@ -34,7 +34,6 @@ CONFIGS = {
     "chat": ("chat", {}),
     "chat-fa": ("chat", {"flash_attn": True}),
 }
-ADAPTERS = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,32 +61,33 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = dict.fromkeys(names, 0)
     prompt_tokens = dict.fromkeys(names, 0)
     scores: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:  # untimed: loads the model (and flash attention's copy) before any call is timed
+
+    def answer(name: str, example: dspy.Example) -> dspy.Prediction:
         program = task.make_program()
         program.set_lm(lms[name])
-        with dspy.context(adapter=ADAPTERS[CONFIGS[name][0]]()):
-            try:
-                program(**warmup.inputs())
-            except Exception:  # noqa: BLE001 - a warm-up reply that does not parse still warmed the model
-                pass
+        with dspy.context(adapter=make_adapter(CONFIGS[name][0])):
+            return program(**example.inputs())
+
+    for name in names:  # untimed: loads the model (and flash attention's copy) before any call is timed
+        try:
+            answer(name, warmup)
+        except Exception:  # noqa: BLE001 - a warm-up reply that does not parse still warmed the model
+            pass
     blocks = [questions[i:i + args.block] for i in range(0, len(questions), args.block)]
     for b, block in enumerate(blocks):
         for name, example in ((n, e) for n in names[b % len(names):] + names[:b % len(names)] for e in block):
-            program = task.make_program()
-            program.set_lm(lms[name])
             history = len(lms[name].history)
             started = time.perf_counter()
             try:
-                with dspy.context(adapter=ADAPTERS[CONFIGS[name][0]]()):
-                    prediction = program(**example.inputs())
+                prediction = answer(name, example)
                 scores[name].append(float(task.metric(example, prediction)))
             except Exception:  # an unparseable reply: what a configuration is judged on
                 failures[name] += 1
                 scores[name].append(0.0)
             seconds[name] += time.perf_counter() - started
-            usage = [h.get("usage") or {} for h in lms[name].history[history:]]
-            tokens[name] += sum(u.get("completion_tokens") or u.get("output_tokens") or 0 for u in usage)
-            prompt_tokens[name] += sum(u.get("prompt_tokens") or u.get("input_tokens") or 0 for u in usage)
+            used = tokens_since(lms[name], history)
+            prompt_tokens[name] += used[0]
+            tokens[name] += used[1]
         done = sum(len(x) for x in blocks[:b + 1])
         print(f"{done}/{len(questions)} " + " ".join(f"{n}={seconds[n] / done:.2f}s" for n in names), flush=True)
     n, ref = len(questions), names[0]

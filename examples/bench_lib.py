@@ -152,6 +152,13 @@ class BenchMeter(UsageMeter):
         return super().role_of(lm)
 
 
+def tokens_since(lm: dspy.LM, start: int) -> tuple[int, int]:
+    """(prompt, output) tokens of the calls `lm` recorded in its history after entry `start`."""
+    usage = [h.get("usage") or {} for h in lm.history[start:]]
+    return (sum(u.get("prompt_tokens") or u.get("input_tokens") or 0 for u in usage),
+            sum(u.get("completion_tokens") or u.get("output_tokens") or 0 for u in usage))
+
+
 def usage_dict(usage: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
     return {role: u.to_dict() for role, u in usage.items()}
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import dspy
 
-from cd_dspy.programs import get_task
+from cd_dspy.programs import get_task, make_adapter
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,7 +123,7 @@ class Benchmark:
                             adapter=self.adapter(), max_errors=10**6)  # a parse failure scores 0, not an abort
 
     def adapter(self) -> dspy.Adapter:
-        return {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter}[self.adapter_name]()
+        return make_adapter(self.adapter_name)
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, method: str, meter: BenchMeter) -> tuple[dspy.Module, dict]:

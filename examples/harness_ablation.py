@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dspy
+from bench_lib import tokens_since
 from dspy.utils.exceptions import AdapterParseError
 
 from cd_dspy.lms import local_lm
-from cd_dspy.programs import get_task
+from cd_dspy.programs import get_task, make_adapter
 from cd_dspy.programs.humaneval import WriteFunction, extract_code, humaneval_metric_with_feedback
 from cd_dspy.programs.math_word import SolveWordProblem, numeric_match, parse_number
 from cd_dspy.stats import paired_difference, score_interval
@@ -51,11 +52,9 @@ def _variants(task: str) -> dict[str, tuple[Callable[[], dspy.Module] | str, str
     }
 
 
-def _last_usage(lm: dspy.LM) -> tuple[int, bool]:
-    entry = lm.history[-1] if lm.history else {}
-    usage = entry.get("usage") or {}
-    out = usage.get("completion_tokens") or usage.get("output_tokens") or 0
-    return int(out), bool(getattr(entry.get("response"), "cache_hit", False))  # always False: cache is off
+def _last_output_tokens(lm: dspy.LM, start: int) -> int:
+    """Output tokens of the last call after history entry `start` (0 when none was made)."""
+    return tokens_since(lm, len(lm.history) - 1)[1] if len(lm.history) > start else 0
 
 
 def run_one(task: str, variant, example, lm: dspy.LM) -> dict:
@@ -74,15 +73,14 @@ def run_one(task: str, variant, example, lm: dspy.LM) -> dict:
             pred = dspy.Prediction(code=extract_code(reply, example.get("entry_point"))) if task == "humaneval" \
                 else dspy.Prediction(answer=parse_number(reply.split("Answer:")[-1]))
         else:
-            adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
-            with dspy.context(lm=lm, adapter=adapters[adapter]()):
+            with dspy.context(lm=lm, adapter=make_adapter(adapter)):
                 lm.kwargs["max_tokens"] = max_tokens
                 pred = factory()(**example.inputs())
     except AdapterParseError as e:
         pred, row["parse_failure"] = None, True
         row["error"] = str(e)[:200]
     row["seconds"] = round(time.perf_counter() - start, 2)
-    row["output_tokens"], row["cached"] = _last_usage(lm) if len(lm.history) > n_hist else (0, False)
+    row["output_tokens"] = _last_output_tokens(lm, n_hist)
     row["truncated"] = row["output_tokens"] >= max_tokens
     row["output"] = str(pred.get("code") if task == "humaneval" else pred.get("answer"))[:3000] if pred else None
     if pred is None:
@@ -110,11 +108,10 @@ def summarise(task: str, n: int, rows: list[dict], model: str) -> dict:
     for v, rs in by.items():
         scores = [r["score"] for r in rs]
         iv = score_interval(scores)
-        uncached = [r["seconds"] for r in rs if not r["cached"]]
         entry = {"n": len(rs), "score": 100 * sum(scores) / len(scores), "interval": list(iv),
                  "parse_failures": sum(r["parse_failure"] for r in rs), "truncated": sum(r["truncated"] for r in rs),
                  "mean_output_tokens": sum(r["output_tokens"] for r in rs) / len(rs),
-                 "seconds_per_call": sum(uncached) / len(uncached) if uncached else None}
+                 "seconds_per_call": sum(r["seconds"] for r in rs) / len(rs)}  # the LM's cache is off
         for key, other in (("vs_plain_chat", reference), ("vs_json_cot", by.get("json-cot"))):
             if other and other is not rs and len(other) == len(rs):
                 cmp = paired_difference(scores, [r["score"] for r in other])
@@ -143,9 +140,9 @@ def write_markdown(summary: dict, path: Path, command: str) -> None:
         return "reference" if name == ref else "-"
 
     for v, e in summary["variants"].items():
-        spc = f"{e['seconds_per_call']:.1f}" if e["seconds_per_call"] else "cached"
         lines.append(f"| {v} | {e['score']:.1f} | [{e['interval'][0]:.1f}, {e['interval'][1]:.1f}] | "
-                     f"{e['parse_failures']} | {e['truncated']} | {e['mean_output_tokens']:.0f} | {spc} | "
+                     f"{e['parse_failures']} | {e['truncated']} | {e['mean_output_tokens']:.0f} | "
+                     f"{e['seconds_per_call']:.1f} | "
                      f"{paired(e.get('vs_plain_chat'), v, 'plain-chat')} | "
                      f"{paired(e.get('vs_json_cot'), v, 'json-cot')} |")
     path.write_text("\n".join(lines) + "\n")

@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 
 import dspy
 
-__all__ = ["TASKS", "Task", "get_task"]
+__all__ = ["ADAPTERS", "TASKS", "Task", "get_task", "make_adapter"]
+
+ADAPTERS = ("json", "chat")  # the names a Task.adapter, the CLI's --adapter and the examples' flags take
+
+
+def make_adapter(name: str) -> dspy.Adapter:
+    """A fresh DSPy adapter by name: "json" (JSONAdapter) or "chat" (ChatAdapter)."""
+    adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
+    if name not in adapters:
+        raise ValueError(f"unknown adapter {name!r}; choose one of {list(ADAPTERS)}")
+    return adapters[name]()
 
 
 @dataclass(frozen=True)
