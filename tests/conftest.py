@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dspy
 import pytest
+from sandbox_harness import host_dir, shared_dir  # noqa: F401  (the sandbox tests' directory fixtures)
 
 from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
 
