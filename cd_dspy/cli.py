@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cd_dspy.programs import ADAPTERS
+
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_TEACHER = "qwen2.5-coder-1.5b"
 SIMULATED = ("simulated-target", "simulated-teacher")  # deterministic stand-ins (cd_dspy.simulated)
@@ -264,8 +266,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="parallel LM calls (default: 1 for embedded models, else DSPy's num_threads)")
-    parser.add_argument("--adapter", choices=["json", "chat"], default=None,
-                        help="DSPy adapter (default: the task's measured best; json: grammar-constrained JSON)")
+    parser.add_argument("--adapter", choices=ADAPTERS, default=None,
+                        help="DSPy adapter (default: the task's measured best; json: grammar-constrained JSON; "
+                        "plain: one plain request for code signatures)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import dspy
 
-from cd_dspy.programs import get_task, make_adapter
+from cd_dspy.programs import ADAPTERS, get_task, make_adapter
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="examples/results/benchmark", help="output prefix (no extension)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="parallel program calls (1 for embedded local LMs)")
-    p.add_argument("--adapter", choices=["chat", "json"], default=None,
+    p.add_argument("--adapter", choices=ADAPTERS, default=None,
                    help="DSPy adapter for every method (default: the task's measured best; chat for simulated)")
     p.add_argument("--retry-errors", action="store_true", help="rerun methods recorded with an error")
     p.add_argument("--fresh", action="store_true", help="ignore (overwrite) an existing <out>.json")

@@ -28,7 +28,7 @@ from cd_dspy.cli_distill import resolve_teacher
 from cd_dspy.distill import LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
 from cd_dspy.distill import pipeline as pl
 from cd_dspy.distill.student import model_file
-from cd_dspy.programs import TASKS
+from cd_dspy.programs import ADAPTERS, TASKS
 from cd_dspy.stats import min_detectable_gain
 
 METHODS = ("none", "rules", "sft", "kd", "rules+sft")
@@ -68,7 +68,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grammar", choices=["always", "on_failure", "never"])
     parser.add_argument("--train-threads", type=int)
     parser.add_argument("--estimate", action="store_true", help="print the expected time on 2 cores and exit")
-    parser.add_argument("--adapter", choices=["json", "chat"], help="default: the task's (math: chat)")
+    parser.add_argument("--adapter", choices=ADAPTERS, help="default: the task's (math: chat)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -49,6 +49,8 @@ def _variants(task: str) -> dict[str, tuple[Callable[[], dspy.Module] | str, str
         "chat-predict": (lambda: dspy.Predict(sig), "chat", 320),
         "plain-chat": ("plain", "-", 512),
         **({"plain-chat-steps": ("plain-steps", "-", 512)} if task != "humaneval" else {}),
+        # the built-in program (CodeGenerator under PlainChatAdapter): plain-chat's request through DSPy
+        **({"builtin-plain": (lambda: get_task(task).make_program(), "plain", 512)} if task == "humaneval" else {}),
     }
 
 
@@ -100,47 +102,57 @@ def problems(task: str, n: int) -> list:
     return get_task(task).load_splits(seed=0, sizes={"train": n, "val": 0, "test": 0})["train"]
 
 
+TODAY = {"humaneval": "builtin-plain is today's (CodeGenerator under PlainChatAdapter)",
+         "math-basic": "chat-cot is today's (MathSolver: chain of thought under ChatAdapter)"}
+
+
 def summarise(task: str, n: int, rows: list[dict], model: str) -> dict:
+    """Per variant: its score on the problems it finished; paired columns on the problems both variants finished."""
     names = list(dict.fromkeys(r["variant"] for r in rows))
-    by = {v: sorted((r for r in rows if r["variant"] == v), key=lambda r: r["index"]) for v in names}
-    reference = by.get("plain-chat")
+    by = {v: {r["index"]: r for r in rows if r["variant"] == v} for v in names}
     out = {"task": task, "n": n, "model": model, "variants": {}}
-    for v, rs in by.items():
+    for v, mine in by.items():
+        rs = [mine[i] for i in sorted(mine)]
         scores = [r["score"] for r in rs]
-        iv = score_interval(scores)
-        entry = {"n": len(rs), "score": 100 * sum(scores) / len(scores), "interval": list(iv),
+        entry = {"n": len(rs), "score": 100 * sum(scores) / len(scores), "interval": list(score_interval(scores)),
                  "parse_failures": sum(r["parse_failure"] for r in rs), "truncated": sum(r["truncated"] for r in rs),
                  "mean_output_tokens": sum(r["output_tokens"] for r in rs) / len(rs),
                  "seconds_per_call": sum(r["seconds"] for r in rs) / len(rs)}  # the LM's cache is off
-        for key, other in (("vs_plain_chat", reference), ("vs_json_cot", by.get("json-cot"))):
-            if other and other is not rs and len(other) == len(rs):
-                cmp = paired_difference(scores, [r["score"] for r in other])
-                entry[key] = {"difference": cmp.difference, "p_value": cmp.p_two_sided,
+        for key, ref in (("vs_plain_chat", "plain-chat"), ("vs_json_cot", "json-cot")):
+            common = sorted(set(mine) & set(by.get(ref, {})))
+            if ref != v and common:
+                cmp = paired_difference([mine[i]["score"] for i in common], [by[ref][i]["score"] for i in common])
+                entry[key] = {"n": len(common), "difference": cmp.difference, "p_value": cmp.p_two_sided,
                               "wins": cmp.wins, "losses": cmp.losses}
         out["variants"][v] = entry
     return out
 
 
 def write_markdown(summary: dict, path: Path, command: str) -> None:
-    lines = [f"# Harness ablation: {summary['task']}, {summary['model']}, {summary['n']} training problems", "",
-             *([f"**PARTIAL**: only the first {summary['n']} problems are finished by every variant; rerun the "
-                "command without --summarise-only to go on (finished rows are kept).", ""]
-               if summary.get("partial") else []),
+    unfinished = [v for v, e in summary["variants"].items() if e["n"] < summary["n"]]
+    lines = [f"# Harness ablation: {summary['task']}, {summary['model']}, the first {summary['n']} training problems",
+             "",
+             *([f"**PARTIAL**: {', '.join(unfinished)} did not finish all {summary['n']} problems (column "
+                "'problems'); rerun the command without --summarise-only to go on (finished rows are kept).", ""]
+               if unfinished else []),
              f"Command: `{command}`", "",
-             "Paired columns: difference in points on the same problems, problems better/worse, exact two-sided "
-             "sign test. json-cot is the built-in program's old harness (JSONAdapter, chain of thought). "
+             "Each variant is scored on the problems it finished (the first ones, in order). Paired columns: "
+             "difference in points on the problems both variants finished (their number first), problems "
+             "better/worse, exact two-sided sign test. json-cot is the built-in program's old harness (JSONAdapter, "
+             "chain of thought); " + TODAY[summary["task"]] + ". "
              "Seconds per call were measured while other jobs shared the 2 cores: compare them only roughly "
              "(examples/bench_calls.py times configurations side by side).", "",
-             "| variant | score % | 95% interval | parse failures | truncated | mean output tokens | s/call "
-             "| vs plain chat (paired) | vs json-cot (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | problems | score % | 95% interval | parse failures | truncated | mean output tokens | s/call "
+             "| vs plain chat (paired) | vs json-cot (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def paired(vs: dict | None, name: str, ref: str) -> str:
         if vs:
-            return f"{vs['difference']:+.1f} pts ({vs['wins']} better, {vs['losses']} worse, p={vs['p_value']:.3f})"
+            return (f"n={vs['n']}: {vs['difference']:+.1f} pts ({vs['wins']} better, {vs['losses']} worse, "
+                    f"p={vs['p_value']:.3f})")
         return "reference" if name == ref else "-"
 
     for v, e in summary["variants"].items():
-        lines.append(f"| {v} | {e['score']:.1f} | [{e['interval'][0]:.1f}, {e['interval'][1]:.1f}] | "
+        lines.append(f"| {v} | {e['n']} | {e['score']:.1f} | [{e['interval'][0]:.1f}, {e['interval'][1]:.1f}] | "
                      f"{e['parse_failures']} | {e['truncated']} | {e['mean_output_tokens']:.0f} | "
                      f"{e['seconds_per_call']:.1f} | "
                      f"{paired(e.get('vs_plain_chat'), v, 'plain-chat')} | "
@@ -156,7 +168,7 @@ def main() -> None:
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variants")
     ap.add_argument("--out", required=True, help="output prefix (writes .jsonl, .json, .md)")
     ap.add_argument("--summarise-only", action="store_true",
-                    help="run nothing: summarise the problems every chosen variant has finished (marked PARTIAL)")
+                    help="run nothing: summarise what the chosen variants have finished (marked PARTIAL)")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,10 +193,8 @@ def main() -> None:
                 done.append(row)
                 print(f"{v} {i}: score={row['score']} {row['seconds']}s tokens={row['output_tokens']}", flush=True)
     rows = [r for r in done if r["variant"] in chosen and r["index"] < args.n]
-    common = set.intersection(*({r["index"] for r in rows if r["variant"] == v} for v in chosen))
-    rows = [r for r in rows if r["index"] in common]
-    summary = summarise(args.task, len(common), rows, args.model)
-    summary["partial"] = len(common) < args.n
+    summary = summarise(args.task, args.n, rows, args.model)
+    summary["partial"] = any(e["n"] < args.n for e in summary["variants"].values())
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     command = f"python examples/harness_ablation.py --task {args.task} --n {args.n} --out {args.out}" + \
         (f" --variants {args.variants}" if args.variants else "")

@@ -24,7 +24,7 @@ from bench_lib import SIMULATED, held_out_record, load_task, make_lm, simulated_
 from cd_dspy import ConceptDistillation
 from cd_dspy.cli import adapter_context, per_example_scores
 from cd_dspy.priming import PRIMING_STRATEGIES
-from cd_dspy.programs import TASKS
+from cd_dspy.programs import ADAPTERS, TASKS
 
 ORDER = ("none", "teacher", "confidence", "ground_truth", "gold")
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-mistakes", type=int, default=6)
     parser.add_argument("--verify-correct", type=int, default=8, help="correct examples each rule is tried on")
     parser.add_argument("--conditional-rules", action="store_true")
-    parser.add_argument("--adapter", choices=["json", "chat"], help="default: the task's (math: chat)")
+    parser.add_argument("--adapter", choices=ADAPTERS, help="default: the task's (math: chat)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

@@ -10,12 +10,15 @@ import dspy
 
 __all__ = ["ADAPTERS", "TASKS", "Task", "get_task", "make_adapter"]
 
-ADAPTERS = ("json", "chat")  # the names a Task.adapter, the CLI's --adapter and the examples' flags take
+ADAPTERS = ("json", "chat", "plain")  # the names a Task.adapter, the CLI's --adapter and the examples' flags take
 
 
 def make_adapter(name: str) -> dspy.Adapter:
-    """A fresh DSPy adapter by name: "json" (JSONAdapter) or "chat" (ChatAdapter)."""
-    adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
+    """A fresh DSPy adapter by name: "json" (JSONAdapter), "chat" (ChatAdapter) or "plain" (PlainChatAdapter:
+    one plain request for code-writing signatures, ChatAdapter for the others)."""
+    from cd_dspy.programs.plain_chat import PlainChatAdapter
+
+    adapters = {"json": dspy.JSONAdapter, "chat": dspy.ChatAdapter, "plain": PlainChatAdapter}
     if name not in adapters:
         raise ValueError(f"unknown adapter {name!r}; choose one of {list(ADAPTERS)}")
     return adapters[name]()
@@ -158,7 +161,10 @@ TASKS: dict[str, Task] = {
     "humaneval": Task("humaneval", _code_generator, _humaneval_loader,
                       _lazy("cd_dspy.programs.humaneval", "humaneval_metric"),
                       _lazy("cd_dspy.programs.humaneval", "humaneval_metric_with_feedback"),
-                      {"train": 40, "val": 40, "test": 84}, "HumanEval code generation, sandboxed tests"),
+                      {"train": 40, "val": 40, "test": 84}, "HumanEval code generation, sandboxed tests",
+                      # plain chat: measured against chain of thought under ChatAdapter and JSONAdapter with the
+                      # 0.5B (examples/results/harness_humaneval.md); those write code inside the reasoning
+                      "plain"),
 }
 
 

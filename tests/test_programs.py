@@ -223,7 +223,7 @@ def test_task_registry():
     assert t.metric(s["train"][0], dspy.Prediction(answer=s["train"][0].answer)) == 1.0
     assert isinstance(get_task("math-plan").make_program(), PlanThenSolve)
     assert isinstance(get_task("gsm8k").make_program(), MathSolver)
-    assert get_task("humaneval").make_program().named_predictors()[0][0] == "generate.predict"
+    assert get_task("humaneval").make_program().named_predictors()[0][0] == "generate"
     with pytest.raises(ValueError, match="unknown task"):
         get_task("nope")
     with pytest.raises(ValueError, match="unknown split"):
