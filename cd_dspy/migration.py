@@ -31,7 +31,7 @@ from cd_dspy import validation
 from cd_dspy.costs import USD, CompileClock, load_prices, migration_costs
 from cd_dspy.heldout import ExampleRecord, HeldOutRunner, RunSummary
 from cd_dspy.integrate import with_rules
-from cd_dspy.keys import lm_state
+from cd_dspy.keys import lm_state, program_key
 from cd_dspy.optimizer import ConceptDistillation
 from cd_dspy.progress import Progress
 from cd_dspy.rulebook import export_rulebook, rule_provenance
@@ -115,7 +115,9 @@ def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.Bas
     models = {"source": source_lm.model, "target": target_lm.model, "teacher": teacher.model}
     costs = migration_costs(models=models, runs={k: RunSummary.of(v) for k, v in records.items()},
                             compile_usage=result.usage, compile_seconds=clock.seconds(), table=table)
+    unchanged = program_key(programs["target_after"]) == program_key(programs["target_before"])
     report = build_report(run_dir=str(run_dir), models=models, testset=testset, records=records, costs=costs,
+                          unchanged=unchanged,
                           rules=rule_provenance(result, run.file("compile")),
                           trials=[t.to_dict() for t in result.trials], threshold=cd.mistake_threshold,
                           compile_info={"message": result.message, "warnings": result.warnings,
@@ -135,8 +137,10 @@ def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.Bas
 
 def build_report(*, run_dir: str, models: dict[str, str], testset: Sequence[dspy.Example],
                  records: dict[str, list[ExampleRecord]], costs: dict[str, Any], rules: list[dict[str, Any]],
-                 trials: list[dict[str, Any]], threshold: float, compile_info: dict[str, Any]) -> MigrationReport:
-    """The report of a migration from its per-example records (all statistics are computed here)."""
+                 trials: list[dict[str, Any]], threshold: float, compile_info: dict[str, Any],
+                 unchanged: bool = False) -> MigrationReport:
+    """The report of a migration from its per-example records (all statistics are computed here); `unchanged`:
+    CD's program is the original one (no rule passed), so target after CD is target before by construction."""
     scores = {run: [r.score for r in records[run]] for run in RUNS}
     source, before, after = scores["source"], scores["target_before"], scores["target_after"]
     summary = {run: score_summary(scores[run]) for run in RUNS}
@@ -146,6 +150,13 @@ def build_report(*, run_dir: str, models: dict[str, str], testset: Sequence[dspy
     kept = ratio_interval(after, source)
     flips = [_flip(i, example, records, threshold) for i, example in enumerate(testset)]
     verdict, details = verdict_lines(summary, kept.to_dict(), gap.to_dict(), vs_before, vs_source, costs, len(testset))
+    if unchanged:
+        verified = sum(bool(r.get("verified")) for r in rules)
+        verdict = (f"CD kept no rule ({len(rules)} proposed, {verified} passed verification, none kept by the search "
+                   "and confirmation): the target's program is unchanged, so target after CD is target before CD. "
+                   + verdict)
+        details[1] = ("Target after CD vs target before CD: the same program, so the same answers by construction "
+                      "(the zero difference and [0, 0] intervals below measure nothing).")
     return MigrationReport(run_dir=run_dir, models=models, n_test=len(testset), scores=summary,
                            after_vs_before=vs_before.to_dict(), after_vs_source=vs_source.to_dict(),
                            gap_closed=gap.to_dict(), quality_kept=kept.to_dict(), flips=flips, costs=costs,

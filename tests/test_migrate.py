@@ -163,3 +163,15 @@ def test_cli_migrate_and_rulebooks(tmp_path, capsys):
     assert main(["migrate", *sim, "--source", "simulated-target", "--target", "simulated-target", "--run-dir",
                  str(tmp_path / "x")]) == 2
     assert "name the cheaper model as --target" in capsys.readouterr().err
+
+
+def test_a_compile_that_keeps_no_rule_says_the_program_is_unchanged(tmp_path):
+    """Every rule the teacher knows is dropped by the rulebook: target after CD is target before by construction,
+    and the verdict says so instead of presenting a [0, 0] interval as a measured effect."""
+    from cd_dspy.rulebook import DROPPED, Rulebook, RulebookRule
+
+    book = Rulebook([RulebookRule(text, "predict", DROPPED) for text in [*HELPFUL_RULES.values(), HARMFUL_RULE]])
+    report = Migration(n_test=8).run(tmp_path / "run", num_trials=4, rulebook=str(book.save(tmp_path / "book.yaml")))
+    assert report.scores["target_after"] == report.scores["target_before"]
+    assert re.match(r"CD kept no rule \(\d+ proposed, 0 passed verification, none kept", report.verdict)
+    assert "program is unchanged" in report.verdict and "same answers by construction" in report.details[1]
