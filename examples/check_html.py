@@ -2,7 +2,7 @@
 failed or network loads, the named plots drawn (an <svg> with marks and a visible size inside
 <figure id="plot-NAME">) and the named sections present.
 
-    python examples/check_html.py examples/results/migrate_math_basic/report.html --plots scores,search,rules
+    python examples/check_html.py examples/results/migrate_math_basic/report.html [--plots scores,search,rules]
 
 Chromium is Debian's package (`apt-get install chromium`; `.ci/run` installs it); it is driven over the
 DevTools protocol on a pipe (`--remote-debugging-pipe`), so no Python package is needed. Exit status 0
@@ -177,10 +177,21 @@ def check_html(path: str | Path, binary: str | None = None, timeout: float = 60.
     return check
 
 
+def expected_plots(html: Path) -> tuple[str, ...]:
+    """The plots a migration report must draw: scores always, the search's when it ran, rule effects when the
+    compile proposed rules (from report.json beside the page; all three when there is none)."""
+    data = html.with_name("report.json")
+    if not data.exists():
+        return ("scores", "search", "rules")
+    report = json.loads(data.read_text())
+    return ("scores", *(("search",) if report.get("trials") else ()), *(("rules",) if report.get("rules") else ()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("html", nargs="+", help="report.html files")
-    parser.add_argument("--plots", default="scores,search,rules", help="plots that must be drawn (comma-separated)")
+    parser.add_argument("--plots", default="auto", help="plots that must be drawn (comma-separated); auto: those the "
+                        "report.json beside the page has data for (the search plot only when a search ran)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="section ids that must be there")
     args = parser.parse_args(argv)
     if find_chromium() is None:
@@ -190,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in args.html:
         check = check_html(path)
-        problems = check.problems(tuple(filter(None, args.plots.split(","))),
+        plots = expected_plots(Path(path)) if args.plots == "auto" else tuple(filter(None, args.plots.split(",")))
+        problems = check.problems(plots,
                                   tuple(filter(None, args.sections.split(","))))
         print(f"{path}: {'OK' if not problems else 'FAILED'} ({len(check.plots)} plots, {len(check.sections)} "
               f"sections, {check.details} collapsible blocks, {len(check.errors)} console errors)")
