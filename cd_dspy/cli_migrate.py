@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cd_dspy.cli import CLIError, _data_arguments, load_task_and_splits, make_program, resolve_lm
+from cd_dspy.keys import lm_state
 
 # (flag, ConceptDistillation setting, type, default, help): the compile settings `migrate` passes on
 CD_SETTINGS = (
@@ -79,11 +80,17 @@ def add_parser(subparsers) -> None:
 
 
 def _lms(args):
-    """(source, target, teacher): the teacher is the source object itself unless another model is named."""
-    source = resolve_lm(args.source, "teacher", args.source_api_base)
+    """(source, target, teacher). The source runs the program with the settings the target runs it with (an
+    embedded model's target-role max_tokens), so the two are compared on equal terms; the teacher defaults to
+    the source model with the teacher's settings (one loaded model serves both), or is the source object itself
+    where the role changes nothing (API and simulated models)."""
+    source = resolve_lm(args.source, "target", args.source_api_base)
     target = resolve_lm(args.target, "target", args.target_api_base)
     same = args.teacher in (None, args.source) and args.teacher_api_base in (None, args.source_api_base)
-    teacher = source if same else resolve_lm(args.teacher, "teacher", args.teacher_api_base)
+    teacher = resolve_lm(args.source if same else args.teacher, "teacher",
+                         args.source_api_base if same else args.teacher_api_base)
+    if same and lm_state(teacher) == lm_state(source):
+        teacher = source
     return source, target, teacher
 
 

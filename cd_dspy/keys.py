@@ -18,7 +18,7 @@ import dspy
 
 from cd_dspy.priming import priming_key
 
-_SECRET = re.compile(r"key|token|secret|password|auth", re.I)
+_SECRET = re.compile(r"key|secret|password|auth|token$", re.I)  # api_key, hf_token..., not max_tokens (it changes answers)
 
 
 def digest(value: Any) -> str:

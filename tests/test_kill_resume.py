@@ -153,3 +153,21 @@ def test_kill_and_resume(runs, phase):
     print(f"\n[kill-resume] {phase}: killed after {len(finished1)} finished calls "
           f"({len(teacher1)} teacher), resumed with {len(started2)} calls ({len(teacher2)} teacher); "
           f"selected {result['selected_rule_ids']} best {result['best_score']}")
+
+
+def test_a_program_key_holds_what_changes_answers_and_no_secret():
+    """Records and phases are reused by key: max_tokens (a shorter cap truncates answers) is part of it, an API key
+    or token never is."""
+    import dspy
+
+    from cd_dspy.keys import lm_state, program_key
+
+    def bound(**kwargs):
+        program = dspy.Predict("question -> answer")
+        program.set_lm(dspy.LM("openai/x", cache=False, **kwargs))
+        return program_key(program)
+
+    assert bound(max_tokens=512) != bound(max_tokens=1024)
+    assert bound(max_tokens=512, api_key="sk-1") == bound(max_tokens=512, api_key="sk-2")
+    state = lm_state(dspy.LM("openai/x", api_key="sk-secret", hf_token="t", max_tokens=7))
+    assert state["max_tokens"] == 7 and "sk-secret" not in str(state) and "hf_token" not in state

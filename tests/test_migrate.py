@@ -175,3 +175,23 @@ def test_a_compile_that_keeps_no_rule_says_the_program_is_unchanged(tmp_path):
     assert report.scores["target_after"] == report.scores["target_before"]
     assert re.match(r"CD kept no rule \(\d+ proposed, 0 passed verification, none kept", report.verdict)
     assert "program is unchanged" in report.verdict and "same answers by construction" in report.details[1]
+
+
+def test_the_cli_runs_the_source_with_the_targets_settings_and_teaches_with_the_teachers(monkeypatch):
+    """An embedded source answers the program with the target-role max_tokens (equal terms with the target); the
+    teacher is the same model with the teacher-role settings; where the role changes nothing, one object serves."""
+    import argparse
+
+    from cd_dspy import cli_migrate
+
+    def fake_resolve(spec, role, api_base=None):
+        tokens = 1024 if role == "teacher" and spec.startswith("local") else 512
+        return dspy.LM(spec, max_tokens=tokens, cache=False)
+
+    monkeypatch.setattr(cli_migrate, "resolve_lm", fake_resolve)
+    names = {"teacher": None, "source_api_base": None, "target_api_base": None, "teacher_api_base": None}
+    source, target, teacher = cli_migrate._lms(argparse.Namespace(source="local/big", target="local/small", **names))
+    assert source.kwargs["max_tokens"] == target.kwargs["max_tokens"] == 512 and teacher.kwargs["max_tokens"] == 1024
+    assert teacher is not source and teacher.model == source.model
+    source, _, teacher = cli_migrate._lms(argparse.Namespace(source="openai/gpt-4o", target="local/small", **names))
+    assert teacher is source
