@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
             if test:
                 row["held_out"] = held_out_record(per_example_scores(compiled, test, metric, 1), baseline)
             report["strategies"][strategy] = row
-    return write_report(args.out, "priming_ablation", report, render)
+            report["pending"] = strategies[len(report["strategies"]):]
+            write_report(args.out, "priming_ablation", report, render)  # after each strategy: a cut run leaves a table
+    return report
 
 
 def _held(rec: dict | None) -> str:
@@ -95,7 +97,10 @@ def _held(rec: dict | None) -> str:
 
 
 def render(report: dict) -> str:
+    pending = report.get("pending")
     lines = [f"# Priming ablation: CD on {report['task']} ({report['command']})", "",
+             *([f"**PARTIAL**: not run yet: {', '.join(pending)} (rerun the command: finished strategies resume from "
+                "their run directories).", ""] if pending else []),
              f"Splits {report['splits']}; target {report['target']}, teacher {report['teacher']}. Held-out "
              f"baseline (no rules): {_held(report['baseline'])}.", "",
              "| priming | rules proposed | verified | selected | confirmation baseline -> compiled | held-out "
