@@ -7,7 +7,8 @@
 
 Every method sees the same splits and the same LMs: the target runs the program, the teacher writes
 rules / proposes instructions / reflects. "baseline" is the unoptimized program on the target and
-"teacher" the unoptimized program on the teacher (the ceiling). Peers run on fresh programs.
+"teacher" the unoptimized program on the teacher (the ceiling; an embedded teacher then answers with the
+target's call settings, e.g. max_tokens, not its longer teacher-role ones). Peers run on fresh programs.
 
 Budget matching: run "cd" before the peers. Its measured compile-time target calls B (collect,
 verification, search, confirmation; DSPy cache hits included) become the peers' budget: MIPROv2
@@ -101,8 +102,10 @@ class Benchmark:
         self.train, self.val, self.test = (self.task.splits[k] for k in ("train", "val", "test"))
         if args.task == SIMULATED:
             self.target, self.teacher = simulated_lms()
+            self.teacher_alone = self.teacher
         else:
             self.target, self.teacher = make_lm(args.target, "target"), make_lm(args.teacher, "teacher")
+            self.teacher_alone = make_lm(args.teacher, "target")  # the program's calls on equal terms (max_tokens)
         self.adapter_name = args.adapter or ("chat" if args.task == SIMULATED else get_task(args.task).adapter)
         self.peer_budget = target_budget(len(self.train), len(self.val), args.trials)  # until CD has run
 
@@ -180,7 +183,7 @@ class Benchmark:
             rec.update(info)
             t_compile = time.perf_counter()
             test_meter = BenchMeter(self.teacher, self.target)
-            lm = self.teacher if method == "teacher" else self.target
+            lm = self.teacher_alone if method == "teacher" else self.target
             with self._context(lm, test_meter):
                 evaluate = dspy.Evaluate(devset=self.test, metric=self.task.metric, num_threads=self.args.threads,
                                          display_progress=False, display_table=False, failure_score=0.0)
