@@ -122,11 +122,12 @@ def evaluate(program, examples, metric, threads: int) -> float:
 
 
 def per_example_scores(program, examples, metric, threads: int) -> list[float]:
-    """The metric's score of `program` on each example, in order (a failed prediction scores 0)."""
+    """The metric's score of `program` on each example, in order (a failed prediction scores 0, however many fail:
+    DSPy's default would cancel the whole evaluation after 10 unparseable replies)."""
     import dspy
 
     outcome = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads or 1, display_progress=False,
-                            provide_traceback=False, failure_score=0.0)(program)
+                            provide_traceback=False, failure_score=0.0, max_errors=len(examples) + 1)(program)
     return [float(getattr(score, "score", score)) for _, _, score in outcome.results]
 
 

@@ -18,7 +18,8 @@ import dspy
 
 from cd_dspy.priming import priming_key
 
-_SECRET = re.compile(r"key|secret|password|auth|token$", re.I)  # api_key, hf_token..., not max_tokens (it changes answers)
+# secrets (api_key, hf_token, ...) never enter a key; max_tokens does (it changes answers)
+_SECRET = re.compile(r"key|secret|password|auth|token$", re.I)
 
 
 def digest(value: Any) -> str:

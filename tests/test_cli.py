@@ -69,3 +69,17 @@ def test_evaluate_loads_the_saved_program(compiled_run, capsys):
 def test_bad_arguments_give_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_per_example_scores_count_every_unparseable_reply_as_zero():
+    """A tuned model that breaks the format on many examples scores 0 there; the evaluation is not cancelled."""
+    import dspy
+
+    from cd_dspy.cli import per_example_scores
+
+    class Broken(dspy.Module):
+        def forward(self, question):
+            raise ValueError("unparseable reply")
+
+    examples = [dspy.Example(question=str(i), answer=str(i)).with_inputs("question") for i in range(15)]
+    assert per_example_scores(Broken(), examples, lambda e, p, t=None: 1.0, 1) == [0.0] * 15
