@@ -149,14 +149,14 @@ def build_report(*, run_dir: str, models: dict[str, str], testset: Sequence[dspy
                          [s - b for s, b in zip(source, before, strict=True)])
     kept = ratio_interval(after, source)
     flips = [_flip(i, example, records, threshold) for i, example in enumerate(testset)]
-    verdict, details = verdict_lines(summary, kept.to_dict(), gap.to_dict(), vs_before, vs_source, costs, len(testset))
+    unchanged_note = None
     if unchanged:
         verified = sum(bool(r.get("verified")) for r in rules)
-        verdict = (f"CD kept no rule ({len(rules)} proposed, {verified} passed verification, none kept by the search "
-                   "and confirmation): the target's program is unchanged, so target after CD is target before CD. "
-                   + verdict)
-        details[1] = ("Target after CD vs target before CD: the same program, so the same answers by construction "
-                      "(the zero difference and [0, 0] intervals below measure nothing).")
+        unchanged_note = (f"CD kept no rule ({len(rules)} proposed, {verified} passed verification, none kept by the "
+                          "search and confirmation): the target's program is unchanged, so target after CD is target "
+                          "before CD.")
+    verdict, details = verdict_lines(summary, kept.to_dict(), gap.to_dict(), vs_before, vs_source, costs, len(testset),
+                                     unchanged_note)
     return MigrationReport(run_dir=run_dir, models=models, n_test=len(testset), scores=summary,
                            after_vs_before=vs_before.to_dict(), after_vs_source=vs_source.to_dict(),
                            gap_closed=gap.to_dict(), quality_kept=kept.to_dict(), flips=flips, costs=costs,
@@ -198,8 +198,10 @@ def _money(value: float, unit: str) -> str:
 
 
 def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap: dict[str, Any],
-                  vs_before: Comparison, vs_source: Comparison, costs: dict[str, Any], n: int) -> tuple[str, list[str]]:
-    """The one-line verdict (quality kept, cost share, break-even, with intervals and tests) and detail lines."""
+                  vs_before: Comparison, vs_source: Comparison, costs: dict[str, Any], n: int,
+                  unchanged_note: str | None = None) -> tuple[str, list[str]]:
+    """The one-line verdict (quality kept, cost share, break-even, with intervals and tests) and detail lines;
+    `unchanged_note` (CD kept no rule) leads the verdict and replaces the after-vs-before comparison."""
     unit, per = costs["unit"], costs["per_request"]
     after, source = scores["target_after"]["score"], scores["source"]["score"]
     quality = (f"Target after CD keeps {_ratio_text(kept)} of source quality ({after:.1f} vs {source:.1f} on {n} test "
@@ -223,9 +225,13 @@ def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap
         pays = "it never breaks even: the target after CD is not cheaper per request than the source"
     else:
         pays = "break-even unknown"
-    verdict = f"{quality}, {cost}; {pays}."
+    verdict = (f"{unchanged_note} " if unchanged_note else "") + f"{quality}, {cost}; {pays}."
+    versus_before = judgement(vs_before, "the target before CD")
+    if unchanged_note:
+        versus_before = ("the same program, so the same answers by construction (the zero difference and [0, 0] "
+                         "intervals below measure nothing)")
     details = [f"Target after CD vs source: {judgement(vs_source, 'the source')}.",
-               f"Target after CD vs target before CD: {judgement(vs_before, 'the target before CD')}.",
+               f"Target after CD vs target before CD: {versus_before}.",
                f"Share of the source→target gap closed: {_ratio_text(gap)} (Fieller's interval on paired examples).",
                _compile_line(costs, n),
                "Scores [95% CI]: " + "; ".join(f"{LABELS[r]} {s['score']:.1f} [{s['low']:.1f}, {s['high']:.1f}]"
