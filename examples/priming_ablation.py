@@ -108,8 +108,10 @@ def render(report: dict) -> str:
     for name, row in report["strategies"].items():
         conf = row["confirmation"]
         conf_cell = "not run" if conf[0] is None else f"{conf[0]:.1f} -> {conf[1]:.1f}"
+        unchanged = "= baseline (no rule kept: program unchanged)"
+        held = _held(row.get("held_out")) if row["rules_selected"] else unchanged
         lines.append(f"| {name} | {row['rules_proposed']} | {row['rules_verified']} | {row['rules_selected']} | "
-                     f"{conf_cell} | {_held(row.get('held_out'))} | {row['teacher_calls']} | {row['seconds']:.0f} s |")
+                     f"{conf_cell} | {held} | {row['teacher_calls']} | {row['seconds']:.0f} s |")
     lines += ["", "Selected rules:"]
     lines += [f"- {name}: " + ("; ".join(row["selected"]) or "none") for name, row in report["strategies"].items()]
     return "\n".join(lines) + "\n"

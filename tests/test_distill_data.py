@@ -369,6 +369,19 @@ def test_priming_ablation_script_on_the_simulated_world(tmp_path):
     assert len(PRIMING_STRATEGIES) == 5
 
 
+def test_priming_ablation_table_says_unchanged_when_no_rule_was_kept():
+    module = load_example("priming_ablation")
+    held = {"score": 45.8, "ci": [27.9, 64.9], "vs_baseline": {"difference": 0.0, "ci": [0.0, 0.0], "fixed": 0,
+                                                               "broken": 0, "p_two_sided": 1.0}}
+    row = {"rules_proposed": 2, "rules_verified": 0, "rules_selected": 0, "selected": [], "confirmation": [None, None],
+           "teacher_calls": 8, "seconds": 10.0, "held_out": held}
+    report = {"task": "math-basic", "command": "c", "splits": {}, "target": "t", "teacher": "T",
+              "baseline": {"score": 45.8, "ci": [27.9, 64.9]}, "strategies": {"none": row}}
+    table = module.render(report)
+    assert "| none | 2 | 0 | 0 | not run | = baseline (no rule kept: program unchanged) |" in table
+    assert "+0.0 [+0.0, +0.0]" not in table
+
+
 def test_distill_compare_takes_the_rules_of_a_finished_compile_on_the_same_split(tmp_path):
     from cd_dspy.result import ConceptDistillationResult
 
