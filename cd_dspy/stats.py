@@ -74,9 +74,22 @@ class Comparison:
 
 
 def comparison_cell(c: dict) -> str:
-    """A `Comparison.to_dict()` in one table cell: difference [95% CI], fixed/broken, two-sided sign test p."""
+    """A `Comparison.to_dict()` in one table cell: difference [95% CI], fixed/broken, two-sided sign test p
+    (and its Holm-adjusted value when the table makes several comparisons, see `holm_adjusted`)."""
+    holm = f" (Holm {c['p_holm']:.3g})" if "p_holm" in c else ""
     return (f"{c['difference']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}], {c['wins']}/{c['losses']}, "
-            f"p = {c['p_two_sided']:.3g}")
+            f"p = {c['p_two_sided']:.3g}{holm}")
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: family-wise error control when one table
+    compares several methods with the same baseline (reject those with adjusted p < alpha)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def min_wins_for_significance(alpha: float, comparisons: int = 1) -> int:

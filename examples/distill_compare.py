@@ -113,6 +113,8 @@ def rules_program(args: argparse.Namespace, task, target: str, teacher, notes: l
                              "holds the same held-out problems (the splits are cut from one seeded sequence).")
         ids = result.selected_rule_ids or (result.candidates[0]["rule_ids"] if result.candidates else [])
         rules = [r for r in result.rules if r.id in ids]
+        if not rules:
+            return task.make_program()  # no rule kept, no search run: `holds_rules` leaves the rules rows out
         conditional = bool(result.settings.get("conditional_rules"))
         status = "confirmed" if result.selected_rule_ids else "the search's best subset, not confirmed"
         notes.append(f"CD rules from {args.rules_run_dir} ({status}; {'conditional' if conditional else 'always on'})"
@@ -221,8 +223,9 @@ def render(report: dict) -> str:
     lines += [f"\n{note}" for note in report.get("notes", [])]
     gain, n = report.get("min_detectable_gain"), report["splits"]["test"]
     if gain is not None:
-        lines += ["", f"With {n} held-out examples, a paired sign test at 5% can only tell a gain of about "
-                  f"{gain:.0f} points from noise." if gain <= 100 else
+        lines += ["", f"With {n} held-out examples, the smallest gain a paired sign test at 5% can tell from noise "
+                  f"is about {gain:.0f} points, and only if no answer gets worse; answers that move both ways "
+                  "need a larger gain." if gain <= 100 else
                   f"With {n} held-out examples, no gain can be told from noise by a paired sign test at 5%."]
     return "\n".join(lines) + "\n"
 

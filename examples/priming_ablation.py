@@ -96,6 +96,11 @@ def _held(rec: dict | None) -> str:
     return cell
 
 
+def _time(row: dict) -> str:
+    """This invocation's seconds; under 1 s the strategy was resumed from its run directory, not compiled."""
+    return "resumed" if row["seconds"] < 1 else f"{row['seconds']:.0f} s"
+
+
 def render(report: dict) -> str:
     pending = report.get("pending")
     lines = [f"# Priming ablation: CD on {report['task']} ({report['command']})", "",
@@ -104,14 +109,15 @@ def render(report: dict) -> str:
              f"Splits {report['splits']}; target {report['target']}, teacher {report['teacher']}. Held-out "
              f"baseline (no rules): {_held(report['baseline'])}.", "",
              "| priming | rules proposed | verified | selected | confirmation baseline -> compiled | held-out "
-             "[95% CI]; vs baseline, fixed/broken, p | teacher calls | time |", "|---|---|---|---|---|---|---|---|"]
+             "[95% CI]; vs baseline, fixed/broken, p | teacher calls | time (resumed: done by an earlier run) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in report["strategies"].items():
         conf = row["confirmation"]
         conf_cell = "not run" if conf[0] is None else f"{conf[0]:.1f} -> {conf[1]:.1f}"
         unchanged = "= baseline (no rule kept: program unchanged)"
         held = _held(row.get("held_out")) if row["rules_selected"] else unchanged
         lines.append(f"| {name} | {row['rules_proposed']} | {row['rules_verified']} | {row['rules_selected']} | "
-                     f"{conf_cell} | {held} | {row['teacher_calls']} | {row['seconds']:.0f} s |")
+                     f"{conf_cell} | {held} | {row['teacher_calls']} | {_time(row)} |")
     lines += ["", "Selected rules:"]
     lines += [f"- {name}: " + ("; ".join(row["selected"]) or "none") for name, row in report["strategies"].items()]
     return "\n".join(lines) + "\n"

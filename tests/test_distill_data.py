@@ -405,3 +405,9 @@ def test_distill_compare_takes_the_rules_of_a_finished_compile_on_the_same_split
     args.val = 16
     with pytest.raises(SystemExit, match="pass --train 8 --val 12"):
         module.rules_program(args, task, "unused", None, [])
+    args.val = 12  # a compile that kept no rule and ran no search: no rules, no note listing none
+    empty = ConceptDistillationResult(n_train=8, n_val=12, rules=rules, candidates=[], settings={})
+    (tmp_path / "result.json").write_text(json.dumps(empty.to_dict()))
+    notes = []
+    unruled = module.rules_program(args, task, "unused", None, notes)
+    assert not module.holds_rules(task.make_program(), unruled) and notes == []

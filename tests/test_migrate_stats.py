@@ -11,7 +11,15 @@ from scipy import stats as scipy_stats
 from cd_dspy.costs import PriceTableError, load_prices, migration_costs, price_of
 from cd_dspy.heldout import ExampleRecord, RunSummary
 from cd_dspy.result import RoleUsage
-from cd_dspy.stats import break_even, paired_difference, ratio_interval, score_interval, score_summary
+from cd_dspy.stats import (
+    break_even,
+    comparison_cell,
+    holm_adjusted,
+    paired_difference,
+    ratio_interval,
+    score_interval,
+    score_summary,
+)
 
 
 def pairs(fixed: int, broken: int, same: int = 0) -> tuple[list[float], list[float]]:
@@ -32,6 +40,29 @@ def test_mcnemar_exact_on_known_counts(fixed, broken, two_sided, greater):
     assert (c.wins, c.losses) == (fixed, broken)
     assert c.p_two_sided == pytest.approx(two_sided, abs=1e-12)
     assert c.p_greater == pytest.approx(greater, abs=1e-12)
+
+
+def test_holm_adjustment_on_known_values():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04); returned in input order
+    assert holm_adjusted([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm_adjusted([0.047, 0.405]) == pytest.approx([0.094, 0.405])
+    assert holm_adjusted([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1, never below the raw p
+    assert holm_adjusted([]) == []
+
+
+def test_a_table_with_several_comparisons_shows_holms_p_beside_the_raw_one():
+    from cd_dspy.distill.pipeline import add_holm  # the last step of held_out_rows
+
+    base = [0.0] * 20
+    rows = {"none": {"n": 20}, "a": {"vs_baseline": paired_difference([1.0] * 6 + [0.0] * 14, base).to_dict()},
+            "b": {"vs_baseline": paired_difference([1.0] * 2 + [0.0] * 18, base).to_dict()}}
+    add_holm(rows)
+    a, b = rows["a"]["vs_baseline"], rows["b"]["vs_baseline"]
+    assert a["p_holm"] == pytest.approx(2 * a["p_two_sided"]) and b["p_holm"] == pytest.approx(b["p_two_sided"])
+    assert "(Holm 0.0625)" in comparison_cell(a) and "p = 0.0312" in comparison_cell(a)
+    single = {"none": {"n": 20}, "a": {"vs_baseline": paired_difference([1.0] * 6 + [0.0] * 14, base).to_dict()}}
+    add_holm(single)
+    assert "p_holm" not in single["a"]["vs_baseline"] and "Holm" not in comparison_cell(single["a"]["vs_baseline"])
 
 
 def test_wilson_interval_on_known_counts():

@@ -19,7 +19,7 @@ from cd_dspy.distill.data import DistillRecord, generate_distillation_data, writ
 from cd_dspy.distill.logprobs import LlamaScorer, add_teacher_logprobs
 from cd_dspy.distill.train import LoraTrainer, TrainReport, TrainSettings, encode_records
 from cd_dspy.distill.validate import validate_jsonl
-from cd_dspy.stats import comparison_cell, paired_difference, score_interval
+from cd_dspy.stats import comparison_cell, holm_adjusted, paired_difference, score_interval
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,16 @@ def held_out_rows(variants: Sequence[tuple[str, dspy.Module, Path | None, TrainR
         rows[name] = held_out_row(scores, baseline, eval_seconds=round(time.perf_counter() - started, 1),
                                   train=report.to_dict() if report is not None else None)
         baseline = baseline or scores
+    add_holm(rows)
     return rows
+
+
+def add_holm(rows: dict[str, dict[str, Any]]) -> None:
+    """Give each row's comparison with the baseline its Holm-adjusted p when there are several comparisons."""
+    compared = [row["vs_baseline"] for row in rows.values() if row.get("vs_baseline")]
+    if len(compared) > 1:
+        for vs, p in zip(compared, holm_adjusted([vs["p_two_sided"] for vs in compared]), strict=True):
+            vs["p_holm"] = p
 
 
 def held_out_row(scores: Sequence[float], baseline: Sequence[float] | None = None, **extra: Any) -> dict[str, Any]:
@@ -187,9 +196,11 @@ def format_row(name: str, row: dict[str, Any]) -> str:
     diff = comparison_cell(vs) if vs else ""
     train = row.get("train") or {}
     cost = f"{train['seconds']:.0f} s, {train['steps']} steps, peak {train['peak_rss_mb']:.0f} MB" if train else ""
-    return (f"| {name} | {row['score']:.1f} [{row['low']:.1f}, {row['high']:.1f}] | {diff} | {cost} | "
-            f"{row.get('eval_seconds', 0):.0f} s |")
+    seconds = row.get("eval_seconds", 0)
+    timing = "cached" if row.get("n") and seconds < 1 else f"{seconds:.0f} s"  # n calls in < 1 s: DSPy's cache
+    return f"| {name} | {row['score']:.1f} [{row['low']:.1f}, {row['high']:.1f}] | {diff} | {cost} | {timing} |"
 
 
 TABLE_HEADER = ("| model | held-out score [95% CI] | vs no help [95% CI], fixed/broken, sign test p | training "
-                "(time, steps, peak memory) | evaluation time |\n|---|---|---|---|---|")
+                "(time, steps, peak memory) | evaluation time (cached: answers from DSPy's cache) |\n"
+                "|---|---|---|---|---|")
