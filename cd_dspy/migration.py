@@ -226,10 +226,9 @@ def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap
     else:
         pays = "break-even unknown"
     verdict = (f"{unchanged_note} " if unchanged_note else "") + f"{quality}, {cost}; {pays}."
-    versus_before = judgement(vs_before, "the target before CD")
-    if unchanged_note:
-        versus_before = ("the same program, so the same answers by construction (the zero difference and [0, 0] "
-                         "intervals below measure nothing)")
+    same = ("the same program, so the same answers by construction (the zero difference and [0, 0] intervals "
+            "below measure nothing)")
+    versus_before = same if unchanged_note else judgement(vs_before, "the target before CD")
     details = [f"Target after CD vs source: {judgement(vs_source, 'the source')}.",
                f"Target after CD vs target before CD: {versus_before}.",
                f"Share of the source→target gap closed: {_ratio_text(gap)} (Fieller's interval on paired examples).",
