@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,3 +91,16 @@ class ScoreStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def retrying(make: Any, what: str, seconds: float = 30.0) -> Any:
+    """`make()`, retried while several processes race to create the same tables of a fresh database (a
+    database error); a malformed URL fails at once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return make()
+        except (OperationalError, IntegrityError, ProgrammingError) as exc:  # e.g. a table another process created
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot open {what}: {type(exc).__name__}: {exc}") from exc
+            time.sleep(0.5)

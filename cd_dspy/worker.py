@@ -34,7 +34,7 @@ from cd_dspy.keys import program_key
 from cd_dspy.result import Rule
 from cd_dspy.run_dir import RunDir
 from cd_dspy.select import RuleSelector
-from cd_dspy.shared_store import ScoreStore
+from cd_dspy.shared_store import ScoreStore, retrying
 from cd_dspy.usage import TARGET, UsageMeter
 from cd_dspy.verify_workers import verify_objective
 from cd_dspy.workers import (
@@ -74,18 +74,6 @@ def task_setup(task: str, target: str, target_api_base: str | None = None, progr
             cli.resolve_lm(target, "target", target_api_base))
 
 
-def _retrying(make: Any, what: str, seconds: float = 30.0) -> Any:
-    """`make()`, retried while several processes race to create the same tables of a fresh database."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return make()
-        except Exception as exc:  # noqa: BLE001 - e.g. a duplicate table another process just created
-            if time.monotonic() > deadline:
-                raise WorkerError(f"cannot open {what}: {type(exc).__name__}: {exc}") from exc
-            time.sleep(0.5)
-
-
 def find_study(storage: optuna.storages.BaseStorage, name: str, wait: float, poll: float = 0.5) -> str:
     """The study `name`, or the newest published `name-*` whose search is running; waits up to `wait` s."""
     deadline = time.monotonic() + wait
@@ -113,9 +101,10 @@ def run_worker(storage: str, study: str, *, wait: float = 600.0, max_trials: int
         raise ValueError(f"storage must be the compile's Optuna RDB storage URL (e.g. 'postgresql://user:password@"
                          f"host/db'), got {storage!r}.")
     started = time.perf_counter()
+    store = retrying(lambda: ScoreStore(storage), f"the score store at {public_url(storage)}")
+    plain = retrying(lambda: optuna.storages.RDBStorage(storage), f"the Optuna storage at {public_url(storage)}")
+    # logged once both schemas exist: a compile started after this line never races the worker to create them
     logger.info("Worker: looking for a search named %s on %s", study, public_url(storage))
-    store = _retrying(lambda: ScoreStore(storage), f"the score store at {public_url(storage)}")
-    plain = _retrying(lambda: optuna.storages.RDBStorage(storage), f"the Optuna storage at {public_url(storage)}")
     trials, name, built, meter = 0, study, None, UsageMeter(None)
     while True:  # a compile with verification publishes its verify study first, then its search
         try:

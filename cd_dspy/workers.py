@@ -34,7 +34,7 @@ from cd_dspy.evaluation import CachedEvaluator
 from cd_dspy.keys import program_key
 from cd_dspy.result import Rule, Trial
 from cd_dspy.select import RuleSelector, Selection, subset_of
-from cd_dspy.shared_store import ScoreStore
+from cd_dspy.shared_store import ScoreStore, retrying
 from cd_dspy.usage import TARGET, UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -362,13 +362,14 @@ def distributed_selector(cd: Any, base: dspy.Module, rules: list[Rule], evaluato
     if storage is None:
         raise ValueError("workers need a storage all of them reach: pass storage='postgresql://user:password@host/db' "
                          "(or a run_dir, whose SQLite study.db serves workers on this machine).")
-    store = ScoreStore(storage)
+    store = retrying(lambda: ScoreStore(storage), f"the score store at {public_url(storage)}")
     if not cd.resume:
         store.forget(evaluator.examples_key)
     evaluator.shared = store
     study = optuna.create_study(
         direction="maximize", study_name=study_name, load_if_exists=True,
-        storage=rdb_storage(storage, workers.heartbeat_interval, workers.grace_period, workers.max_retry),
+        storage=retrying(lambda: rdb_storage(storage, workers.heartbeat_interval, workers.grace_period,
+                                              workers.max_retry), f"the Optuna storage at {public_url(storage)}"),
         sampler=optuna.samplers.RandomSampler(seed=cd.seed))  # never samples: every trial is enqueued
     store.publish(study_name, {
         "version": 1, "setup": workers.setup, "setup_args": workers.setup_args,
