@@ -247,7 +247,20 @@ def gap_closed(methods: dict[str, dict], method: str = "cd") -> float | None:
     return None if top == base else (m - base) / (top - base)
 
 
-def _verdict(vs: dict | None) -> str:
+def program_unchanged(rec: dict, baseline: dict | None) -> bool:
+    """Whether `rec`'s compiled program is the baseline's: recorded by the run (its saved state equals a fresh
+    program's), or, for records without that flag, the same instructions and every test call a cache hit (the
+    same prompts the baseline sent)."""
+    if "program_unchanged" in rec:
+        return bool(rec["program_unchanged"])
+    target = rec.get("usage", {}).get("test", {}).get("target", {})
+    return (baseline is not None and rec.get("instructions") == baseline.get("instructions")
+            and target.get("calls") == 0 and target.get("cached_calls", 0) > 0)
+
+
+def _verdict(vs: dict | None, unchanged: bool = False) -> str:
+    if unchanged:
+        return "= baseline (the method returned the program unchanged)"
     if not vs:
         return "-"
     sig = "better than baseline" if vs["p_two_sided"] < 0.05 and vs["difference"] > 0 else \
@@ -283,9 +296,11 @@ def write_markdown(data: dict, path: Path) -> None:
                          f"{rec.get('seconds', {}).get('total', 0):.0f}s |")
             continue
         t = rec["test"]
-        gap = gap_closed(data["methods"], name) if name not in ("baseline", "teacher") else None
+        own = name not in ("baseline", "teacher")
+        unchanged = own and program_unchanged(rec, data["methods"].get("baseline"))
+        gap = gap_closed(data["methods"], name) if own and not unchanged else None
         lines.append(f"| {name} | {t['score']:.1f} [{t['ci'][0]:.1f}, {t['ci'][1]:.1f}] "
-                     f"| {_verdict(t.get('vs_baseline'))} "
+                     f"| {_verdict(t.get('vs_baseline'), unchanged)} "
                      f"| {f'{gap:.0%}' if gap is not None else '-'} "
                      f"| {_calls(rec, 'compile', 'target')} / {_calls(rec, 'test', 'target')} "
                      f"| {_calls(rec, 'compile', 'teacher')} / {_calls(rec, 'test', 'teacher')} "

@@ -194,6 +194,7 @@ class Benchmark:
             rec["seconds"] = {"compile": round(t_compile - started, 2),
                               "test": round(time.perf_counter() - t_compile, 2)}
             rec["instructions"] = {name: p.signature.instructions for name, p in program.named_predictors()}
+            rec["program_unchanged"] = program.dump_state() == self.task.make_program().dump_state()
         except Exception as exc:  # a crashing method is recorded; the benchmark goes on
             rec.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8),
                        usage={"compile": usage_dict(meter.snapshot())})

@@ -10,7 +10,14 @@ from conftest import EXAMPLES, load_example
 
 sys.path.insert(0, str(EXAMPLES))
 
-from bench_lib import gap_closed, held_out_record, measured_budget, peer_configs, target_budget  # noqa: E402
+from bench_lib import (  # noqa: E402
+    gap_closed,
+    held_out_record,
+    measured_budget,
+    peer_configs,
+    program_unchanged,
+    target_budget,
+)
 
 bench = load_example("benchmark")
 TINY = ["--task", "simulated", "--train", "8", "--val", "32", "--test", "12", "--trials", "4", "--seed", "0"]
@@ -33,6 +40,8 @@ def test_simulated_benchmark_writes_outputs_and_cd_beats_baseline(tmp_path):
     assert methods["cd"]["test"]["score"] > methods["baseline"]["test"]["score"]
     assert methods["teacher"]["test"]["score"] == 100.0  # the simulated teacher is the ceiling
     assert methods["cd"]["selected_rules"]
+    # a fresh program's saved state equals another fresh one's; CD's selected rules change it
+    assert methods["baseline"]["program_unchanged"] is True and methods["cd"]["program_unchanged"] is False
     # calls are split by role and phase
     assert methods["baseline"]["usage"]["test"]["target"]["calls"] == 12
     assert methods["teacher"]["usage"]["test"]["teacher"]["calls"] == 12
@@ -122,6 +131,17 @@ def test_identical_scores_are_not_distinguishable():
     same = [1.0, 0.0] * 20
     vs = held_out_record(same, same)["vs_baseline"]
     assert vs["fixed"] == vs["broken"] == 0 and vs["p_two_sided"] == pytest.approx(1.0)
+
+
+def test_a_method_that_returned_the_program_unchanged_reads_as_the_baseline():
+    """Flagged by the run, or (older records) same instructions and every test call a cache hit."""
+    baseline = {"instructions": {"generate": "Solve it."}}
+    test_calls = lambda calls, cached: {"usage": {"test": {"target": {"calls": calls, "cached_calls": cached}}}}  # noqa: E731
+    assert program_unchanged({"program_unchanged": True}, baseline)
+    assert not program_unchanged({"program_unchanged": False, **baseline, **test_calls(0, 12)}, baseline)
+    assert program_unchanged({**baseline, **test_calls(0, 12)}, baseline)
+    assert not program_unchanged({**baseline, **test_calls(12, 0)}, baseline)  # new prompts: demos changed
+    assert not program_unchanged({"instructions": {"generate": "Other."}, **test_calls(0, 12)}, baseline)
 
 
 def test_gap_closed():
