@@ -123,7 +123,21 @@ def load_task(name: str, seed: int, sizes: dict[str, int]) -> BenchTask:
         task = BenchTask(name, spec.make_program, spec.metric, spec.metric_with_feedback or spec.metric,
                          spec.load_splits(seed=seed, sizes=sizes))
     task.splits = {k: shared_fields(v, name) for k, v in task.splits.items()}
+    task.make_program = _with_own_signatures(task.make_program)
     return task
+
+
+def _with_own_signatures(make_program: Any) -> Any:
+    """`make_program`, each program with signature classes of its own. A program built from a Signature class
+    shares that class with every other instance, and a peer that assigns `predictor.signature.instructions`
+    (DSPy 3.4's InferRules does) would change the instructions of every later method's program."""
+    def make() -> dspy.Module:
+        program = make_program()
+        for _, predictor in program.named_predictors():
+            predictor.signature = predictor.signature.with_instructions(predictor.signature.instructions)
+        return program
+
+    return make
 
 
 def gepa_metric(metric):
@@ -248,14 +262,14 @@ def gap_closed(methods: dict[str, dict], method: str = "cd") -> float | None:
 
 
 def program_unchanged(rec: dict, baseline: dict | None) -> bool:
-    """Whether `rec`'s compiled program is the baseline's: recorded by the run (its saved state equals a fresh
-    program's), or, for records without that flag, the same instructions and every test call a cache hit (the
-    same prompts the baseline sent)."""
+    """Whether `rec`'s compiled program is the baseline's: the same instructions as the baseline's record and,
+    as recorded by the run, a saved state equal to a fresh program's (records without that flag: every test
+    call a cache hit, the same prompts the baseline sent)."""
+    same_instructions = baseline is not None and rec.get("instructions") == baseline.get("instructions")
     if "program_unchanged" in rec:
-        return bool(rec["program_unchanged"])
+        return bool(rec["program_unchanged"]) and same_instructions
     target = rec.get("usage", {}).get("test", {}).get("target", {})
-    return (baseline is not None and rec.get("instructions") == baseline.get("instructions")
-            and target.get("calls") == 0 and target.get("cached_calls", 0) > 0)
+    return same_instructions and target.get("calls") == 0 and target.get("cached_calls", 0) > 0
 
 
 def _verdict(vs: dict | None, unchanged: bool = False) -> str:

@@ -137,11 +137,26 @@ def test_a_method_that_returned_the_program_unchanged_reads_as_the_baseline():
     """Flagged by the run, or (older records) same instructions and every test call a cache hit."""
     baseline = {"instructions": {"generate": "Solve it."}}
     test_calls = lambda calls, cached: {"usage": {"test": {"target": {"calls": calls, "cached_calls": cached}}}}  # noqa: E731
-    assert program_unchanged({"program_unchanged": True}, baseline)
+    assert program_unchanged({"program_unchanged": True, **baseline}, baseline)
+    # a flag from a run whose fresh programs were changed in place by a peer: the instructions tell
+    assert not program_unchanged({"program_unchanged": True, "instructions": {"generate": "Rules: ..."}}, baseline)
     assert not program_unchanged({"program_unchanged": False, **baseline, **test_calls(0, 12)}, baseline)
     assert program_unchanged({**baseline, **test_calls(0, 12)}, baseline)
     assert not program_unchanged({**baseline, **test_calls(12, 0)}, baseline)  # new prompts: demos changed
     assert not program_unchanged({"instructions": {"generate": "Other."}, **test_calls(0, 12)}, baseline)
+
+
+def test_a_peer_that_assigns_signature_instructions_changes_no_other_program():
+    """DSPy's InferRules sets `predictor.signature.instructions`; with a Signature class shared by every
+    program, the next method would start from its instructions."""
+    from bench_lib import load_task
+
+    task = load_task("humaneval", 0, {"train": 1, "val": 0, "test": 0})
+    first, second = task.make_program(), task.make_program()
+    before = second.named_predictors()[0][1].signature.instructions
+    first.named_predictors()[0][1].signature.instructions = "Rules: changed in place."
+    assert second.named_predictors()[0][1].signature.instructions == before
+    assert task.make_program().dump_state() == second.dump_state()
 
 
 def test_gap_closed():
