@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_report(args.out, "prompt_sensitivity", report, render)
 
     adapter = args.adapter or ("chat" if args.task == SIMULATED else TASKS[args.task].adapter)
-    with adapter_context(adapter):
-        report.update(measure(task.make_program, examples, task.metric, lm, placebos, on_row=save), pending=[])
-    return write_report(args.out, "prompt_sensitivity", report, render)
+    with adapter_context(adapter):  # `save` writes the report after each placebo, the last one included
+        measure(task.make_program, examples, task.metric, lm, placebos, on_row=save)
+    return report
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def test_placebos_move_nothing_on_a_target_that_reads_only_its_rules(tmp_path):
 
 
 def test_placebos_move_answers_both_ways_on_a_prompt_sensitive_target():
-    """NoisyTarget redraws a quarter of its answers under any other instructions: placebos fix and break some."""
+    """NoisyTarget (flip=0.5) redraws half its answers under any other instructions: placebos fix and break
+    some."""
     target = dspy.LM("simulated/noisy-target", engine=NoisyTarget(3, flip=0.5), cache=False)
     examples = simulated_splits(80, 0, seed=3)[0]
     report = sensitivity.measure(lambda: dspy.ChainOfThought("question -> answer: float"), examples, answer_match,
