@@ -1,4 +1,5 @@
-"""Helpers for examples/benchmark.py: LMs, the simulated task, metering, held-out statistics, budgets, reports."""
+"""Helpers for examples/benchmark.py and the other example scripts: LMs, tasks, metering, held-out
+statistics, budgets, report files (the benchmark's tables and plot: bench_report.py)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,13 @@ def usage_dict(usage: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
     return {role: u.to_dict() for role, u in usage.items()}
 
 
+def calls_made(rec: dict, phase: str, role: str) -> int:
+    """LM requests (cache misses + DSPy cache hits): independent of which method warmed the cache first."""
+    u = rec.get("usage", {}).get(phase, {}).get(role, {})
+    return int(u.get("calls", 0)) + int(u.get("cached_calls", 0))
+
+
+
 # -- statistics ----------------------------------------------------------------------------------
 def held_out_record(scores: list[float], baseline: list[float] | None) -> dict:
     """Held-out score with its 95% interval (Wilson for 0/1 scores) and, given the baseline's scores on the
@@ -207,7 +215,7 @@ def target_budget(n_train: int, n_val: int, trials: int) -> int:
 def measured_budget(methods: dict[str, dict]) -> int | None:
     """CD's measured compile-time target calls (cache hits included), or None before CD has run."""
     rec = methods.get("cd")
-    return _calls(rec, "compile", "target") if rec and rec.get("status") == "ok" else None
+    return calls_made(rec, "compile", "target") if rec and rec.get("status") == "ok" else None
 
 
 def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int) -> dict[str, dict]:
@@ -236,153 +244,6 @@ def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int)
     }
 
 
-# -- reports -------------------------------------------------------------------------------------
-def _calls(rec: dict, phase: str, role: str) -> int:
-    """LM requests (cache misses + DSPy cache hits): independent of which method warmed the cache first."""
-    u = rec.get("usage", {}).get(phase, {}).get(role, {})
-    return int(u.get("calls", 0)) + int(u.get("cached_calls", 0))
-
-
-def _tokens(rec: dict, phase: str) -> int:
-    return sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
-               for u in rec.get("usage", {}).get(phase, {}).values())
-
-
-def total_calls(rec: dict) -> int:
-    return sum(_calls(rec, p, r) for p in ("compile", "test") for r in ("target", "teacher"))
-
-
-def gap_closed(methods: dict[str, dict], method: str = "cd") -> float | None:
-    """(method - baseline) / (teacher - baseline) on test scores, or None if undefined."""
-    try:
-        m, base, top = (methods[k]["test"]["score"] for k in (method, "baseline", "teacher"))
-    except (KeyError, TypeError):
-        return None
-    return None if top == base else (m - base) / (top - base)
-
-
-def program_unchanged(rec: dict, baseline: dict | None) -> bool:
-    """Whether `rec`'s compiled program is the baseline's: the same instructions as the baseline's record and,
-    as recorded by the run, a saved state equal to a fresh program's (records without that flag: every test
-    call a cache hit, the same prompts the baseline sent)."""
-    same_instructions = baseline is not None and rec.get("instructions") == baseline.get("instructions")
-    if "program_unchanged" in rec:
-        return bool(rec["program_unchanged"]) and same_instructions
-    target = rec.get("usage", {}).get("test", {}).get("target", {})
-    return same_instructions and target.get("calls") == 0 and target.get("cached_calls", 0) > 0
-
-
-def _verdict(vs: dict | None, unchanged: bool = False) -> str:
-    if unchanged:
-        return "= baseline (the method returned the program unchanged)"
-    if not vs:
-        return "-"
-    sig = "better than baseline" if vs["p_two_sided"] < 0.05 and vs["difference"] > 0 else \
-        "worse than baseline" if vs["p_two_sided"] < 0.05 else "not distinguishable"
-    return (f"{vs['difference']:+.1f} [{vs['ci'][0]:+.1f}, {vs['ci'][1]:+.1f}]; {vs['fixed']} fixed / "
-            f"{vs['broken']} broken, {_p(vs['p_two_sided'])}: {sig}")
-
-
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
-
-
-def write_markdown(data: dict, path: Path) -> None:
-    s = data["settings"]
-    missing = [m for m in data.get("planned", []) if data["methods"].get(m, {}).get("status") != "ok"]
-    lines = [f"# Benchmark: {s['task']} — target `{s['target']}`, teacher `{s['teacher']}`", ""]
-    if missing:
-        lines += [f"**PARTIAL: {', '.join(missing)} not finished (yet).** The rows below are final for the "
-                  "methods they name.", ""]
-    n_test = data["splits"]["test"]
-    lines += [f"Splits: train {data['splits']['train']}, val {data['splits']['val']}, test {n_test} "
-              f"(one test problem = {100 / max(1, n_test):.1f} points); trials {s['trials']}; seed {s['seed']}; "
-              f"adapter {s.get('adapter', 'chat')}. Peers' target-call budget: {s.get('peer_budget', 'n/a')}. "
-              "Scores in %, 95% Wilson intervals; the paired column is the difference to the baseline on the same "
-              "test problems with its 95% interval and an exact two-sided sign test (McNemar). Calls are LM requests "
-              "(DSPy cache hits included); tokens are counted for cache misses only.", "",
-              "| method | test score [95% CI] | vs baseline (paired) | gap closed | target calls (compile/test) "
-              "| teacher calls (compile/test) | tokens (compile/test) | wall time |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name, rec in data["methods"].items():
-        if rec.get("status") != "ok":
-            lines.append(f"| {name} | error: {str(rec.get('error', ''))[:80].replace('|', '/')} | | | | | | "
-                         f"{rec.get('seconds', {}).get('total', 0):.0f}s |")
-            continue
-        t = rec["test"]
-        own = name not in ("baseline", "teacher")
-        unchanged = own and program_unchanged(rec, data["methods"].get("baseline"))
-        gap = gap_closed(data["methods"], name) if own and not unchanged else None
-        lines.append(f"| {name} | {t['score']:.1f} [{t['ci'][0]:.1f}, {t['ci'][1]:.1f}] "
-                     f"| {_verdict(t.get('vs_baseline'), unchanged)} "
-                     f"| {f'{gap:.0%}' if gap is not None else '-'} "
-                     f"| {_calls(rec, 'compile', 'target')} / {_calls(rec, 'test', 'target')} "
-                     f"| {_calls(rec, 'compile', 'teacher')} / {_calls(rec, 'test', 'teacher')} "
-                     f"| {_tokens(rec, 'compile')} / {_tokens(rec, 'test')} | {rec['seconds']['total']:.0f}s |")
-    lines += ["", "Gap closed = (method − baseline) / (teacher − baseline) on test, a point estimate: read it "
-              "with the paired interval.", "", "Command: `" + data["command"] + "`", ""]
-    path.write_text("\n".join(lines))
-
-
-def write_plot(data: dict, path: Path) -> None:
-    """Two panels: test score with 95% interval per method; test score vs compile-time target calls."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [(name, rec) for name, rec in data["methods"].items() if rec.get("status") == "ok"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for i, (name, rec) in enumerate(ok):
-        t = rec["test"]
-        err = [[t["score"] - t["ci"][0]], [t["ci"][1] - t["score"]]]
-        left.errorbar([t["score"]], [i], xerr=err, fmt="o", capsize=4)
-        x = _calls(rec, "compile", "target")
-        right.errorbar([x], [t["score"]], yerr=err, fmt="o", capsize=4)
-        right.annotate(name, (x, t["score"]), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -14))
-    base = data["methods"].get("baseline", {}).get("test")
-    if base:
-        left.axvline(base["score"], color="grey", ls="--", lw=1)
-        right.axhline(base["score"], color="grey", ls="--", lw=1)
-    left.set_yticks(range(len(ok)), [n for n, _ in ok])
-    left.set_xlim(-2, 102)
-    left.set_xlabel("test score (%), 95% Wilson interval")
-    right.set_ylim(-2, 102)
-    right.margins(x=0.15)
-    right.set_xlabel("target LM calls spent compiling")
-    right.set_ylabel("test score (%)")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    s = data["settings"]
-    fig.suptitle(f"{s['task']}: {s['target']} / {s['teacher']}, test n={data['splits']['test']}"
-                 + (" (PARTIAL)" if any(data["methods"].get(m, {}).get("status") != "ok"
-                                        for m in data.get("planned", [])) else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def compare_with_baseline(methods: dict[str, dict]) -> None:
-    """Give every finished method's test record its paired comparison with the baseline (when it has run)."""
-    base = (methods.get("baseline", {}).get("test") or {}).get("scores")
-    for name, rec in methods.items():
-        if rec.get("status") == "ok" and name != "baseline":
-            rec["test"] = held_out_record(rec["test"]["scores"], base)
-
-
-def save_all(data: dict, out: Path) -> None:
-    """Write <out>.json, <out>.md and <out>.png (paired comparisons and gap closed refreshed first)."""
-    compare_with_baseline(data["methods"])
-    data["gap_closed"] = {m: gap_closed(data["methods"], m) for m in data["methods"]
-                          if m not in ("baseline", "teacher")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = with_ext(out, ".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(with_ext(out, ".json"))
-    write_markdown(data, with_ext(out, ".md"))
-    write_plot(data, with_ext(out, ".png"))
-
-
 def with_ext(out: Path, ext: str) -> Path:
     return out.parent / (out.name + ext)
 
@@ -401,9 +262,6 @@ def split_arguments(parser, run_dir: bool = True) -> None:
 
 def write_report(out, stem: str, report: dict, render) -> dict:
     """Write `report` as `out/stem.json` and, rendered, `out/stem.md`; print the Markdown."""
-    import json
-    from pathlib import Path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -56,12 +56,12 @@ from bench_lib import (  # noqa: E402
     make_lm,
     measured_budget,
     peer_configs,
-    save_all,
     simulated_lms,
     target_budget,
     usage_dict,
     with_ext,
 )
+from bench_report import save_all  # noqa: E402
 
 METHODS = ("baseline", "cd", "inferrules", "simba", "miprov2", "gepa", "teacher")
 

@@ -10,14 +10,8 @@ from conftest import EXAMPLES, load_example
 
 sys.path.insert(0, str(EXAMPLES))
 
-from bench_lib import (  # noqa: E402
-    gap_closed,
-    held_out_record,
-    measured_budget,
-    peer_configs,
-    program_unchanged,
-    target_budget,
-)
+from bench_lib import held_out_record, measured_budget, peer_configs, target_budget  # noqa: E402
+from bench_report import gap_closed, program_unchanged  # noqa: E402
 
 bench = load_example("benchmark")
 TINY = ["--task", "simulated", "--train", "8", "--val", "32", "--test", "12", "--trials", "4", "--seed", "0"]
