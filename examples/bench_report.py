@@ -94,13 +94,20 @@ def write_plot(data: dict, path: Path) -> None:
 
     ok = [(name, rec) for name, rec in data["methods"].items() if rec.get("status") == "ok"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    points = []
     for i, (name, rec) in enumerate(ok):
         t = rec["test"]
         err = [[t["score"] - t["ci"][0]], [t["ci"][1] - t["score"]]]
         left.errorbar([t["score"]], [i], xerr=err, fmt="o", capsize=4)
         x = calls_made(rec, "compile", "target")
         right.errorbar([x], [t["score"]], yerr=err, fmt="o", capsize=4)
-        right.annotate(name, (x, t["score"]), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -14))
+        points.append((name, x, t["score"]))
+    groups = label_groups(points)
+    width = max([x for _, x, _ in groups] + [1])
+    for i, (names, x, y) in enumerate(groups):
+        near = [g[2] for g in groups if g[1] != x and abs(g[1] - x) <= 0.12 * width]
+        above = any(v < y for v in near) or (not any(v > y for v in near) and i % 2 == 0)
+        right.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 6 if above else -14))
     base = data["methods"].get("baseline", {}).get("test")
     if base:
         left.axvline(base["score"], color="grey", ls="--", lw=1)
@@ -121,6 +128,21 @@ def write_plot(data: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def label_groups(points: list[tuple[str, float, float]]) -> list[tuple[list[str], float, float]]:
+    """Points that would print their names on top of each other (x within 10% of the widest x, score within
+    2 points) share one label, so that every method's name stays readable; a label goes below its point when a
+    neighbour scores higher."""
+    width = max([x for _, x, _ in points] + [1])
+    groups: list[tuple[list[str], float, float]] = []
+    for name, x, y in points:
+        near = next((g for g in groups if abs(g[1] - x) <= 0.1 * width and abs(g[2] - y) <= 2), None)
+        if near:
+            near[0].append(name)
+        else:
+            groups.append(([name], x, y))
+    return groups
 
 
 def compare_with_baseline(methods: dict[str, dict]) -> None:

@@ -11,7 +11,7 @@ from conftest import EXAMPLES, load_example
 sys.path.insert(0, str(EXAMPLES))
 
 from bench_lib import held_out_record, measured_budget, peer_configs, target_budget  # noqa: E402
-from bench_report import gap_closed, program_unchanged  # noqa: E402
+from bench_report import gap_closed, label_groups, program_unchanged  # noqa: E402
 
 bench = load_example("benchmark")
 TINY = ["--task", "simulated", "--train", "8", "--val", "32", "--test", "12", "--trials", "4", "--seed", "0"]
@@ -175,3 +175,9 @@ def test_peers_get_cds_measured_budget():
     cd = {"status": "ok", "usage": {"compile": {"target": {"calls": 150, "cached_calls": 30}}}}
     assert measured_budget({"cd": cd}) == 180
     assert measured_budget({"cd": {**cd, "status": "error"}}) is None
+
+
+def test_methods_at_the_same_place_on_the_plot_share_one_label():
+    points = [("cd", 85, 47.6), ("miprov2", 86, 47.6), ("inferrules", 80, 45.2), ("simba", 200, 47.6)]
+    assert label_groups(points) == [(["cd", "miprov2"], 85, 47.6), (["inferrules"], 80, 45.2),
+                                     (["simba"], 200, 47.6)]
