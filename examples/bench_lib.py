@@ -184,7 +184,6 @@ def calls_made(rec: dict, phase: str, role: str) -> int:
     return int(u.get("calls", 0)) + int(u.get("cached_calls", 0))
 
 
-
 # -- statistics ----------------------------------------------------------------------------------
 def held_out_record(scores: list[float], baseline: list[float] | None) -> dict:
     """Held-out score with its 95% interval (Wilson for 0/1 scores) and, given the baseline's scores on the
