@@ -102,12 +102,8 @@ def write_plot(data: dict, path: Path) -> None:
         x = calls_made(rec, "compile", "target")
         right.errorbar([x], [t["score"]], yerr=err, fmt="o", capsize=4)
         points.append((name, x, t["score"]))
-    groups = label_groups(points)
-    width = max([x for _, x, _ in groups] + [1])
-    for i, (names, x, y) in enumerate(groups):
-        near = [g[2] for g in groups if g[1] != x and abs(g[1] - x) <= 0.12 * width]
-        above = any(v < y for v in near) or (not any(v > y for v in near) and i % 2 == 0)
-        right.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 6 if above else -14))
+    for text, x, y, above in placed_labels(points):
+        right.annotate(text, (x, y), textcoords="offset points", xytext=(6, 6 if above else -14))
     base = data["methods"].get("baseline", {}).get("test")
     if base:
         left.axvline(base["score"], color="grey", ls="--", lw=1)
@@ -132,9 +128,8 @@ def write_plot(data: dict, path: Path) -> None:
 
 def label_groups(points: list[tuple[str, float, float]]) -> list[tuple[list[str], float, float]]:
     """Points that would print their names on top of each other (x within 10% of the widest x, score within
-    2 points) share one label, so that every method's name stays readable; a label goes below its point when a
-    neighbour scores higher."""
-    width = max([x for _, x, _ in points] + [1])
+    2 points) share one label, so that every method's name stays readable."""
+    width = _width(points)
     groups: list[tuple[list[str], float, float]] = []
     for name, x, y in points:
         near = next((g for g in groups if abs(g[1] - x) <= 0.1 * width and abs(g[2] - y) <= 2), None)
@@ -143,6 +138,23 @@ def label_groups(points: list[tuple[str, float, float]]) -> list[tuple[list[str]
         else:
             groups.append(([name], x, y))
     return groups
+
+
+def placed_labels(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float, bool]]:
+    """(text, x, y, above) per label group: a label goes below its point when a neighbouring group (x within 12%
+    of the widest x) scores higher, above when one scores lower, else alternately."""
+    groups = label_groups(points)
+    width = _width(points)
+    placed = []
+    for i, (names, x, y) in enumerate(groups):
+        near = [g[2] for g in groups if g[1] != x and abs(g[1] - x) <= 0.12 * width]
+        above = any(v < y for v in near) or (not any(v > y for v in near) and i % 2 == 0)
+        placed.append((", ".join(names), x, y, above))
+    return placed
+
+
+def _width(points: list[tuple[str, float, float]]) -> float:
+    return max([x for _, x, _ in points] + [1])
 
 
 def compare_with_baseline(methods: dict[str, dict]) -> None:
