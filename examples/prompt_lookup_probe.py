@@ -18,10 +18,8 @@ import time
 
 from bench_lib import write_report
 
-from cd_dspy.lms import ensure_model
+from cd_dspy.lms import LlamaCppEngine
 from cd_dspy.programs import get_task, make_adapter
-
-SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.1, "top_k": 40, "top_p": 0.95}  # LlamaCppEngine's defaults
 
 
 def requests(task_name: str, n: int) -> list[list[dict]]:
@@ -33,17 +31,20 @@ def requests(task_name: str, n: int) -> list[list[dict]]:
     return [adapter.format(predictor.signature, demos=[], inputs=dict(ex.inputs())) for ex in train]
 
 
-def run_config(model_path: str, messages: list[list[dict]], draft: int | None, max_tokens: int) -> dict:
+def run_config(engine: LlamaCppEngine, messages: list[list[dict]], draft: int | None, max_tokens: int) -> dict:
+    """The requests on a model of its own, loaded as `engine` loads it, sampled with `engine`'s settings."""
     from llama_cpp import Llama
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     extra = {"draft_model": LlamaPromptLookupDecoding(num_pred_tokens=draft)} if draft else {}
-    llm = Llama(model_path=model_path, n_ctx=4096, n_threads=2, verbose=False, **extra)
-    llm.create_chat_completion(messages=messages[0], max_tokens=8, **SAMPLING)  # warm-up, untimed
+    llm = Llama(model_path=engine.model_path, n_ctx=engine.n_ctx, n_threads=2, verbose=False, **extra)
+    sampling = {"temperature": 0.0, "repeat_penalty": engine.repeat_penalty, "top_k": engine.top_k,
+                "top_p": engine.top_p}
+    llm.create_chat_completion(messages=messages[0], max_tokens=8, **sampling)  # warm-up, untimed
     replies, tokens, start = [], 0, time.perf_counter()
     try:
         for m in messages:
-            r = llm.create_chat_completion(messages=m, max_tokens=max_tokens, **SAMPLING)
+            r = llm.create_chat_completion(messages=m, max_tokens=max_tokens, **sampling)
             replies.append(r["choices"][0]["message"]["content"])
             tokens += r["usage"]["completion_tokens"]
     except Exception as exc:  # noqa: BLE001 - a crash is a finding of this probe, reported in its table
@@ -75,15 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=320)
     parser.add_argument("--out", default="examples/results/prompt_lookup")
     args = parser.parse_args(argv)
-    model = str(ensure_model("qwen2.5-coder-0.5b"))
+    engine = LlamaCppEngine("qwen2.5-coder-0.5b")
     report = {"command": "python examples/prompt_lookup_probe.py " + " ".join(argv or []), "tasks": {}}
     for spec in args.tasks.split(","):
         task, n = spec.split(":")
         messages = requests(task, int(n))
-        rows = report["tasks"][task] = {"plain": run_config(model, messages, None, args.max_tokens)}
+        rows = report["tasks"][task] = {"plain": run_config(engine, messages, None, args.max_tokens)}
         for draft in (int(d) for d in args.drafts.split(",")):
             name = f"prompt lookup, {draft} draft tokens"
-            rows[name] = run_config(model, messages, draft, args.max_tokens)
+            rows[name] = run_config(engine, messages, draft, args.max_tokens)
             print(f"[prompt lookup] {task}: {name} done", flush=True)
     return write_report(args.out, "prompt_lookup", report, render)
 
