@@ -11,6 +11,8 @@ rules come from --rules (a `cd-dspy compile` program.json), --rules-run-dir (a f
 run here (--cd-run-dir). Use the compile's --train/--val/--seed: the splits are cut from one seeded sequence,
 so other sizes would put the compile's training or validation problems into this test split.
 "rules + SFT" trains its own adapter on the same teacher replies shown under the rules' system prompt.
+--sft-priming adds the response-priming study's own ablation: one more SFT adapter per strategy, each trained
+on the demonstrations of the teacher primed that way (rows "SFT (<strategy>-primed teacher)").
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ from cd_dspy.cli_distill import resolve_teacher
 from cd_dspy.distill import LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
 from cd_dspy.distill import pipeline as pl
 from cd_dspy.distill.student import model_file
+from cd_dspy.priming import PRIMING_STRATEGIES
 from cd_dspy.programs import ADAPTERS, TASKS
 from cd_dspy.stats import min_detectable_gain
 
 METHODS = ("none", "rules", "sft", "kd", "rules+sft")
 # Rates for --estimate, measured on this project's 2-core machine: a 0.5B chain-of-thought call on math-basic
 # 6.7 s (JSON grammar, idle cores; README) to 10.7 s (ChatAdapter, shared cores; harness_math_basic.md), ~220
-# prompt and ~100 reply tokens; the 1.5B about 3x slower; one LoRA step of the 0.5B on a ~340-token record
-# 10-20 s (a same-shape random model measured 19 s on shared cores); loading the 0.5B through transformers
-# ~35-60 s; one conversion ~10 s; the 1.5B accepted by the metric on ~85% of problems.
-RATES = {"target_call": 8.0, "teacher_call": 24.0, "teacher_score": 4.0, "lora_step": 15.0, "load": 60.0,
+# prompt and ~100 reply tokens; the 1.5B about 3x slower (24 demonstrations with their log-probabilities took
+# 8 min); one LoRA step of the 0.5B on a ~340-token record ~3 s (20 steps in 59-62 s in the committed
+# comparison); loading the 0.5B through transformers ~35-60 s; one conversion ~10 s; the 1.5B accepted by the
+# metric on ~85% of problems.
+RATES = {"target_call": 8.0, "teacher_call": 18.0, "teacher_score": 2.0, "lora_step": 4.0, "load": 60.0,
          "convert": 10.0, "accepted": 0.85}
 
 
@@ -46,7 +50,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     split_arguments(parser, run_dir=False)
     parser.add_argument("--teacher", default="qwen2.5-coder-1.5b", help="or simulated-solver with --task simulated")
     parser.add_argument("--student", help="the target's weights as a Hugging Face dir (default: its GGUF)")
-    parser.add_argument("--priming", default="ground_truth")
+    parser.add_argument("--priming", default="ground_truth",
+                        help="the teacher's priming (a strategy or your sentence) for the SFT, KD and rules + SFT data")
+    parser.add_argument("--sft-priming", default="", help="more strategies, comma-separated: one SFT adapter each, "
+                        "on that strategy's teacher data (e.g. none,teacher,confidence,gold)")
     parser.add_argument("--rules", help="program.json of `cd-dspy compile` on this task (the CD rules)")
     parser.add_argument("--rules-run-dir", help="or a finished compile's run dir on the same split: its confirmed "
                         "rules, else its search's best subset (chosen on validation data, not confirmed)")
@@ -76,6 +83,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     if "none" not in args.methods:
         args.methods.insert(0, "none")  # the baseline every row is compared with
+    args.sft_priming = [p.strip() for p in args.sft_priming.split(",") if p.strip()]
+    if bad := [p for p in args.sft_priming if p not in PRIMING_STRATEGIES or p == args.priming]:
+        parser.error(f"--sft-priming {bad}: name strategies from {', '.join(sorted(PRIMING_STRATEGIES))} other "
+                     f"than --priming ({args.priming}), whose SFT row the 'sft' method gives")
     if not args.estimate and not args.out:
         parser.error("--out is required (unless --estimate)")
     return args
@@ -85,16 +96,18 @@ def estimate(args: argparse.Namespace) -> dict[str, float]:
     """Expected seconds per phase on this project's 2-core machine (RATES; the CD compile not included)."""
     records = RATES["accepted"] * args.train
     grid = pl.parse_grid(args.kd_grid)
-    adapters = sum(m in args.methods for m in ("sft", "rules+sft")) + ("kd" in args.methods) * len(grid)
+    primings = 1 + len(args.sft_priming)
+    adapters = (sum(m in args.methods for m in ("sft", "rules+sft")) + ("kd" in args.methods) * len(grid)
+                + len(args.sft_priming))
     kd = "kd" in args.methods
-    return {"teacher demonstrations": args.train * RATES["teacher_call"],
+    return {"teacher demonstrations": primings * args.train * RATES["teacher_call"],
             "teacher log-probabilities": kd * records * RATES["teacher_score"],
             "student load": RATES["load"] if adapters else 0.0,
             "training": adapters * records * args.epochs * RATES["lora_step"],
             "conversion": adapters * RATES["convert"],
             "KD selection on validation": kd * (len(grid) > 1) * args.val * (
                 len(grid) * RATES["target_call"] if args.select_on == "metric" else RATES["teacher_call"]),
-            "held-out scoring": len(args.methods) * args.test * RATES["target_call"]}
+            "held-out scoring": (len(args.methods) + len(args.sft_priming)) * args.test * RATES["target_call"]}
 
 
 def rules_program(args: argparse.Namespace, task, target: str, teacher, notes: list[str]) -> dspy.Module | None:
@@ -163,24 +176,31 @@ def main(argv: list[str] | None = None) -> dict:
                                            kd_n_ctx=args.kd_n_ctx, teacher_lm=teacher, metric=metric,
                                            priming=args.priming)
         files = {"train": pl.save_records(records, out / "train.jsonl")}
-        trained = train_all(args, task, records, ruled, teacher, files, lm)
+        primed, data_by_priming = {}, {}
+        for priming in args.sft_priming:
+            primed[priming], data_by_priming[priming] = pl.teacher_records(
+                program, task.splits["train"], teacher_lm=teacher, metric=metric, priming=priming)
+            files[f"train_{priming}"] = pl.save_records(primed[priming], out / f"train_{priming}.jsonl")
+        trained = train_all(args, task, records, ruled, teacher, files, lm, primed)
         report = {"command": "python examples/distill_compare.py " + " ".join(argv or sys.argv[1:]),
                   "task": args.task, "target": args.target, "teacher": args.teacher, "priming": args.priming,
-                  "splits": {k: len(v) for k, v in task.splits.items()}, "data": data, "files": files,
+                  "splits": {k: len(v) for k, v in task.splits.items()}, "data": data,
+                  "data_by_priming": data_by_priming, "files": files,
                   "min_detectable_gain": min_detectable_gain(args.test, 0.05) if args.test else None,
                   "notes": notes, "rows": {}}
         variants = []
-        for method in args.methods:
+        for method in args.methods + [f"sft:{p}" for p in args.sft_priming]:
             train_report, gguf = trained.get(method, (None, None))
             variants.append((method, ruled if method.startswith("rules") else program, gguf, train_report))
         report["rows"] = pl.held_out_rows(variants, args.target, task.splits["test"], metric, **lm)
     return write_report(out, "distill_compare", report, render)
 
 
-def train_all(args, task, records, ruled, teacher, files, lm) -> dict[str, tuple]:
-    """The adapters the methods need: method -> (TrainReport, adapter GGUF)."""
+def train_all(args, task, records, ruled, teacher, files, lm, primed) -> dict[str, tuple]:
+    """The adapters the methods need: method -> (TrainReport, adapter GGUF); `primed` maps each --sft-priming
+    strategy to its records (method "sft:<strategy>")."""
     wanted = [m for m in ("sft", "kd", "rules+sft") if m in args.methods]
-    if not wanted:
+    if not wanted and not primed:
         return {}
     model, tokenizer = load_student(args.student or args.target)
     trainer = LoraTrainer(model, tokenizer, LoraSettings(rank=args.rank, alpha=args.lora_alpha), seed=args.seed)
@@ -203,18 +223,28 @@ def train_all(args, task, records, ruled, teacher, files, lm) -> dict[str, tuple
         restyled = with_student_view(records, ruled)
         files["train_rules"] = pl.save_records(restyled, out / "train_rules.jsonl")
         trained["rules+sft"] = pl.train_adapter(trainer, restyled, settings, out / "rules-sft")
+    for priming, primed_records in primed.items():
+        trained[f"sft:{priming}"] = pl.train_adapter(trainer, primed_records, settings, out / f"sft-{priming}")
     return trained
 
 
 def render(report: dict) -> str:
     data = report["data"]
-    names = {"none": "target, no help", "rules": "target + CD rules", "sft": "target + SFT (primed teacher)",
-             "kd": "target + logit KD", "rules+sft": "target + CD rules + SFT"}
+    def sft_name(priming: str) -> str:
+        return "target + SFT (" + ("unprimed" if priming == "none" else f"{priming}-primed") + " teacher)"
+
+    names = {"none": "target, no help", "rules": "target + CD rules", "sft": sft_name(report["priming"]),
+             "kd": "target + logit KD", "rules+sft": "target + CD rules + SFT",
+             **{f"sft:{p}": sft_name(p) for p in report.get("data_by_priming", {})}}
     lines = [f"# Rules vs weights on {report['task']} ({report['command']})", "",
              f"Target {report['target']}, teacher {report['teacher']}, priming {report['priming']}; splits "
              f"{report['splits']}. Teacher data: {data['records']} records from {data['accepted']} of "
              f"{data['examples']} training examples ({data['rejected']} rejected by the metric, {data['failed']} "
-             f"failed), {data['seconds']:.0f} s.", "", pl.TABLE_HEADER]
+             f"failed), {data['seconds']:.0f} s."]
+    lines += [f"Teacher data primed `{p}`: {d['records']} records from {d['accepted']} of {d['examples']} "
+              f"({d['rejected']} rejected, {d['failed']} failed), {d['seconds']:.0f} s."
+              for p, d in report.get("data_by_priming", {}).items()]
+    lines += ["", pl.TABLE_HEADER]
     lines += [pl.format_row(names[m], row) for m, row in report["rows"].items()]
     kd = (report["rows"].get("kd") or {}).get("train") or {}
     if kd.get("extra", {}).get("kd_grid"):

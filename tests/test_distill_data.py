@@ -324,3 +324,19 @@ def test_distill_compare_takes_the_rules_of_a_finished_compile_on_the_same_split
     notes = []
     unruled = module.rules_program(args, task, "unused", None, notes)
     assert not module.holds_rules(task.make_program(), unruled) and notes == []
+
+
+def test_distill_compare_sft_priming_names_known_strategies_other_than_the_main_one(capsys):
+    module = load_example("distill_compare")
+    base = ["--task", "simulated", "--train", "8", "--val", "4", "--test", "4", "--out", "x", "--priming",
+            "ground_truth"]
+    assert module.arguments(base + ["--sft-priming", " none, gold "]).sft_priming == ["none", "gold"]
+    for bad in ("confidense", "ground_truth"):  # a typo; the main strategy, whose row 'sft' already gives
+        with pytest.raises(SystemExit):
+            module.arguments(base + ["--sft-priming", f"none,{bad}"])
+        assert f"--sft-priming ['{bad}']" in capsys.readouterr().err
+    estimate = module.estimate(module.arguments(base + ["--methods", "sft", "--sft-priming", "none,gold",
+                                                        "--estimate"]))
+    single = module.estimate(module.arguments(base + ["--methods", "sft", "--estimate"]))
+    assert estimate["teacher demonstrations"] == 3 * single["teacher demonstrations"]
+    assert estimate["held-out scoring"] == 2 * single["held-out scoring"]  # none + sft -> none + 3 SFT rows

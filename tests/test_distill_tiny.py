@@ -198,11 +198,17 @@ def test_distill_compare_example_on_the_tiny_model(tiny, tmp_path):
     report = module.main(["--task", "simulated", "--teacher", "simulated-solver", "--target", str(tiny.gguf),
                           "--student", str(tiny.hf), "--train", "5", "--val", "2", "--test", "3", "--rules",
                           str(rules), "--methods", "rules+sft", "--max-steps", "2", "--lr", "1e-2",
-                          "--max-tokens", "6", "--grammar", "never", "--out", str(tmp_path / "cmp")])
+                          "--max-tokens", "6", "--grammar", "never", "--sft-priming", "confidence",
+                          "--out", str(tmp_path / "cmp")])
     assert module.holds_rules(program, dspy.ChainOfThought("question -> answer: float")) is False
-    assert list(report["rows"]) == ["none", "rules+sft"]  # no help is always the baseline
+    assert list(report["rows"]) == ["none", "rules+sft", "sft:confidence"]  # no help is always the baseline
     assert report["rows"]["rules+sft"]["train"]["steps"] == 2 and "vs_baseline" in report["rows"]["rules+sft"]
     restyled = validate_jsonl(tmp_path / "cmp" / "train_rules.jsonl")
     assert restyled.records == report["data"]["records"]
     assert HELPFUL_RULES["units"] in (tmp_path / "cmp" / "train_rules.jsonl").read_text()
-    assert "target + CD rules + SFT" in (tmp_path / "cmp" / "distill_compare.md").read_text()
+    table = (tmp_path / "cmp" / "distill_compare.md").read_text()
+    assert "target + CD rules + SFT" in table and "| target + SFT (confidence-primed teacher) |" in table
+    primed = validate_jsonl(tmp_path / "cmp" / "train_confidence.jsonl")
+    assert primed.records == report["data_by_priming"]["confidence"]["records"] > 0
+    assert report["rows"]["sft:confidence"]["train"]["steps"] == 2 and "p_holm" in report["rows"]["sft:confidence"][
+        "vs_baseline"]
