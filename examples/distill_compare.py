@@ -32,7 +32,7 @@ from cd_dspy.distill import pipeline as pl
 from cd_dspy.distill.student import model_file
 from cd_dspy.priming import PRIMING_STRATEGIES
 from cd_dspy.programs import ADAPTERS, TASKS
-from cd_dspy.stats import min_detectable_gain
+from cd_dspy.stats import comparison_cell, min_detectable_gain, paired_difference
 
 METHODS = ("none", "rules", "sft", "kd", "rules+sft")
 # Rates for --estimate, measured on this project's 2-core machine: a 0.5B chain-of-thought call on math-basic
@@ -228,6 +228,15 @@ def train_all(args, task, records, ruled, teacher, files, lm, primed) -> dict[st
     return trained
 
 
+def sft_comparisons(rows: dict) -> list[tuple[str, dict]]:
+    """Each SFT variant (rules + SFT, SFT under another priming) paired against the main SFT row, whose
+    adapter differs from it only in the training data's system prompt or priming."""
+    if "sft" not in rows:
+        return []
+    return [(m, paired_difference(row["scores"], rows["sft"]["scores"]).to_dict()) for m, row in rows.items()
+            if m == "rules+sft" or m.startswith("sft:")]
+
+
 def render(report: dict) -> str:
     data = report["data"]
     def sft_name(priming: str) -> str:
@@ -246,6 +255,9 @@ def render(report: dict) -> str:
               for p, d in report.get("data_by_priming", {}).items()]
     lines += ["", pl.TABLE_HEADER]
     lines += [pl.format_row(names[m], row) for m, row in report["rows"].items()]
+    if against_sft := sft_comparisons(report["rows"]):
+        lines += ["", f"Paired against {names['sft']} on the same problems (does the rule, or another priming, add "
+                  "anything to SFT?): " + "; ".join(f"{names[m]} {comparison_cell(c)}" for m, c in against_sft)]
     kd = (report["rows"].get("kd") or {}).get("train") or {}
     if kd.get("extra", {}).get("kd_grid"):
         lines += ["", "KD settings (alpha, T) tried, chosen on validation data: " + ", ".join(

@@ -340,3 +340,24 @@ def test_distill_compare_sft_priming_names_known_strategies_other_than_the_main_
     single = module.estimate(module.arguments(base + ["--methods", "sft", "--estimate"]))
     assert estimate["teacher demonstrations"] == 3 * single["teacher demonstrations"]
     assert estimate["held-out scoring"] == 2 * single["held-out scoring"]  # none + sft -> none + 3 SFT rows
+
+
+def test_distill_compare_pairs_each_sft_variant_against_the_main_sft_row():
+    from cd_dspy.distill import pipeline as pl
+
+    module = load_example("distill_compare")
+    sft = [1.0] * 6 + [0.0] * 4
+    rows = {"none": pl.held_out_row([0.0] * 10), "sft": pl.held_out_row(sft),
+            "rules+sft": pl.held_out_row([1.0] * 9 + [0.0]), "sft:none": pl.held_out_row([0.0] + sft[1:])}
+    compared = dict(module.sft_comparisons(rows))
+    assert list(compared) == ["rules+sft", "sft:none"]
+    assert (compared["rules+sft"]["wins"], compared["rules+sft"]["losses"]) == (3, 0)
+    assert (compared["sft:none"]["wins"], compared["sft:none"]["losses"]) == (0, 1)
+    assert module.sft_comparisons({"none": rows["none"], "rules+sft": rows["rules+sft"]}) == []
+    report = {"task": "math-basic", "command": "c", "target": "t", "teacher": "T", "priming": "ground_truth",
+              "splits": {"test": 10}, "rows": rows, "data_by_priming": {"none": {}},
+              "data": {"records": 9, "accepted": 9, "examples": 10, "rejected": 1, "failed": 0, "seconds": 1.0}}
+    report["data_by_priming"]["none"] = dict(report["data"])
+    table = module.render(report)
+    assert "Paired against target + SFT (ground_truth-primed teacher)" in table
+    assert "target + SFT (unprimed teacher) -10.0" in table and "target + CD rules + SFT +30.0" in table
