@@ -3,7 +3,8 @@ teacher's demonstrations, with logit KD from the teacher, and with rules + SFT t
 95% intervals and a paired sign test against no help; training time and peak memory per adapter.
 
     python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --epochs 1 \
-        --rules-run-dir runs/i8-math-cond --priming ground_truth --out examples/results/distill_compare_math_basic
+        --rules-run-dir examples/results/cd_math_basic_conditional --priming ground_truth --sft-priming none,gold \
+        --out runs/cmp
     python examples/distill_compare.py --task math-basic --train 24 --val 40 --test 40 --estimate   # time only
 
 The KD adapter's (alpha, temperature) is chosen on --val by --select-on (never on the test split). The
