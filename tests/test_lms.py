@@ -14,6 +14,7 @@ import urllib.request
 
 import dspy
 import pytest
+from fake_part_dists import make_part_dist
 
 from cd_dspy import lms
 from cd_dspy.lms import catalog, llama_engine
@@ -85,17 +86,11 @@ def test_missing_package_message_names_the_fix(monkeypatch, tmp_path):
 
 
 def _fake_parts(tmp_path, monkeypatch, chunks):
-    pkgs = []
-    for i, data in enumerate(chunks, 1):
-        mod = tmp_path / "site" / f"cdtest_part{i}"
-        mod.mkdir(parents=True)
-        (mod / "blob.bin").write_bytes(data)
-        (mod / "__init__.py").write_text(
-            "import os\ndef get_part_path():\n"
-            "    return os.path.join(os.path.dirname(__file__), 'blob.bin')\n")
-        pkgs.append(f"cdtest-part{i}")
+    pkgs = tuple(f"cdtest-part{i}" for i in range(1, len(chunks) + 1))
+    for pkg, data in zip(pkgs, chunks, strict=True):
+        make_part_dist(tmp_path / "site", pkg, data)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    return tuple(pkgs)
+    return pkgs
 
 
 def test_ensure_model_assembles_once_and_verifies(monkeypatch, tmp_path):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
+import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +42,16 @@ class ModelSpec:
     sha256: str
     n_ctx: int = 4096
     max_tokens: dict[str, int] = field(default_factory=dict)  # per-role default max_tokens
+    version: str | None = None  # the version of every part package whose bytes sha256 describes (pinned in [local])
 
     @property
     def modules(self) -> tuple[str, ...]:
+        """Import names of the part packages (never imported by cd-dspy: the parts are located by metadata)."""
         return tuple(p.replace("-", "_") for p in self.packages)
+
+    def requirement(self, package: str) -> str:
+        """``package==version`` (the pin of pyproject's [local] extra); the bare name when the spec pins none."""
+        return f"{package}=={self.version}" if self.version else package
 
     @property
     def filename(self) -> str:
@@ -56,7 +62,7 @@ class ModelSpec:
 
     def install_hint(self, missing: list[str] | None = None) -> str:
         pkgs = missing or list(self.packages)
-        return f'{INSTALL_EXTRA}   (or: pip install {" ".join(pkgs)})'
+        return f'{INSTALL_EXTRA}   (or: pip install {" ".join(self.requirement(p) for p in pkgs)})'
 
 
 CATALOG: dict[str, ModelSpec] = {
@@ -69,6 +75,7 @@ CATALOG: dict[str, ModelSpec] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         n_ctx=4096,
         max_tokens={"target": 320, "teacher": 640},
+        version="0.9.0",
     ),
     "qwen2.5-coder-1.5b": ModelSpec(
         name="qwen2.5-coder-1.5b",
@@ -79,6 +86,7 @@ CATALOG: dict[str, ModelSpec] = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         n_ctx=8192,
         max_tokens={"target": 320, "teacher": 640},
+        version="0.2.0",
     ),
 }
 
@@ -105,19 +113,59 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cd-dspy" / "models"
 
 
-def _missing_modules(spec: ModelSpec) -> list[str]:
-    return [pkg for pkg, mod in zip(spec.packages, spec.modules, strict=True)
-            if importlib.util.find_spec(mod) is None]
+def _distribution(package: str) -> importlib.metadata.Distribution | None:
+    try:
+        return importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing_packages(spec: ModelSpec) -> list[str]:
+    return [pkg for pkg in spec.packages if _distribution(pkg) is None]
+
+
+def _is_part_file(rel: importlib.metadata.PackagePath) -> bool:
+    """A RECORD entry that is package data: not code, not metadata, not outside site-packages."""
+    return (rel.suffix not in (".py", ".pyc", ".pth")
+            and not any(p == ".." or p == "__pycache__" or p.endswith((".dist-info", ".egg-info")) for p in rel.parts))
+
+
+def _locate_part(spec: ModelSpec, dist: importlib.metadata.Distribution, package: str) -> Path:
+    """The one data file of ``dist`` (e.g. ``<module>/data/partN.bin``), found from its file list, never imported."""
+    parts = [rel for rel in dist.files or () if _is_part_file(rel)]
+    path = Path(dist.locate_file(parts[0])) if len(parts) == 1 else None
+    if path is None or not path.is_file():
+        found = "no data file" if not parts else f"{len(parts)} data files" if len(parts) > 1 else f"{path} is missing"
+        raise ModelNotInstalledError(
+            f"Package {package} {dist.version} does not hold one model part ({found}) for {spec.name!r}. "
+            f"Fix: pip install --force-reinstall {spec.requirement(package)}"
+        )
+    return path
 
 
 def _part_paths(spec: ModelSpec) -> list[Path]:
-    missing = _missing_modules(spec)
+    """The part files in assembly order, located through ``importlib.metadata`` without running their code."""
+    dists = {pkg: _distribution(pkg) for pkg in spec.packages}
+    missing = [pkg for pkg, dist in dists.items() if dist is None]
     if missing:
         raise ModelNotInstalledError(
             f"Local model {spec.name!r} needs {len(missing)} missing package(s): {', '.join(missing)}. "
             f"Fix: {spec.install_hint(missing)}"
         )
-    return [Path(importlib.import_module(mod).get_part_path()) for mod in spec.modules]
+    if note := _off_pin_note(spec):
+        warnings.warn(
+            f"Local model {spec.name!r}:{note} The assembled model's size and sha256 decide whether they are "
+            f"usable. Fix: {spec.install_hint()}",
+            stacklevel=3,
+        )
+    return [_locate_part(spec, dist, pkg) for pkg, dist in dists.items()]
+
+
+def _off_pin_note(spec: ModelSpec) -> str:
+    """' Installed <pkg> <version>, ... differ(s) from the pinned version X.' when any does, else ''."""
+    off = [f"{pkg} {d.version}" for pkg in spec.packages
+           if spec.version and (d := _distribution(pkg)) is not None and d.version != spec.version]
+    return f" Installed {', '.join(off)} differ(s) from the pinned version {spec.version}." if off else ""
 
 
 def _marker(path: Path) -> Path:
@@ -165,8 +213,9 @@ def ensure_model(name: str) -> Path:
             if size != spec.size or digest.hexdigest() != spec.sha256:
                 raise RuntimeError(
                     f"Assembled {spec.name} is corrupt (size {size}, expected {spec.size}; sha256 "
-                    f"{digest.hexdigest()[:12]}…, expected {spec.sha256[:12]}…). Reinstall the parts: "
-                    f"pip install --force-reinstall {' '.join(spec.packages)}"
+                    f"{digest.hexdigest()[:12]}…, expected {spec.sha256[:12]}…).{_off_pin_note(spec)} "
+                    f"Reinstall the parts: pip install --force-reinstall "
+                    f"{' '.join(spec.requirement(p) for p in spec.packages)}"
                 )
             os.replace(tmp, target)
         finally:
@@ -186,7 +235,7 @@ def list_models() -> list[dict]:
         rows.append({
             "name": spec.name,
             "role": spec.role,
-            "installed": not _missing_modules(spec),
+            "installed": not _missing_packages(spec),
             "assembled": _is_verified(spec, path),
             "size_mb": round(spec.size / 1e6),
             "path": str(path),
