@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cd_dspy.cli_common import add_cd_arguments, cd_settings, console_logging, failures_line, score_examples
 from cd_dspy.programs import ADAPTERS
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -112,23 +113,15 @@ def adapter_context(name: str):
     return dspy.context(adapter=make_adapter(name))
 
 
-def evaluate(program, examples, metric, threads: int) -> float:
-    import dspy
-
-    if not examples:
-        return float("nan")
-    return float(dspy.Evaluate(devset=examples, metric=metric, num_threads=threads or 1, display_progress=False,
-                               provide_traceback=False)(program).score)
-
-
-def per_example_scores(program, examples, metric, threads: int) -> list[float]:
+def per_example_scores(program, examples, metric, threads: int | None) -> list[float]:
     """The metric's score of `program` on each example, in order (a failed prediction scores 0, however many fail:
-    DSPy's default would cancel the whole evaluation after 10 unparseable replies)."""
-    import dspy
-
-    outcome = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads or 1, display_progress=False,
-                            provide_traceback=False, failure_score=0.0, max_errors=len(examples) + 1)(program)
-    return [float(getattr(score, "score", score)) for _, _, score in outcome.results]
+    DSPy's default would cancel the whole evaluation after 10 unparseable replies); one WARNING counts failures."""
+    outcome = score_examples(program, examples, metric, threads)
+    if outcome.failed:
+        logging.getLogger("cd_dspy").warning("%d of %d examples failed and scored 0 (positions %s; DSPy's errors "
+                                             "are in the DEBUG log).", len(outcome.failed), len(outcome.scores),
+                                             ", ".join(map(str, outcome.failed)))
+    return outcome.scores
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -136,6 +129,7 @@ def per_example_scores(program, examples, metric, threads: int) -> list[float]:
 def cmd_compile(args) -> int:
     from cd_dspy import ConceptDistillation
     from cd_dspy.report import render_report
+    from cd_dspy.run_dir import RunDir
     from cd_dspy.stats import paired_difference, score_interval
 
     task, splits, metric = load_task_and_splits(args)
@@ -151,13 +145,9 @@ def cmd_compile(args) -> int:
             "task": task.name, "target": args.target, "program": args.program,
             "target_api_base": args.target_api_base, "metric": args.metric})
     optimizer = ConceptDistillation(
-        metric=metric, teacher_lm=teacher, target_lm=target, auto=args.auto, num_trials=args.trials,
-        max_mistakes=args.max_mistakes, max_rules=args.max_rules, priming=args.priming, seed=args.seed,
-        samples_per_mistake=args.samples_per_mistake, verify=not args.no_verify, verify_correct=args.verify_correct,
-        confirm_fraction=args.confirm_fraction, conditional_rules=args.conditional_rules,
-        run_dir=run_dir, num_threads=args.threads, minibatch_size=args.minibatch, resume=not args.fresh,
-        max_target_calls=args.max_target_calls, max_teacher_calls=args.max_teacher_calls,
-        progress=not args.quiet, storage=args.storage, workers=workers)
+        metric=metric, teacher_lm=teacher, target_lm=target, seed=args.seed, run_dir=run_dir,
+        num_threads=args.threads, resume=not args.fresh, progress=not args.quiet, storage=args.storage,
+        workers=workers, **cd_settings(args))
     print(f"cd-dspy: task {task.name}: {len(splits['train'])} train / {len(splits['val'])} val / "
           f"{len(splits['test'])} test; target {args.target}, teacher {args.teacher}; run dir {run_dir}",
           file=sys.stderr)
@@ -183,19 +173,21 @@ def cmd_compile(args) -> int:
     if splits["test"]:
         baseline_program = make_program(args, task)
         baseline_program.set_lm(target)
-        before = per_example_scores(baseline_program, splits["test"], metric, args.threads)
-        after = per_example_scores(compiled, splits["test"], metric, args.threads)
+        runs = {"before": score_examples(baseline_program, splits["test"], metric, args.threads),
+                "after": score_examples(compiled, splits["test"], metric, args.threads)}
+        before, after = runs["before"].scores, runs["after"].scores
         comparison = paired_difference(after, before)
         low, high = score_interval(before), score_interval(after)
         lines.append(f"held-out test ({comparison.n} examples): before {comparison.before:.1f} [95% CI {low[0]:.1f}, "
                      f"{low[1]:.1f}] -> after {comparison.after:.1f} [95% CI {high[0]:.1f}, {high[1]:.1f}]; "
                      f"difference {comparison.difference:+.1f} [95% CI {comparison.low:+.1f}, {comparison.high:+.1f}], "
                      f"{comparison.wins} fixed, {comparison.losses} broken, sign test p = {comparison.p_two_sided:.3g}")
+        lines += [f"held-out {line}" for line in [failures_line(runs)] if line]
         scores = {"n": comparison.n, "before": comparison.before, "after": comparison.after,
                   "before_interval": list(low), "after_interval": list(high),
                   "difference_interval": [comparison.low, comparison.high], "fixed": comparison.wins,
                   "broken": comparison.losses, "p_two_sided": comparison.p_two_sided}
-        (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        RunDir(run_dir).write_text("test_scores.json", json.dumps(scores, indent=2) + "\n")
     usage = result.usage
     lines.append(f"LM calls: target {usage['target'].calls} (+{usage['target'].cached_calls} cached), "
                  f"teacher {usage['teacher'].calls} (+{usage['teacher'].cached_calls} cached) during compile")
@@ -205,7 +197,7 @@ def cmd_compile(args) -> int:
             f"{role} " + ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
             for role, counts in failures.items()))
     lines.append(f"wall time: {time.perf_counter() - started:.0f} s")
-    (run_dir / "report.md").write_text(render_report(run_dir))
+    RunDir(run_dir).write_text("report.md", render_report(run_dir))  # only over a report.md cd-dspy wrote
     lines.append(f"compiled program: {run_dir / 'program.json'}   report: {run_dir / 'report.md'}")
     print("\n".join(lines))
     return 0
@@ -222,8 +214,11 @@ def cmd_evaluate(args) -> int:
         load_program(program, args.load, allow_unsafe_lm_state=True)
     program.set_lm(resolve_lm(args.lm, "target", args.api_base))
     examples = splits[args.split][: args.n] if args.n else splits[args.split]
-    score = evaluate(program, examples, metric, args.threads)
+    outcome = score_examples(program, examples, metric, args.threads)
+    score = 100 * sum(outcome.scores) / len(outcome.scores) if outcome.scores else float("nan")
     print(f"{task.name} {args.split} ({len(examples)} examples) with {args.lm}: {score:.1f}")
+    if line := failures_line({args.split: outcome}):
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -286,26 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--train", type=int, default=12)
     comp.add_argument("--val", type=int, default=16, help="split into a search part and a confirmation part")
     comp.add_argument("--test", type=int, default=16, help="held-out examples scored before and after")
-    comp.add_argument("--auto", choices=["light", "medium", "heavy"], default="light")
-    comp.add_argument("--trials", type=int, default=4)
-    comp.add_argument("--max-mistakes", type=int, default=4)
-    comp.add_argument("--max-rules", type=int, default=None)
-    comp.add_argument("--minibatch", type=int, default=None)
-    comp.add_argument("--priming", default="gold", help="teacher priming: gold (default: the gold answer shown), "
-                      "ground_truth, teacher, confidence, none, or a sentence of your own (cd_dspy.priming)")
-    comp.add_argument("--samples-per-mistake", type=int, default=1, help="teacher explanations per mistake")
-    comp.add_argument("--verify-correct", type=int, default=8,
-                      help="correctly answered training examples each rule is tried on (verification)")
-    comp.add_argument("--no-verify", action="store_true", help="skip the verification of each rule")
-    comp.add_argument("--conditional-rules", action="store_true",
-                      help="show each rule only to inputs that meet its 'When ...' condition")
-    comp.add_argument("--confirm-fraction", type=float, default=0.5,
-                      help="share of the valset kept from the search to confirm its result")
-    comp.add_argument("--max-target-calls", type=int)
-    comp.add_argument("--max-teacher-calls", type=int)
+    add_cd_arguments(comp)  # --auto, --trials, --max-mistakes, ... (shared with migrate)
     comp.add_argument("--run-dir", help="artifacts and resume state (default runs/<task>)")
-    comp.add_argument("--fresh", action="store_true", help="ignore finished work in --run-dir")
-    comp.add_argument("--quiet", action="store_true", help="no progress bars")
+    comp.add_argument("--fresh", action="store_true",
+                      help="start over: remove the files cd-dspy wrote in --run-dir (never any other)")
     comp.add_argument("--storage", help="Optuna storage: an RDB URL (postgresql://..., sqlite:///...) or a journal "
                       "file ending in .log (default: SQLite in --run-dir)")
     comp.add_argument("--workers", action="store_true",
@@ -349,12 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("dspy").setLevel(logging.ERROR)
     try:
-        with adapter_context(chosen_adapter(args)):
+        with console_logging(args.verbose), adapter_context(chosen_adapter(args)):
             return args.func(args)
     except CLIError as exc:
         print(f"cd-dspy: error: {exc}", file=sys.stderr)

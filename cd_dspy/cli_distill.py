@@ -6,7 +6,8 @@ LoRA adapter served by the project's engine -> held-out scores of the target wit
     cd-dspy distill --rules runs/mb/program.json ...     # CD's rules in the system prompt, in training and test
 
 Writes to --out: train.jsonl (+ train.meta.jsonl), the peft adapter and adapter.gguf, distill_result.json and
-report.md. Training needs `pip install "cd-dspy[distill]"`.
+report.md. --out is a cd-dspy run directory (new, empty or an earlier distill's): a file or folder cd-dspy did not
+write there is never overwritten (the run is refused before any work). Training needs `pip install "cd-dspy[distill]"`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cd_dspy.run_dir import RunDir
 
 
 def add_parser(sub: Any) -> None:
@@ -93,6 +97,24 @@ def command_line(args: Any) -> str:
     return "cd-dspy distill " + " ".join(options)
 
 
+def claim_out(out: str | Path, args: Any, grid: list | None) -> RunDir:
+    """--out as a run directory (`cd_dspy.run_dir.RunDir`) with every file and folder this run writes recorded
+    in its manifest; RunDirError, before any work, when one exists that cd-dspy did not write."""
+    from cd_dspy.run_dir import RunDir
+
+    run = RunDir(out)
+    names = ["train.jsonl", "train.meta.jsonl", "distill_result.json", "report.md"]
+    if grid:
+        names += [f"kd-{number}" for number in range(len(grid))]
+        names += ["val.jsonl", "val.meta.jsonl"] if args.select_on == "loss" else []
+    else:
+        names.append(args.mode)
+    run.check_free(names)
+    for name in names:
+        run.own(name)
+    return run
+
+
 def run(args: Any) -> int:
     """The whole path; prints the held-out comparison and writes distill_result.json and report.md."""
     from cd_dspy.cli import CLIError
@@ -120,6 +142,7 @@ def _run(args: Any) -> int:
                              grad_accum=args.grad_accum, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                              seed=args.seed, max_length=args.max_length, threads=args.train_threads)
     out = Path(args.out or f"runs/distill-{task.name}")
+    run_dir = claim_out(out, args, grid)
     program, student_view = student_programs(args, task)
     common = {"teacher_lm": resolve_teacher(args.teacher, args.teacher_api_base), "metric": metric,
               "priming": args.priming, "student_program": student_view, "num_threads": args.threads or 1}
@@ -155,8 +178,8 @@ def _run(args: Any) -> int:
               "target": args.target, "teacher": args.teacher, "priming": args.priming, "mode": args.mode,
               "rules": args.rules, "data": data, "files": files, "adapter_gguf": str(gguf),
               "training": report.to_dict(), "held_out": rows, "seconds": timings}
-    (out / "distill_result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(render(result))
+    run_dir.write_text("distill_result.json", json.dumps(result, indent=2, default=str) + "\n")
+    run_dir.write_text("report.md", render(result))
     print(render(result))
     return 0
 

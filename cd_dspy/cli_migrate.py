@@ -14,21 +14,8 @@ import sys
 from pathlib import Path
 
 from cd_dspy.cli import CLIError, _data_arguments, load_task_and_splits, make_program, resolve_lm
+from cd_dspy.cli_common import add_cd_arguments, cd_settings
 from cd_dspy.keys import lm_state
-
-# (flag, ConceptDistillation setting, type, default, help): the compile settings `migrate` passes on
-CD_SETTINGS = (
-    ("--auto", "auto", str, "light", "preset: light, medium or heavy"),
-    ("--trials", "num_trials", int, 6, "Optuna trials of the rule-subset search"),
-    ("--max-mistakes", "max_mistakes", int, 8, "mistakes the teacher explains"),
-    ("--max-rules", "max_rules", int, None, "rules kept per predictor"),
-    ("--samples-per-mistake", "samples_per_mistake", int, 1, "teacher explanations per mistake"),
-    ("--verify-correct", "verify_correct", int, 8, "correct training examples each rule is tried on"),
-    ("--confirm-fraction", "confirm_fraction", float, 0.5, "share of the valset kept to confirm the search"),
-    ("--max-target-calls", "max_target_calls", int, None, "cap on the compile's target calls"),
-    ("--max-teacher-calls", "max_teacher_calls", int, None, "cap on the compile's teacher calls"),
-    ("--rulebook", "rulebook", str, None, "a YAML rulebook: pinned rules always on, dropped never, free searched"),
-)
 
 
 def _split_sizes(parser: argparse.ArgumentParser, test: int) -> None:
@@ -50,11 +37,7 @@ def add_parser(subparsers) -> None:
     _split_sizes(mig, test=80)
     mig.add_argument("--run-dir", required=True, help="compile, test records and report (a rerun resumes)")
     mig.add_argument("--prices", help="price table, JSON or YAML: {model: [input $/Mtok, output $/Mtok]}")
-    for flag, dest, kind, default, text in CD_SETTINGS:
-        mig.add_argument(flag, dest=dest, type=kind, default=default, help=text)
-    mig.add_argument("--no-verify", action="store_true", help="skip the verification of each rule")
-    mig.add_argument("--conditional-rules", action="store_true", help="show each rule only where its condition holds")
-    mig.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_cd_arguments(mig)  # --auto, --trials, --max-mistakes, ... (shared with compile)
     mig.set_defaults(func=run)
 
     book = subparsers.add_parser("rulebook", help="export a run's rules as an editable YAML rulebook, or check one "
@@ -63,6 +46,8 @@ def add_parser(subparsers) -> None:
     export = books.add_parser("export", help="write the rules of a compile or migrate run dir as a YAML rulebook")
     export.add_argument("run_dir", help="a compile's --run-dir (or a migrate run dir)")
     export.add_argument("-o", "--out", help="the YAML file (default: RUN_DIR/rulebook.yaml)")
+    export.add_argument("--force", action="store_true",
+                        help="replace an existing --out file that cd-dspy did not write (it is refused otherwise)")
     export.add_argument("--all", action="store_true",
                         help="also the rules not selected (as free) and those verification rejected (as dropped)")
     export.set_defaults(func=run_export)
@@ -105,16 +90,17 @@ def run(args) -> int:
                        "intervals narrow enough to act on).")
     task, splits, metric = load_task_and_splits(args)
     source, target, teacher = _lms(args)
-    settings = {dest: getattr(args, dest) for _, dest, *_ in CD_SETTINGS}
     print(f"cd-dspy migrate: task {task.name}: {len(splits['train'])} train / {len(splits['val'])} val / "
           f"{len(splits['test'])} test; source {args.source}, target {args.target}, teacher "
           f"{args.teacher or args.source}; run dir {args.run_dir}", file=sys.stderr)
     report = migrate(make_program(args, task), source_lm=source, target_lm=target, teacher_lm=teacher, metric=metric,
                      trainset=splits["train"], valset=splits["val"] or None, testset=splits["test"],
                      run_dir=args.run_dir, prices=args.prices, num_threads=args.threads, progress=not args.quiet,
-                     seed=args.seed, verify=not args.no_verify, conditional_rules=args.conditional_rules, **settings)
+                     seed=args.seed, **cd_settings(args))
     print(report.verdict)
     print("\n".join(f"  {line}" for line in report.details))
+    for warning in report.compile.get("warnings", []):  # shown here only: the console log skips them
+        print(f"  warning: {warning}")
     print(f"report: {report.files['html']}  (Markdown: {report.files['markdown']}; rulebook: "
           f"{report.files['rulebook']})")
     return 0
@@ -127,7 +113,7 @@ def run_export(args) -> int:
     run_dir = Path(args.run_dir)
     compile_dir = run_dir / "compile" if (run_dir / "compile" / "result.json").exists() else run_dir
     out = Path(args.out) if args.out else run_dir / "rulebook.yaml"
-    book = export_rulebook(compile_dir, out, all_rules=args.all)
+    book = export_rulebook(compile_dir, out, all_rules=args.all, overwrite=args.force)
     counts = {s: sum(r.status == s for r in book.rules) for s in ("pinned", "free", "dropped")}
     print(f"rulebook: {out} ({counts['pinned']} pinned, {counts['free']} free, {counts['dropped']} dropped)")
     return 0

@@ -11,13 +11,11 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import dspy
-from dspy.evaluate import Evaluate
-from dspy.teleprompt import bootstrap_trace
 from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
+from dspy.utils.callback import BaseCallback
 
 from cd_dspy.evaluation import ScoredMetric, program_lm
 from cd_dspy.failures import LMUnavailableError
@@ -54,22 +52,20 @@ def _outputs_of(prediction: Any) -> tuple[dict[str, Any], bool]:
     return {"output": jsonable(prediction)}, False
 
 
-class _QuietEvaluate(Evaluate):
-    """`dspy.Evaluate` without its progress bar (bootstrap_trace_data always asks for one)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**{**kwargs, "display_progress": False})
+COLLECT_METADATA = {"cd_dspy": "collect mistakes"}  # marks the `dspy.Evaluate` run by `collect_mistakes`
 
 
-@contextmanager
-def _quiet_evaluate():
-    """Silence the per-chunk bar of bootstrap_trace_data (the caller shows one bar for the phase)."""
-    original = bootstrap_trace.Evaluate
-    bootstrap_trace.Evaluate = _QuietEvaluate
-    try:
-        yield
-    finally:
-        bootstrap_trace.Evaluate = original
+class NoProgressBar(BaseCallback):
+    """A DSPy callback that turns off the progress bar of the `dspy.Evaluate` calls marked `COLLECT_METADATA`.
+
+    DSPy 3.4's `bootstrap_trace_data` always builds its `Evaluate` with `display_progress=True` and has no
+    argument to turn the bar off; its callback_metadata reaches the `Evaluate` call, whose public callback hook
+    gets the instance before it runs. Only that instance changes, only where this callback is in
+    `dspy.context` (this thread and the threads it starts), so nothing process-wide is patched."""
+
+    def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        if inputs.get("callback_metadata") == COLLECT_METADATA:
+            instance.display_progress = False  # the caller shows one bar for the phase
 
 
 def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], metric: ScoredMetric, *,
@@ -79,10 +75,11 @@ def collect_mistakes(program: dspy.Module, trainset: Sequence[dspy.Example], met
     Pass a throwaway copy: `bootstrap_trace_data` leaves `forward` bound on the instance it ran.
     """
     names = {id(pred): name for name, pred in program.named_predictors()}
-    with _quiet_evaluate():
+    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), NoProgressBar()]):
         records = bootstrap_trace_data(program, list(trainset), metric=metric, num_threads=num_threads,
                                        raise_on_error=False, capture_failed_parses=True, failure_score=0.0,
-                                       format_failure_score=0.0, capture_crashes=True)
+                                       format_failure_score=0.0, capture_crashes=True,
+                                       callback_metadata=COLLECT_METADATA)
     metric.raise_if_failed()
     mistakes, scores = [], {}
     for record in records:
@@ -164,12 +161,13 @@ def collect_resumable(make_program: Callable[[], dspy.Module], trainset: Sequenc
     return mistakes, train_score, correct, failed
 
 
-def _words(mistake: Mistake) -> frozenset[str]:
+def question_words(mistake: Mistake) -> frozenset[str]:
     """The input's words without numbers: two questions from one template look alike."""
     return frozenset(re.findall(r"[a-z_]{2,}", json.dumps(mistake.inputs).lower()))
 
 
-def _similarity(a: Mistake, b: Mistake, words: dict[str, frozenset[str]]) -> float:
+def word_similarity(a: Mistake, b: Mistake, words: dict[str, frozenset[str]]) -> float:
+    """Jaccard similarity of two mistakes' input words (halved when only one of them failed to parse)."""
     union = words[a.id] | words[b.id]
     jaccard = len(words[a.id] & words[b.id]) / len(union) if union else 1.0
     return jaccard if a.parse_failed == b.parse_failed else jaccard / 2
@@ -183,10 +181,10 @@ def sample_mistakes(mistakes: list[Mistake], limit: int, seed: int) -> list[Mist
     any. Only what the program and the metric produced decides: no label field of the examples (such
     as a task's `kind`) is read, so CD sees exactly what other optimizers see."""
     pool = random.Random(seed).sample(mistakes, len(mistakes))
-    words = {m.id: _words(m) for m in pool}
+    words = {m.id: question_words(m) for m in pool}
     chosen: list[Mistake] = []
     while pool and len(chosen) < limit:
-        pick = min(pool, key=lambda m: max((_similarity(m, c, words) for c in chosen), default=0.0))
+        pick = min(pool, key=lambda m: max((word_similarity(m, c, words) for c in chosen), default=0.0))
         pool.remove(pick)
         chosen.append(pick)
     return sorted(chosen, key=lambda m: m.example_index)

@@ -20,7 +20,9 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     characters / 4 plus an allowance per output field); compare them with caps, not invoices.
     """
     n_pred = len(program.named_predictors())
-    n_rules = optimizer.max_rules * n_pred
+    n_mistakes = min(optimizer.max_mistakes, len(trainset))
+    n_rules = {"rules": optimizer.max_rules * n_pred, "exemplars": n_mistakes,  # concepts the search may get
+               "both": optimizer.max_rules * n_pred + n_mistakes}[optimizer.carrier]
     n_search, n_confirm = split_sizes(len(valset), optimizer.confirm_fraction)
     collect = len(trainset) * n_pred
     verify = n_rules * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred if optimizer.verify else 0
@@ -28,9 +30,11 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     search = trials * n_search * n_pred
     confirm = (1 + optimizer.confirm_top_k + n_rules) * n_confirm * n_pred  # baseline, shortlist, leave-one-out
     select = verify + search + confirm
-    explain = min(optimizer.max_mistakes, len(trainset)) * optimizer.samples_per_mistake
-    consolidate = n_pred if optimizer.consolidate else 0
-    target_calls, teacher_calls = collect + select, explain + consolidate
+    solve = 2 * n_mistakes * n_pred  # the primed attempt and, when it fails, an unprimed one (cd_dspy.solve)
+    explained = optimizer.carrier != "exemplars"
+    explain = n_mistakes * optimizer.samples_per_mistake if explained else 0
+    consolidate = n_pred if optimizer.consolidate and explained else 0
+    target_calls, teacher_calls = collect + select, solve + explain + consolidate
     prompt_tokens = _prompt_tokens(program, trainset[0])
     rules_tokens = optimizer.max_rules * 25  # at most max_rules short rules per predictor in a trial's prompt
     teacher_prompt = 4 * prompt_tokens + 300  # program description, the attempt, the metric's feedback
@@ -38,7 +42,8 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
         "n_train": len(trainset), "n_val": len(valset), "predictors": n_pred,
         "target_calls": target_calls, "collect_calls": collect, "select_calls": select,
         "verify_calls": verify, "search_calls": search, "confirm_calls": confirm,
-        "teacher_calls": teacher_calls, "explain_calls": explain, "consolidate_calls": consolidate,
+        "teacher_calls": teacher_calls, "solve_calls": solve, "explain_calls": explain,
+        "consolidate_calls": consolidate,
         "max_target_calls": 2 * target_calls,
         "max_teacher_calls": 2 * (optimizer.teacher_retries + 1) * teacher_calls,
         "target_tokens": collect * (prompt_tokens + 100) + select * (prompt_tokens + rules_tokens + 100),

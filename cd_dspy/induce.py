@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import functools
-import hashlib
 import json
 import keyword
 import logging
@@ -22,23 +21,27 @@ from dataclasses import dataclass
 import dspy
 from dspy.utils.parallelizer import ParallelExecutor
 
+from cd_dspy.concepts import concept_id
 from cd_dspy.failures import LMUnavailableError, is_fatal
 from cd_dspy.integrate import triggers
 from cd_dspy.priming import primed, shows_gold
-from cd_dspy.result import Explanation, Mistake, Rule
+from cd_dspy.result import Explanation, Mistake, Rule, Solution
+from cd_dspy.solve import SOLUTIONS_LOG, describe_solution
 from cd_dspy.usage import BudgetExhausted
 
 logger = logging.getLogger(__name__)
 
 EXPLANATIONS_LOG = "explanations.jsonl"
 RULES_FILE = "rules.json"
-ARTIFACTS = (EXPLANATIONS_LOG, RULES_FILE)
+ARTIFACTS = (SOLUTIONS_LOG, EXPLANATIONS_LOG, RULES_FILE)
 GOLD_HIDDEN = "(not shown: work out the correct answer yourself)"  # priming other than `gold` (cd_dspy.priming)
 
 
 class ExplainMistake(dspy.Signature):
     """A small student language model ran the program described in `task` and made the mistake shown
-    in `student_attempt`. Explain why the student failed. Then write rules that would have prevented
+    in `student_attempt`; `verified_solution` is a solution of the same example that was checked and is
+    correct. Contrast the two: find the first step where the student departs from the correct solution, and
+    explain why the student failed. Then write rules that would have prevented
     this kind of mistake on other questions. Write each rule as a condition and an action,
     "When <the kind of question or situation>, <what to do>", in one short sentence addressed to the
     student. A rule must never mention the specific numbers, names, objects or answer of this question.
@@ -58,6 +61,7 @@ class ExplainMistake(dspy.Signature):
 
     task: str = dspy.InputField(desc="the program's steps, with their instructions and fields")
     student_attempt: str = dspy.InputField(desc="the inputs and what each step of the student produced")
+    verified_solution: str = dspy.InputField(desc="what each step of a checked, correct solution produced")
     correct_answer: str = dspy.InputField(desc="the expected output")
     evaluation: str = dspy.InputField(desc="the metric's score and feedback on the student's output")
     steps: list[str] = dspy.InputField(desc="the names of the program's steps")
@@ -182,9 +186,8 @@ def is_instance_specific(rule: str, source_texts: Sequence[str]) -> bool:
 
 
 def rule_id(predictor: str, text: str) -> str:
-    """A rule's id, derived from its content: the same rule has the same id (and Optuna parameter name)
-    in every run, and a different rule never inherits another's scores."""
-    return "R" + hashlib.sha256(f"{predictor}\n{text}".encode()).hexdigest()[:8]
+    """A rule's id, derived from its content (`cd_dspy.concepts.concept_id` of a rule without exemplar)."""
+    return concept_id(predictor, text)
 
 
 def _words(text: str) -> set[str]:
@@ -241,9 +244,11 @@ def teacher_call(predictor: dspy.Predict, retries: int, sample: int = 0, **input
 
 def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teacher_lm, priming: str | None,
                      num_threads: int, retries: int, on_done: Callable[[Explanation], None],
-                     samples: int = 1) -> list[Explanation]:
-    """Teacher explanations (with rules) per mistake, `samples` of them (the first greedy, the others
-    sampled), pooled into one Explanation; each successful one is handed to `on_done` as it finishes
+                     solutions: dict[str, Solution], samples: int = 1) -> list[Explanation]:
+    """Teacher explanations (with rules) per mistake, written from the contrast between the target's attempt and
+    the mistake's checked solution (`solutions`, by mistake id: every mistake passed here has one),
+    `samples` of them (the first greedy, the others sampled), pooled into one Explanation; each successful
+    one is handed to `on_done` as it finishes
     (failed ones are returned with ok=False but never stored, so a rerun retries them). Raises
     `LMUnavailableError` on a fatal teacher failure, or when every explanation failed."""
     names = [name for name, _ in program.named_predictors()]
@@ -264,6 +269,7 @@ def explain_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], *, teach
         for sample in range(samples):
             try:
                 outs.append(teacher_call(explain, retries, sample, task=task, student_attempt=attempt,
+                                         verified_solution=describe_solution(solutions[mistake.id]),
                                          correct_answer=correct,
                                          evaluation=evaluation, steps=names))
             except BudgetExhausted:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
+from cd_dspy.keys import lm_without_secrets
 from cd_dspy.result import ConceptDistillationResult, Rule, format_score
 
 if TYPE_CHECKING:
@@ -151,8 +152,9 @@ def _step(holder: Any, part: str) -> Any:
 
 
 def with_rules(program: dspy.Module, rules: Sequence[Rule], lm: Any = None, conditional: bool = False) -> dspy.Module:
-    """A deep copy of `program` whose predictors hold their rules, with `lm` (if given) bound to the
-    predictors that have no LM of their own (a step that deliberately runs on another LM keeps it).
+    """A deep copy of `program` whose predictors hold their rules and the rules' exemplars (appended to each
+    predictor's demos), with `lm` (if given) bound to the predictors that have no LM of their own (a step that
+    deliberately runs on another LM keeps it).
 
     Always-on rules go into the instructions through `signature.with_instructions` (signature classes
     are shared between copies: assigning `signature.instructions` would change the user's program);
@@ -160,13 +162,16 @@ def with_rules(program: dspy.Module, rules: Sequence[Rule], lm: Any = None, cond
     """
     compiled = program.deepcopy()
     for name, pred in compiled.named_predictors():
-        own = [r for r in rules if r.predictor == name]
+        own = [r for r in rules if r.predictor == name and r.text]
         if own and conditional:
             pred = RulePredict.from_predict(pred, own)
             compiled = _replace(compiled, name, pred)
         elif own:
             texts = [r.text for r in own]
             pred.signature = pred.signature.with_instructions(render_instructions(pred.signature.instructions, texts))
+        exemplars = [dspy.Example(**demo) for r in rules for demo in (r.exemplar or {}).get(name, [])]
+        if exemplars:  # after the program's own demos (e.g. BootstrapFewShot's), which stay
+            pred.demos = [*pred.demos, *exemplars]
         if lm is not None and pred.lm is None:
             pred.lm = lm
     return compiled
@@ -185,9 +190,14 @@ def load_program(program: dspy.Module, path: str | Path, **kwargs) -> dspy.Modul
 
 
 def save_program(compiled: dspy.Module, path: str | Path | None) -> None:
-    """`compiled.save(path)`; an LM whose engine cannot be serialised is left out (with a warning)."""
+    """`compiled.save(path)`; an LM whose engine cannot be serialised is left out (with a warning), and no LM's
+    secrets are written (`keys.lm_without_secrets`)."""
     if path is None:
         return
+    compiled = compiled.deepcopy()
+    for _, predictor in compiled.named_predictors():
+        if predictor.lm is not None:
+            predictor.lm = lm_without_secrets(predictor.lm)
     try:
         compiled.save(str(path))
     except Exception as exc:

@@ -2,24 +2,43 @@
 work it affects (and a rerun never replays an answer given under other conditions).
 
 A program's key covers each predictor's instructions, field names and types, demos and LM settings
-(model, temperature, max_tokens, api_base, ...; never keys or tokens), and the adapter in force.
+(model, temperature, max_tokens, api_base, ...; never keys or tokens), the adapter in force (its class), and
+the program's code: every class of the modules in the program tree and their base classes (user classes by
+their compiled methods and what those reference, through `code_keys.CodeKeyer`; DSPy's and other libraries'
+classes by name and package version) and the plain attributes of user modules (`self.k = 3`).
+
+A metric's key covers its compiled code, closure cell values, default arguments and the globals it references
+(user helper functions and classes followed `code_keys.HELPER_DEPTH` references deep, constants and objects by
+value); see `code_keys` for exactly what is and is not followed. A metric holding something that cannot be
+keyed gets a key unique to this process: its phases are redone on every run instead of replayed (and workers
+in other processes refuse it), with one warning saying what could not be keyed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import inspect
 import json
+import logging
 import re
+import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import dspy
 
+from cd_dspy.code_keys import CodeKeyer, is_library
 from cd_dspy.priming import priming_key
 
-# secrets (api_key, hf_token, ...) never enter a key; max_tokens does (it changes answers)
-_SECRET = re.compile(r"key|secret|password|auth|token$", re.I)
+logger = logging.getLogger(__name__)
+
+# secrets (api_key, hf_token, vertex_credentials, ...) never enter a key; max_tokens does (it changes answers)
+_SECRET = re.compile(r"key|secret|password|auth|credential|token$", re.I)
+_PROCESS_NONCE = uuid.uuid4().hex  # the key part of what cannot be keyed: unique to this process
+_MODULE_BASE_ATTRIBUTES = frozenset({"_compiled", "callbacks", "history"})  # dspy.Module's own bookkeeping
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 def digest(value: Any) -> str:
@@ -35,9 +54,22 @@ def lm_state(lm: Any) -> dict[str, Any] | None:
     engine = getattr(lm, "engine", None)  # an in-process engine's settings (e.g. grammar) change answers too
     engine = getattr(engine, "inner", engine)  # a wrapper such as faults.FaultyEngine: its answers are the inner's
     dump = getattr(engine, "dump_state", None)
+    state = dump() if callable(dump) else None
     return {"model": getattr(lm, "model", str(lm)), "model_type": getattr(lm, "model_type", None),
-            "engine": dump() if callable(dump) else None,
-            **{k: v for k, v in kwargs.items() if not _SECRET.search(k)}}
+            "engine": without_secrets(state) if isinstance(state, dict) else state, **without_secrets(kwargs)}
+
+
+def without_secrets(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` without the entries named like secrets (api_key, hf_token, aws_secret_access_key, ...)."""
+    return {k: v for k, v in settings.items() if not _SECRET.search(str(k))}
+
+
+def lm_without_secrets(lm: Any) -> Any:
+    """A shallow copy of `lm` whose kwargs hold no secrets, to save: DSPy's `LM.dump_state` drops `api_key` only
+    (an `hf_token` or `aws_secret_access_key` kwarg would be written to the file)."""
+    clean = copy.copy(lm)
+    clean.kwargs = without_secrets(getattr(lm, "kwargs", None) or {})
+    return clean
 
 
 def adapter_state() -> str:
@@ -55,19 +87,61 @@ def predictor_state(predictor: Any) -> dict[str, Any]:
             "conditional_rules": getattr(predictor, "conditional_rules", None)}
 
 
+def program_code(program: dspy.Module) -> list[Any]:
+    """The program's code as data: its class, DSPy's version, every class (and base class) of the modules in
+    its tree, and the plain attributes of user modules. Something a user module or its code holds that cannot
+    be keyed (a client object) is keyed by its type only: the key must be the same in every process (worker
+    processes and reruns compare it), and such objects are outside services rather than code."""
+    from dspy.primitives.base_module import BaseModule
+
+    keyer = CodeKeyer()
+    classes: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    for path, module in program.named_sub_modules():
+        for cls in type(module).__mro__:
+            name = f"{cls.__module__}.{cls.__qualname__}"
+            if cls is not object and name not in classes:
+                classes[name] = keyer.class_key(cls, f"program class {cls.__qualname__}", 0)
+        if not isinstance(module, dspy.Predict) and not is_library(type(module)):
+            attributes[path] = {k: keyer.value(v, f"program attribute {path}.{k}", 1)
+                                for k, v in vars(module).items()
+                                if k not in _MODULE_BASE_ATTRIBUTES and not isinstance(v, BaseModule)}
+    if keyer.unkeyed:
+        _warn_once(logging.DEBUG, f"Keys: the program's {'; '.join(keyer.unkeyed)} are keyed by their type only.")
+    return [f"{type(program).__module__}.{type(program).__qualname__}", dspy.__version__, classes, attributes]
+
+
 def program_key(program: dspy.Module) -> str:
-    """A key of everything that shapes the program's calls: predictors, demos, LMs and the adapter."""
-    return digest([{name: predictor_state(p) for name, p in program.named_predictors()}, adapter_state()])
+    """A key of everything that shapes the program's calls: its code, predictors, demos, LMs and the adapter."""
+    return digest([program_code(program), {name: predictor_state(p) for name, p in program.named_predictors()},
+                   adapter_state()])
 
 
 def metric_key(metric: Callable) -> str:
-    """A key of the metric's identity: its qualified name and, where Python has it, its source."""
+    """A key of the metric: its code, closure values, defaults and referenced globals (`code_keys.CodeKeyer`).
+
+    Where part of it cannot be keyed (an object with a default repr and no plain attributes, such as a client
+    or a C extension object), one warning says what, and the key holds a per-process nonce: every new run
+    redoes the metric's phases rather than replaying them (within one process the key stays the same)."""
     inner = getattr(metric, "metric", metric)  # a ScoredMetric wraps the user's metric
-    try:
-        source = inspect.getsource(inner)
-    except (OSError, TypeError):
-        source = repr(inner)
-    return digest([getattr(inner, "__module__", None), getattr(inner, "__qualname__", type(inner).__name__), source])
+    keyer = CodeKeyer()
+    name = getattr(inner, "__qualname__", type(inner).__qualname__)
+    state = keyer.value(inner, f"metric {name!r}")  # a callable object: its class (with __call__) and its state
+    if keyer.unkeyed:
+        _warn_once(logging.WARNING, f"Keys: cannot key the metric's {'; '.join(keyer.unkeyed)}; its phases are "
+                   "redone on every run instead of replayed (and workers in other processes refuse it). To make "
+                   "it keyable, give it plain-data state (numbers, strings, containers) or objects whose repr "
+                   "shows their state.")
+        state = [state, _PROCESS_NONCE]
+    return digest(state)
+
+
+def _warn_once(level: int, message: str) -> None:
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    logger.log(level, message)
 
 
 def examples_key(examples: Sequence[dspy.Example]) -> str:
@@ -80,7 +154,7 @@ def phase_keys(cd: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
     `program` is the user's program bound as the target will run it."""
     collect = digest([examples_key(trainset), program_key(program), metric_key(cd.metric), cd.mistake_threshold])
     induce = digest([collect, lm_state(cd.teacher_lm), priming_key(cd.priming), cd.max_mistakes, cd.max_rules,
-                     cd.consolidate, cd.filter_specific_rules, cd.samples_per_mistake, cd.seed])
+                     cd.consolidate, cd.filter_specific_rules, cd.samples_per_mistake, cd.carrier, cd.seed])
     select = digest([induce, examples_key(valset), cd.verify, cd.verify_correct, cd.conditional_rules,
                      cd.verify_max_sources, cd.confirm_fraction, cd.num_trials, cd.minibatch_size])
     return {"collect": collect, "induce": induce, "select": select}

@@ -301,22 +301,24 @@ def to_html(report: MigrationReport, items: list[Any], svgs: dict[str, str]) -> 
 
 
 def write_report(report: MigrationReport, folder: Path) -> dict[str, str]:
-    """Write report.json, report.md (+ plots/*.png) and report.html into `folder`; return their paths."""
+    """Write report.json, report.md (+ plots/*.png) and report.html into `folder` (a run directory: only over
+    files cd-dspy wrote, see `cd_dspy.run_dir`); return their paths."""
     folder = Path(folder)
+    run = RunDir(folder)
     figs = plots.figures(report)
     try:
         images = {name: f"plots/{name}.png" for name in figs}
         for name, fig in figs.items():
-            plots.save_png(fig, folder / images[name])
+            plots.save_png(fig, run.own(images[name]))
         svgs = {name: plots.svg_of(fig, name) for name, fig in figs.items()}
     finally:
         plots.close(figs)
     items = blocks(report, set(figs))
     report.files = {"html": str(folder / "report.html"), "markdown": str(folder / "report.md"),
                     "json": str(folder / "report.json"), "rulebook": str(folder / "rulebook.yaml")}
-    (folder / "report.md").write_text(to_markdown(items, images), encoding="utf-8")
-    (folder / "report.html").write_text(to_html(report, items, svgs), encoding="utf-8")
-    RunDir(folder).write_json("report.json", report.to_dict())
+    run.write_text("report.md", to_markdown(items, images))
+    run.write_text("report.html", to_html(report, items, svgs))
+    run.write_json("report.json", report.to_dict())
     return report.files
 
 

@@ -35,7 +35,7 @@ from cd_dspy.keys import lm_state, program_key
 from cd_dspy.optimizer import ConceptDistillation
 from cd_dspy.progress import Progress
 from cd_dspy.rulebook import export_rulebook, rule_provenance
-from cd_dspy.run_dir import RunDir
+from cd_dspy.run_dir import MIGRATE_FILES, RunDir
 from cd_dspy.settings import default_threads
 from cd_dspy.stats import Comparison, paired_difference, ratio_interval, score_summary
 
@@ -91,13 +91,15 @@ def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.Bas
     a dict or a JSON/YAML file) for models litellm has no price for; `cd_settings` go to
     `ConceptDistillation` (num_trials, max_mistakes, rulebook, seed, ...). Writes report.html, report.md,
     report.json, rulebook.yaml and plots/ to `run_dir`; returns the report. The user's program is unchanged.
+    `run_dir` must be new, empty or an earlier migrate's: no file cd-dspy did not write is touched (RunDirError).
     """
     testset = _check_inputs(program, source_lm, target_lm, teacher_lm, trainset, valset, testset, run_dir)
     table = load_prices(prices)
     teacher = teacher_lm or source_lm
     run = RunDir(run_dir)
+    run.check_free(MIGRATE_FILES)  # before any LM call: a folder or file not ours is refused
     threads = num_threads or default_threads(source_lm, target_lm, teacher)
-    cd = ConceptDistillation(metric=metric, teacher_lm=teacher, target_lm=target_lm, run_dir=run.file("compile"),
+    cd = ConceptDistillation(metric=metric, teacher_lm=teacher, target_lm=target_lm, run_dir=run.own("compile"),
                              num_threads=num_threads, progress=progress, **cd_settings)
     clock = CompileClock(run, teacher)
     with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), clock]):

@@ -28,13 +28,14 @@ from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.failures import quiet_example_errors
 from cd_dspy.induce import ARTIFACTS as INDUCE_ARTIFACTS
-from cd_dspy.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mistakes, rule_id
+from cd_dspy.induce import RULES_FILE
+from cd_dspy.induce_concepts import InduceSettings, induce_concepts
 from cd_dspy.integrate import record_decision, save_program, with_rules
-from cd_dspy.progress import Progress
-from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, Rule, Trial, format_score
+from cd_dspy.progress import Progress, log_result_warning
+from cd_dspy.result import ConceptDistillationResult, Mistake, Rule, Trial, format_score
 from cd_dspy.rulebook import RULEBOOK_ORIGIN, load_rulebook
 from cd_dspy.run_dir import RunDir
-from cd_dspy.select import RuleSelector, Selection, _fail_interrupted_trials, delete_study
+from cd_dspy.select import RuleSelector, Selection, delete_study
 from cd_dspy.settings import AUTO_PRESETS, Preset, default_threads
 from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
 from cd_dspy.verify import VERIFICATION_LOG, checked, correct_sample, verify_rules
@@ -74,6 +75,9 @@ class ConceptDistillation(Teleprompter):
         verify_correct, verify_max_sources: the sizes of that check.
         confirm_fraction: share of the valset held out from the search to confirm its best subsets.
         confirm_top_k: how many of the search's best subsets are confirmed.
+        carrier: what a concept carries to the target: "rules" (instructions), "exemplars" (the teacher's
+            metric-checked solutions of the target's mistakes, as demos) or "both" (each rule with the exemplar
+            of its source mistake); `cd_dspy.concepts`.
         conditional_rules: show each rule only to inputs that meet its "When ..." condition (matched by
             keywords, no LM call) instead of to every input (`integrate.RulePredict`).
         budget / max_target_calls / max_teacher_calls / max_tokens / max_cost_usd: hard caps.
@@ -95,7 +99,8 @@ class ConceptDistillation(Teleprompter):
                  valset_fraction: float = 0.5, min_improvement: float = 0.0,
                  require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
                  verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
-                 confirm_top_k: int = 3, conditional_rules: bool = False, num_threads: int | None = None,
+                 confirm_top_k: int = 3, conditional_rules: bool = False, carrier: str = "rules",
+                 num_threads: int | None = None,
                  teacher_retries: int = 2,
                  budget: Budget | None = None, max_target_calls: int | None = None,
                  max_teacher_calls: int | None = None, max_tokens: int | None = None,
@@ -109,7 +114,8 @@ class ConceptDistillation(Teleprompter):
                                            minibatch_size=minibatch_size, storage=storage, presets=AUTO_PRESETS)
         validation.check_decision_settings(require_significance=require_significance, confirm_fraction=confirm_fraction,
                                            confirm_top_k=confirm_top_k, samples_per_mistake=samples_per_mistake,
-                                           verify_correct=verify_correct, verify_max_sources=verify_max_sources)
+                                           verify_correct=verify_correct, verify_max_sources=verify_max_sources,
+                                           carrier=carrier)
         check_workers(workers, storage, minibatch_size)
         self.metric = metric
         self.teacher_lm = teacher_lm
@@ -133,6 +139,7 @@ class ConceptDistillation(Teleprompter):
         self.confirm_fraction = confirm_fraction
         self.confirm_top_k = confirm_top_k
         self.conditional_rules = conditional_rules
+        self.carrier = carrier
         self.num_threads = num_threads
         self.threads = num_threads or 1  # resolved per compile (default_threads)
         self.teacher_retries = teacher_retries
@@ -152,7 +159,7 @@ class ConceptDistillation(Teleprompter):
         keys = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
                 "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
                 "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
-                "confirm_fraction", "confirm_top_k", "conditional_rules", "seed", "study_name")
+                "confirm_fraction", "confirm_top_k", "conditional_rules", "carrier", "seed", "study_name")
         return {k: getattr(self, k) for k in keys}
 
     # -- estimate --------------------------------------------------------------------------------
@@ -201,7 +208,7 @@ class ConceptDistillation(Teleprompter):
         result.usage = meter.snapshot()
         result.phase_seconds["total"] = round(time.perf_counter() - started, 3)
         run.write_json("result.json", result.to_dict())
-        save_program(compiled, run.file("program.json"))
+        save_program(compiled, run.own("program.json"))
         self.result = result
         logger.info("Concept Distillation: %s", result.message)
         return compiled
@@ -213,8 +220,7 @@ class ConceptDistillation(Teleprompter):
         search, confirmation = split_valset(len(valset), result, seed=self.seed, confirm_fraction=self.confirm_fraction,
                                             alpha=self.require_significance, top_k=self.confirm_top_k)
         for warning in result.warnings:  # up front when the confirmation part is too small
-            logger.warning("Concept Distillation: %s", warning)
-            progress.note(f"warning: {warning}")
+            log_result_warning(warning)  # logged once, never also a progress note (the CLI prints it at the end)
         try:
             with self._phase("collect", result, progress):
                 mistakes, correct = self._collect(base, trainset, metric, run, result, meter, progress)
@@ -226,12 +232,14 @@ class ConceptDistillation(Teleprompter):
                                   f"(threshold {self.mistake_threshold}); the program is returned unchanged.")
                 return self._bind(base)
             with self._phase("induce", result, progress):
-                rules = self._induce(base, mistakes, run, result, progress)
+                rules = self._induce(base, mistakes, trainset, metric, run, result, progress)
                 rules = self.rulebook.merge(rules) if self.rulebook is not None else rules
-            progress.note(f"induce: {len(rules)} rules from {result.n_mistakes_used} explained mistakes")
+            progress.note(f"induce: {len(rules)} concepts ({self.carrier}) from the {result.n_solved} of "
+                          f"{result.n_mistakes_used} sampled mistakes the teacher solved")
             checkpoint()
             if not rules:
-                result.message = "The teacher proposed no usable rules; the program is returned unchanged."
+                result.message = (f"The teacher solved {result.n_solved} of the {result.n_mistakes_used} sampled "
+                                  "mistakes and no usable concept came of them; the program is returned unchanged.")
                 return self._bind(base)
             result.rules = rules
             if self.verify:
@@ -284,39 +292,15 @@ class ConceptDistillation(Teleprompter):
         result.n_mistakes = len(mistakes)
         return mistakes, correct
 
-    def _induce(self, base, mistakes, run: RunDir, result, progress) -> list[Rule]:
+    def _induce(self, base, mistakes, trainset, metric, run: RunDir, result, progress) -> list[Rule]:
         used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
         result.n_mistakes_used = len(used)
-        done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl(EXPLANATIONS_LOG)
-                if e.get("ok", True)}  # a failed explanation is never finished work
-        todo = [m for m in used if m.id not in done]
-        if run.exists(RULES_FILE) and not todo:  # rules built from every explanation: finished
-            saved = run.read_json(RULES_FILE)
-            rules = [Rule.from_dict({**r, "id": rule_id(r["predictor"], r["text"])}) for r in saved]
-            logger.info("Induce: reusing %d rules from %s.", len(rules), run.file(RULES_FILE))
-            return rules
-        bar = progress.bar("explain mistakes", total=len(used), initial=len(used) - len(todo))
-
-        def on_done(explanation: Explanation) -> None:
-            run.append_jsonl(EXPLANATIONS_LOG, explanation.to_dict())
-            bar.update(1)
-
-        fresh = explain_mistakes(base, todo, teacher_lm=self.teacher_lm, priming=self.priming,
-                                 num_threads=self.threads, retries=self.teacher_retries, on_done=on_done,
-                                 samples=self.samples_per_mistake)
-        bar.close()
-        if any(e.error == "budget" for e in fresh):
-            raise BudgetExhausted("teacher call budget reached while explaining mistakes")
-        explanations = [done.get(m.id) or next(e for e in fresh if e.mistake_id == m.id) for m in used
-                        if m.id in done or any(e.mistake_id == m.id for e in fresh)]
-        failed = sum(not e.ok for e in explanations)
-        if failed:
-            logger.warning("Induce: %d of %d teacher explanations failed and were skipped.", failed, len(explanations))
-        rules = build_rules(base, explanations, used, teacher_lm=self.teacher_lm, priming=self.priming,
-                            max_rules=self.max_rules, consolidate=self.consolidate, retries=self.teacher_retries,
-                            filter_specific=self.filter_specific_rules)
-        run.write_json(RULES_FILE, [r.to_dict() for r in rules])
-        return rules
+        settings = InduceSettings(
+            teacher_lm=self.teacher_lm, priming=self.priming, carrier=self.carrier, max_rules=self.max_rules,
+            consolidate=self.consolidate, filter_specific=self.filter_specific_rules,
+            samples_per_mistake=self.samples_per_mistake, retries=self.teacher_retries,
+            threshold=self.mistake_threshold, threads=self.threads)
+        return induce_concepts(base, used, trainset, metric, settings, run, result, progress)
 
     def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> None:
         """Fill in each rule's verification (resumable: every score is logged as it comes)."""
@@ -326,7 +310,7 @@ class ConceptDistillation(Teleprompter):
         sample = correct_sample(correct, self.verify_correct, self.seed)
         if self.workers is not None and own:  # workers score every check; verify_rules then reads their scores
             verify_on_workers(self, base, own, checked(own, mistakes, sample, self.verify_max_sources), evaluator,
-                              self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None), progress)
+                              self.storage or run.sqlite_url("study.db"), progress)
         bar = progress.bar("verify rules", total=len(own))
         verify_rules(own, mistakes, sample,
                      evaluator=evaluator, program_with=lambda chosen: self._bind(base, chosen),
@@ -337,7 +321,7 @@ class ConceptDistillation(Teleprompter):
 
     def _select(self, base, rules, evaluator: CachedEvaluator, search, run: RunDir, select_key: str, result,
                 progress, checkpoint) -> Selection:
-        storage = self.storage or (f"sqlite:///{run.file('study.db')}" if run.enabled else None)
+        storage = self.storage or run.sqlite_url("study.db")
         bar = progress.bar("search rule subsets", total=self.num_trials)
 
         def on_trial(trial: Trial, best: float | None) -> None:
@@ -360,10 +344,7 @@ class ConceptDistillation(Teleprompter):
                                     study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
         selection = selector.run()
         bar.close()
-        if selection.stopped_early:  # the trial a budget stop interrupted is a failed trial, not a running one
-            _fail_interrupted_trials(selector.study)
-            for trial in selection.trials:
-                trial.state = "fail" if trial.state == "running" else trial.state
+        if selection.stopped_early:  # the selector failed the trial it was running; workers' trials stay theirs
             raise BudgetExhausted(selection.stopped_early)
         return selection
 

@@ -10,6 +10,13 @@ from contextlib import contextmanager
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("cd_dspy")
+IN_RESULT = "cd_dspy_in_result"  # set on a log record whose warning the result's `warnings` also keep
+
+
+def log_result_warning(text: str) -> None:
+    """Log a warning that the result keeps too (`result.warnings`), once: a library user gets it from logging;
+    the CLI, which prints the result's warnings in its summary, leaves these records off its console."""
+    logger.warning("Concept Distillation: %s", text, extra={IN_RESULT: True})
 
 
 class Progress:

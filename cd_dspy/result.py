@@ -55,6 +55,19 @@ class Mistake(_Record):
 
 
 @dataclass
+class Solution(_Record):
+    """The teacher's run of the program on one mistake's example, checked by the metric (`cd_dspy.solve`)."""
+
+    mistake_id: str
+    ok: bool  # the metric accepted it (and it does not quote an answer it was shown)
+    score: float | None
+    steps: list[dict[str, Any]]  # Step dicts: each predictor call's inputs and outputs
+    priming: str  # the priming of the attempt that is kept (or the last one tried)
+    error: str | None = None  # the teacher's call failed: not finished work, a rerun tries again
+    tried: list[dict[str, Any]] = field(default_factory=list)  # each attempt's priming, score, quoted answer
+
+
+@dataclass
 class Explanation(_Record):
     """The teacher's diagnosis of one mistake and the rules it proposed."""
 
@@ -68,13 +81,15 @@ class Explanation(_Record):
 
 @dataclass
 class Rule(_Record):
-    """A general instruction for the target, attributed to one predictor."""
+    """A concept for the target: a general instruction attributed to one predictor and/or a worked exemplar
+    (the teacher's checked solution of a source mistake, as demonstrations per predictor)."""
 
     id: str
-    text: str
+    text: str  # "" for an exemplar-only concept
     predictor: str
     sources: list[str] = field(default_factory=list)  # mistake ids the rule came from
-    origin: str = "teacher"  # "teacher", "consolidated" or "delexicalised"
+    origin: str = "teacher"  # "teacher", "consolidated", "delexicalised", "exemplar"
+    exemplar: dict[str, list[dict[str, Any]]] | None = None  # predictor name -> demos (cd_dspy.solve)
     triggers: list[str] | None = None  # keyword stems of its condition (conditional rules); [] = always on
     verification: dict[str, Any] | None = None  # Verification.to_dict(): fixed/broken training examples
     selected: bool = False
@@ -152,6 +167,7 @@ class ConceptDistillationResult:
     n_val: int = 0
     n_mistakes: int = 0
     n_mistakes_used: int = 0
+    n_solved: int = 0  # sampled mistakes whose teacher solution the metric accepted (cd_dspy.solve)
     train_score: float | None = None
     p_value: float | None = None
     stopped_early: str | None = None

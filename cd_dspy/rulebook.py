@@ -27,6 +27,7 @@ import dspy
 from cd_dspy.induce import EXPLANATIONS_LOG, rule_id
 from cd_dspy.integrate import with_rules
 from cd_dspy.result import ConceptDistillationResult, Rule
+from cd_dspy.run_dir import write_file
 
 FORMAT = "cd-dspy-rulebook/1"
 PINNED, FREE, DROPPED = "pinned", "free", "dropped"
@@ -108,10 +109,10 @@ class Rulebook:
         return HEADER + yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False,
                                        allow_unicode=True, width=110)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(self.to_yaml(), encoding="utf-8")
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the rulebook to `path`. An existing file is replaced only if cd-dspy wrote it (a run directory's
+        manifest says so) or with `overwrite=True` (`--force`); else RunDirError (`cd_dspy.run_dir.write_file`)."""
+        target = write_file(path, self.to_yaml(), overwrite=overwrite)
         self.path = str(target)
         return target
 
@@ -222,14 +223,19 @@ def rule_provenance(result: ConceptDistillationResult, run_dir: str | os.PathLik
 
 def export_rulebook(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *,
                     result: ConceptDistillationResult | None = None, all_rules: bool = False,
-                    learned: dict[str, Any] | None = None) -> Rulebook:
+                    learned: dict[str, Any] | None = None, overwrite: bool = False) -> Rulebook:
     """The rulebook of the compile in `run_dir`: its selected rules as `pinned` (with `all_rules`, also the
-    other verified rules as `free` and the rejected ones as `dropped`); written to `path` when given."""
+    other verified rules as `free` and the rejected ones as `dropped`); written to `path` when given (over an
+    existing file only if cd-dspy wrote it, or with `overwrite=True`). A rulebook holds rule texts: a concept's
+    worked exemplar stays in the compiled program's demos, and exemplar-only concepts are counted, not listed."""
     from cd_dspy.report import load_result
 
     result = result or load_result(run_dir)
-    rules = []
+    rules, exemplars = [], 0
     for chain in rule_provenance(result, run_dir):
+        if not chain["text"]:  # an exemplar-only concept: demonstrations, no text to edit
+            exemplars += 1
+            continue
         status = PINNED if chain["selected"] else FREE if chain["verified"] else DROPPED
         if status != PINNED and not all_rules:
             continue
@@ -237,8 +243,8 @@ def export_rulebook(run_dir: str | os.PathLike, path: str | os.PathLike | None =
         provenance["confirmation"] = {"effect": chain["effect"], "interval": chain["effect_interval"]}
         rules.append(RulebookRule(chain["text"], chain["predictor"], status, chain["triggers"], provenance))
     info = {"run_dir": str(run_dir), "message": result.message, "n_train": result.n_train, "n_val": result.n_val,
-            **(learned or {})}
+            **({"exemplar_concepts_not_listed": exemplars} if exemplars else {}), **(learned or {})}
     book = Rulebook(rules=rules, learned=info)
     if path is not None:
-        book.save(path)
+        book.save(path, overwrite=overwrite)
     return book

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import optuna
@@ -79,10 +79,15 @@ def delete_study(name: str, storage: str | None) -> None:
         pass
 
 
-def _fail_interrupted_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed process are marked failed; their scores are in the cache."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+def fail_running_trials(study: optuna.Study, numbers: Iterable[int] | None = None) -> list[int]:
+    """Mark FAILED those of the trials `numbers` (None: all) that are RUNNING, with Optuna's public `Study.tell`;
+    a trial another process finished meanwhile is left as it is. Returns the numbers of the trials failed."""
+    wanted = None if numbers is None else set(numbers)
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if wanted is None or t.number in wanted]
+    for number in running:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    return running
 
 
 class RuleSelector:
@@ -104,6 +109,7 @@ class RuleSelector:
         self.best: float | None = None
         self.order = random.Random(seed).sample(list(indices), len(indices))
         self.rule_cost = 100.0 / max(1, len(self.order))
+        self._asked: set[int] = set()  # the trials this process took to evaluate (`fail_interrupted`)
         if study is not None:  # a study opened by the caller (workers: `cd_dspy.workers`)
             self.study = study
             return
@@ -112,7 +118,9 @@ class RuleSelector:
             sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
         )
-        _fail_interrupted_trials(self.study)
+        # Without workers one process evaluates this study's trials: a RUNNING one was left by a killed compile
+        # (its finished scores are in the cache). A study of workers comes in as `study`, untouched here.
+        fail_running_trials(self.study)
 
     # -- the study -------------------------------------------------------------------------------
     def run(self) -> Selection:
@@ -129,8 +137,24 @@ class RuleSelector:
                 self._refine()
         except BudgetExhausted as exc:
             stopped = str(exc)
+            self.fail_interrupted()
             logger.warning("Select: stopped early, %s; keeping the best subset so far.", exc)
         return self._summary(stopped)
+
+    def fail_interrupted(self) -> list[int]:
+        """Mark FAILED the trials this process took and a stop (a BaseException such as `BudgetExhausted`,
+        which Optuna's `optimize` does not record) left RUNNING; trials other processes (workers) run are
+        theirs and are left alone. Returns the numbers of the trials failed."""
+        return fail_running_trials(self.study, self._asked)
+
+    def _tracked(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        """`objective`, noting each trial this process takes (for `fail_interrupted`)."""
+
+        def run(trial: optuna.Trial) -> float:
+            self._asked.add(trial.number)
+            return objective(trial)
+
+        return run
 
     def _refine(self) -> None:
         """Backward elimination from the best subset: drop each rule in turn (one enqueued trial each)
@@ -187,12 +211,12 @@ class RuleSelector:
 
     def _step(self) -> int:
         """Run the next trial (an enqueued one, else one TPE proposes); the number of attempts it was."""
-        self.study.optimize(self._objective, n_trials=1, catch=())
+        self.study.optimize(self._tracked(self._objective), n_trials=1, catch=())
         return 1
 
     def _run_enqueued(self) -> None:
         """Run the trial just enqueued."""
-        self.study.optimize(self._objective, n_trials=1, catch=())
+        self.study.optimize(self._tracked(self._objective), n_trials=1, catch=())
 
     def _settle(self) -> None:
         """Wait until every enqueued trial has run (here they already have)."""

@@ -26,6 +26,13 @@ def default_threads(*lms: Any) -> int:
     """DSPy's `num_threads` for remote LMs; 1 when an LM runs in this process (an embedded model gains
     nothing from threads on a small machine, and calls queued past DSPy's straggler timeout would be
     sent twice)."""
-    if any(not isinstance(getattr(lm, "_engine_spec", None), str | None) for lm in lms):
+    if any(in_process(lm) for lm in lms):
         return 1
     return int(dspy.settings.num_threads or 1)
+
+
+def in_process(lm: Any) -> bool:
+    """Whether `lm` runs on an engine object of its own (a local model, a simulated one) rather than DSPy's
+    provider engines, named by a string ('auto', 'lm15', 'litellm') on DSPy 3.4's public `LM.engine`."""
+    engine = getattr(lm, "engine", None)
+    return engine is not None and not isinstance(engine, str)

@@ -113,6 +113,12 @@ class ScriptedEngine:
         self.calls = 0
         self.latency = latency
         self._lock = threading.Lock()
+        self._request = threading.local()  # what the request being answered on this thread showed
+
+    @property
+    def demo_questions(self) -> list[str]:
+        """The questions of the demonstrations (earlier user turns) in the request being answered."""
+        return getattr(self._request, "demo_questions", [])
 
     def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
         raise NotImplementedError
@@ -129,6 +135,9 @@ class ScriptedEngine:
         output_block = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
         outputs = re.findall(r"^\d+\. `(\w+)`", output_block, flags=re.M)
         inputs = dict(re.findall(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", user, flags=re.S))
+        self._request.demo_questions = [q for m in request.messages[:-1] if m.role == "user"
+                                        for q in re.findall(r"\[\[ ## question ## \]\]\n(.*?)(?:\n\n|\Z)", m.text or "",
+                                                            flags=re.S)]
         reply = self.respond(instructions, inputs, outputs)
         if "JSON" in user:
             text = json.dumps({k: reply.get(k, "") for k in outputs})
@@ -163,13 +172,17 @@ def _chat_value(value: Any) -> str:
 
 
 class SimulatedTarget(ScriptedEngine):
-    """A weak model with blind spots; each HELPFUL_RULES entry in its instructions removes one."""
+    """A weak model with blind spots; each HELPFUL_RULES entry in its instructions removes one, and so does a
+    worked demonstration of a problem of the same kind in its prompt (an exemplar it imitates), except for
+    "units" problems, which only their rule fixes."""
 
     model = "simulated-target"
 
     def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
         question = inputs.get("question", "")
         kind = kind_of(question)
+        shown = {kind_of(q) for q in self.demo_questions} - {None}
+        instructions += "".join(f"\n{HELPFUL_RULES[k]}" for k in shown if k in HELPFUL_RULES and k != "units")
         if "plan" in outputs:  # the planning step of a two-step program
             converts = HELPFUL_RULES["units"] in instructions
             return {"plan": "1. Convert minutes to hours. 2. Add." if converts else "1. Add the numbers.",

@@ -66,7 +66,9 @@ def check_rulebook(program: dspy.Module, rulebook: str | os.PathLike | Rulebook,
     if not rules:
         raise ValueError(f"{book.path or 'the rulebook'} has no pinned or free rule to apply; set a rule's status "
                          "to pinned or free.")
-    runner = HeldOutRunner(testset, metric, run_dir=RunDir(run_dir), progress=Progress(enabled=progress),
+    run = RunDir(run_dir)
+    run.claim()  # before any LM call: a non-empty folder cd-dspy did not make is refused
+    runner = HeldOutRunner(testset, metric, run_dir=run, progress=Progress(enabled=progress),
                            num_threads=num_threads or default_threads(target_lm))
     without = runner.run(with_rules(program, [], lm=target_lm), f"{target_lm.model} without rules")
     applied = runner.run(with_rules(program, rules, lm=target_lm, conditional=conditional),

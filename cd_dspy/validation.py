@@ -44,8 +44,14 @@ def check_settings(*, metric: Callable, teacher_lm: Any, auto: str | None, seed:
 
 
 def check_decision_settings(*, require_significance: Any, confirm_fraction: Any, confirm_top_k: Any,
-                            samples_per_mistake: Any, verify_correct: Any, verify_max_sources: Any) -> None:
-    """Validate the settings of verification and of the confirmation decision."""
+                            samples_per_mistake: Any, verify_correct: Any, verify_max_sources: Any,
+                            carrier: Any = "rules") -> None:
+    """Validate the settings of the concepts, of verification and of the confirmation decision."""
+    from cd_dspy.concepts import CARRIERS
+
+    if carrier not in CARRIERS:
+        raise ValueError(f"carrier must be one of {', '.join(CARRIERS)} (what a concept carries to the target), "
+                         f"got {carrier!r}.")
     if require_significance is not None and not (isinstance(require_significance, float) and
                                                  0 < require_significance < 1):
         raise ValueError(f"require_significance must be a level between 0 and 1 such as 0.05 (or None to decide on "
@@ -90,10 +96,19 @@ def check_examples(examples: Any, name: str) -> list[dspy.Example]:
         if not isinstance(example, dspy.Example):
             raise TypeError(f"{name}[{i}] is a {type(example).__name__}, not a dspy.Example; build each item as "
                             "dspy.Example(question=..., answer=...).with_inputs('question').")
-        if not example._input_keys:
-            raise ValueError(f"{name}[{i}] has no input fields marked; call .with_inputs('question', ...) on "
-                             "every example so DSPy knows which fields are inputs and which are labels.")
+        if not input_fields(example):
+            raise ValueError(f"{name}[{i}] has no input fields marked; call .with_inputs('question', ...), naming "
+                             "fields the example has, on every example so DSPy knows which fields are inputs and "
+                             "which are labels.")
     return examples
+
+
+def input_fields(example: dspy.Example) -> list[str]:
+    """The fields marked as inputs; none when `with_inputs` was never called (`Example.inputs` raises then)."""
+    try:
+        return list(example.inputs().keys())
+    except ValueError:
+        return []
 
 
 def split_examples(trainset: Any, valset: Any, *, seed: int, valset_fraction: float

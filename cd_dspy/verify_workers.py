@@ -19,7 +19,8 @@ from cd_dspy import keys
 from cd_dspy.evaluation import CachedEvaluator
 from cd_dspy.result import Rule
 from cd_dspy.select import delete_study
-from cd_dspy.workers import STATE, DistributedSelector, distributed_selector
+from cd_dspy.usage import BudgetExhausted
+from cd_dspy.workers import STATE, DistributedSelector, distributed_selector, planned_params
 
 
 def verify_objective(program_with: Callable[[Sequence[Rule]], dspy.Module], rules: Sequence[Rule],
@@ -44,11 +45,14 @@ class VerifySelector(DistributedSelector):
 
     def run(self) -> None:
         try:
-            planned = {tuple(sorted(k for k, v in t.params.items() if v)) for t in self._all()}
+            planned = {tuple(sorted(k for k, v in planned_params(t).items() if v)) for t in self._all()}
             for rule in self.rules:
                 if (rule.id,) not in planned:
                     self._enqueue({r.id: int(r is rule) for r in self.rules}, "verify")
             self._settle()
+        except BudgetExhausted:  # the trial this process was scoring is failed, not left running (Optuna skips it)
+            self.fail_interrupted()
+            raise
         finally:
             self.study.set_user_attr(STATE, {**self.study.user_attrs.get(STATE, {}), "state": "done"})
 

@@ -173,15 +173,16 @@ def _work_on(storage: str, name: str, spec: dict[str, Any], store: ScoreStore, b
 def start_local_workers(storage: str, study: str, n: int, out_dir: Path, *, wait: float = 120.0,
                         envs: Sequence[dict[str, str]] | None = None,
                         ready_timeout: float = 120.0) -> list[tuple[subprocess.Popen, Path]]:
-    """Start `n` `cd-dspy worker` processes here (output in `out_dir`/workerI.out, `envs[i]` added to the
-    i-th one's environment) and return once each is looking for the study: (process, output file) pairs."""
+    """Start `n` `cd-dspy worker` processes here (output in `out_dir`/workerI.out, or workerI-K.out where that
+    file exists: no file is overwritten; `envs[i]` added to the i-th one's environment) and return once each is
+    looking for the study: (process, output file) pairs."""
     procs = []
     for i in range(n):
-        out = Path(out_dir) / f"worker{i}.out"
         cmd = [sys.executable, "-m", "cd_dspy.cli", "-v", "worker", "--storage", storage, "--study", study,
                "--wait", str(wait)]
         env = {**os.environ, **(envs[i] if envs else {})}
-        with open(out, "w") as handle:
+        out, handle = _new_file(Path(out_dir), f"worker{i}", ".out")
+        with handle:
             procs.append((subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT), out))
     deadline = time.monotonic() + ready_timeout
     for proc, out in procs:
@@ -190,6 +191,17 @@ def start_local_workers(storage: str, study: str, n: int, out_dir: Path, *, wait
                 raise WorkerError(f"worker {out.name} did not start: {out.read_text()[-2000:]}")
             time.sleep(0.1)
     return procs
+
+
+def _new_file(folder: Path, stem: str, suffix: str) -> tuple[Path, Any]:
+    """(path, handle) of a file created here that did not exist: `stem+suffix`, else `stem-1+suffix`, ..."""
+    for number in range(10_000):
+        path = folder / f"{stem}{f'-{number}' if number else ''}{suffix}"
+        try:
+            return path, open(path, "x")  # exclusive: never an existing file
+        except FileExistsError:
+            continue
+    raise WorkerError(f"{folder} holds {stem}{suffix} and 9999 numbered copies; pass an empty out_dir.")
 
 
 def _check_rebuild(spec: dict[str, Any], key: str, evaluator: CachedEvaluator) -> None:

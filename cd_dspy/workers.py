@@ -44,6 +44,7 @@ SLOT = "cd_dspy.slot"  # trial user attribute: the position the main process pla
 ERROR = "cd_dspy.error"  # trial user attribute: why a worker's objective raised
 REFUSED = "cd_dspy.refused."  # study user attribute prefix: why the worker host:pid would not join
 USAGE = "cd_dspy.usage"  # trial user attribute: [target calls, prompt tokens, completion tokens] of a worker
+PLANNED = "cd_dspy.params"  # trial user attribute: the parameters the main process planned (kept by retries)
 
 
 class WorkerError(RuntimeError):
@@ -164,8 +165,11 @@ class DistributedSelector(RuleSelector):
         self._old_failures = {t.number for t in self._all() if t.state == TrialState.FAIL}
         for t in self._trials():  # a rerun after a worker's error (or retries spent) tries those trials again
             if t.state == TrialState.FAIL:
-                attrs = {k: v for k, v in t.user_attrs.items() if k in ("enqueued", SLOT)}
-                self.study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs=attrs)
+                if self.rules and not planned_params(t):
+                    raise WorkerError(f"trial {t.number} failed before it took its parameters and the study records "
+                                      "none (made by an older cd-dspy); rerun the compile with resume=False.")
+                attrs = {k: v for k, v in t.user_attrs.items() if k in ("enqueued", SLOT, PLANNED)}
+                self.study.enqueue_trial(planned_params(t), user_attrs=attrs)
 
     def run(self) -> Selection:
         try:
@@ -188,7 +192,7 @@ class DistributedSelector(RuleSelector):
         return [by_slot[slot] for slot in sorted(by_slot)]
 
     def _enqueue(self, params: dict[str, int], why: str) -> None:
-        self.study.enqueue_trial(params, user_attrs={"enqueued": why, SLOT: self._next_slot})
+        self.study.enqueue_trial(params, user_attrs={"enqueued": why, SLOT: self._next_slot, PLANNED: params})
         self._next_slot += 1
 
     def _run_enqueued(self) -> None:
@@ -232,7 +236,7 @@ class DistributedSelector(RuleSelector):
 
     def _settle(self) -> None:
         """Wait until no planned trial is waiting or running; retry dead workers' trials; report each finished one."""
-        objective = guarded(self._objective)
+        objective = guarded(self._tracked(self._objective))
         last_change, last_log, finished = time.monotonic(), 0.0, -1
         while True:
             if self.workers.evaluate_in_main and any(t.state == TrialState.WAITING for t in self._all()):
@@ -322,7 +326,14 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> 
 
 
 def _finished(study: optuna.Study, trial: optuna.Trial) -> bool:
-    return study._storage.get_trial(trial._trial_id).state.is_finished()
+    """Whether `trial` is finished in the storage (whoever finished it)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return any(t.number == trial.number for t in study.get_trials(deepcopy=False, states=done))
+
+
+def planned_params(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:
+    """The parameters the main process planned for `trial` (it may have failed before it suggested them)."""
+    return trial.params or trial.user_attrs.get(PLANNED, {})
 
 
 def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None = None
@@ -347,7 +358,7 @@ def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None
             trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}")
             raise
         except BaseException:  # Ctrl-C or a stop: hand the trial back before Optuna marks it failed
-            trial.study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
+            trial.study.enqueue_trial(planned_params(trial), user_attrs=dict(trial.user_attrs))
             raise
 
     return run

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       max_rules=args.max_rules, consolidate=True, retries=2)
     before_raw = [text for e in explanations for text in e.rules]
     induce_seconds = time.perf_counter() - started
-    evaluator = CachedEvaluator(trainset, ScoredMetric(task.metric), run_dir=RunDir(out), meter=UsageMeter(),
+    # the evaluator's own run directory (its scores, resumable), apart from the report files written beside it
+    evaluator = CachedEvaluator(trainset, ScoredMetric(task.metric), run_dir=RunDir(out / "scores"), meter=UsageMeter(),
                                 num_threads=1, log_name="verification_before.jsonl")
     correct = correct_sample(saved.get("correct", []), args.verify_correct, args.seed)
     verify_rules(before_rules, used, correct, evaluator=evaluator, threshold=1.0, max_sources=3,

@@ -1,10 +1,10 @@
-"""A prompt-sensitive simulated world: the target's answers shift with any change of its instructions.
+"""A prompt-sensitive simulated world: the target's answers shift with any change of its prompt.
 
-`NoisyTarget` answers a seeded share `accuracy` of the simulated word problems right under its
-original instructions. Every other instruction text reshuffles a seeded fraction `flip` of its
-answers (each reshuffled answer is right with probability `accuracy`), so a rule with no real effect
-still moves the score up or down by chance, as a 0.5B model does. Optionally one kind of problem is a
-blind spot that one helpful rule truly removes. `NoisyTeacher` proposes a noise rule for every
+`NoisyTarget` answers a seeded share `accuracy` of the simulated word problems right under its original
+prompt. Every other prompt (other instructions, or demonstrations added) reshuffles a seeded fraction `flip`
+of its answers (each reshuffled answer is right with probability `accuracy`), so a concept with no real effect
+still moves the score up or down by chance, as a 0.5B model does. Optionally one kind of problem is a blind
+spot that one helpful rule truly removes. `NoisyTeacher` solves every problem, proposes a noise rule for every
 mistake and, on blind-spot mistakes, the helpful rule as well.
 """
 
@@ -40,18 +40,19 @@ class NoisyTarget(ScriptedEngine):
     def __init__(self, seed: int, *, flip: float = 0.25, accuracy: float = 0.6, blind_spot: bool = False):
         super().__init__()
         self.seed, self.flip, self.accuracy, self.blind_spot = seed, flip, accuracy, blind_spot
-        self.original: str | None = None  # the first instructions seen are the program's own
+        self.original: str | None = None  # the first prompt seen is the program's own
 
     def respond(self, instructions, inputs, outputs):
         question = inputs.get("question", "")
         kind = kind_of(question)
         truth = TEMPLATES[kind][1](*numbers_of(question))
+        prompt = "\n".join([instructions, *self.demo_questions])  # instructions and demonstrations
         with self._lock:
-            self.original = self.original if self.original is not None else instructions
+            self.original = self.original if self.original is not None else prompt
         blind = self.blind_spot and kind == BLIND_KIND
         right = not blind and uniform(self.seed, "base", question) < self.accuracy
-        if instructions != self.original and uniform(self.seed, "flip", instructions, question) < self.flip:
-            right = not blind and uniform(self.seed, "draw", instructions, question) < self.accuracy
+        if prompt != self.original and uniform(self.seed, "flip", prompt, question) < self.flip:
+            right = not blind and uniform(self.seed, "draw", prompt, question) < self.accuracy
         if blind and HELPFUL_RULE in instructions:
             right = True
         answer = truth if right else truth + 1
@@ -66,6 +67,9 @@ class NoisyTeacher(ScriptedEngine):
         self.seed, self.helpful = seed, helpful
 
     def respond(self, instructions, inputs, outputs):
+        if "question" in inputs and "answer" in outputs:  # solving a mistake: the teacher gets it right
+            truth = TEMPLATES[kind_of(inputs["question"])][1](*numbers_of(inputs["question"]))
+            return {"reasoning": "Worked out step by step.", "answer": f"{truth:g}"}
         if "candidate_rules" in inputs:  # consolidation: keep the distinct rules
             rules = list(dict.fromkeys(json.loads(inputs["candidate_rules"])))
             return {"rules": rules[: int(inputs.get("max_rules", len(rules)))]}
@@ -78,14 +82,16 @@ class NoisyTeacher(ScriptedEngine):
 
 def noisy_compile(seed: int, *, helpful: bool, flip: float = 0.25, n_train: int = 24, n_val: int = 80,
                   **settings):
-    """Compile ChainOfThought on a fresh noisy world; return (optimizer result, target engine)."""
+    """Compile ChainOfThought on a fresh noisy world; return (optimizer result, target engine). Concepts are rules
+    unless `carrier` says otherwise (the target's blind spot yields only to the helpful rule)."""
     from cd_dspy import ConceptDistillation
 
     target_engine = NoisyTarget(seed, flip=flip, blind_spot=helpful)
     target = dspy.LM("simulated/noisy-target", engine=target_engine, cache=False)
     teacher = dspy.LM("simulated/noisy-teacher", engine=NoisyTeacher(seed, helpful=helpful), cache=False)
     trainset, valset = simulated_splits(n_train, n_val, seed=seed)
-    settings = {"num_trials": 10, "max_mistakes": 10, "max_rules": 6, "progress": False, **settings}
+    settings = {"num_trials": 10, "max_mistakes": 10, "max_rules": 6, "progress": False, "carrier": "rules",
+                **settings}
     optimizer = ConceptDistillation(metric=answer_match, teacher_lm=teacher, target_lm=target, seed=seed,
                                     **settings)
     optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=trainset, valset=valset)

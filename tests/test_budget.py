@@ -120,7 +120,8 @@ def test_dry_run_bounds_the_actual_spend(sim):
     confirm = (1 + cd.confirm_top_k + n_rules) * n_confirm
     assert estimate["target_calls"] == N_TRAIN + verify + (8 + 4) * n_search + confirm
     assert estimate["predictors"] == 1
-    assert estimate["teacher_calls"] == min(cd.max_mistakes, N_TRAIN) + 1
+    # each mistake: up to two solving attempts (primed, unprimed) and one explanation; one consolidation
+    assert estimate["teacher_calls"] == 3 * min(cd.max_mistakes, N_TRAIN) + 1
     cd.compile(program, trainset=sim.trainset[:N_TRAIN], valset=sim.valset[:N_VAL])
     target, teacher = sim.target_engine.calls, sim.teacher_engine.calls
     print(f"\n[dry-run] estimate target {estimate['target_calls']} teacher {estimate['teacher_calls']} "

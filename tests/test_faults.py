@@ -123,7 +123,8 @@ def test_a_teacher_failing_on_every_mistake_stops_loudly_and_stores_nothing(sim,
         cd.compile(program, trainset=sim.trainset[:8], valset=sim.valset)
     run = sim.tmp_path / "run"
     assert not (run / "explanations.jsonl").exists() and not (run / "rules.json").exists()
-    assert "Teacher call failed (attempt 3 of 3)" in caplog.text  # 1 try + teacher_retries for each
+    assert not (run / "solutions.jsonl").exists()  # a failed solution is never stored as finished work
+    assert "Solve: the teacher failed on mistake" in caplog.text  # the first teacher step: solving the mistakes
 
 
 def test_teacher_recovers_from_some_unparseable_replies(sim):

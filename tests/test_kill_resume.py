@@ -87,6 +87,8 @@ def runs(tmp_path_factory):
             "paths1": paths, "run_dir": run_dir, "artifacts": check_artifacts_parse(run_dir),
             "explained_at_kill": sum(1 for _ in open(run_dir / "explanations.jsonl"))
             if (run_dir / "explanations.jsonl").exists() else 0,
+            "solved_at_kill": sum(1 for _ in open(run_dir / "solutions.jsonl"))
+            if (run_dir / "solutions.jsonl").exists() else 0,
             "collected_at_kill": sum(len(json.loads(line)["indices"]) for line in open(run_dir / "collect.jsonl"))
             if (run_dir / "collect.jsonl").exists() else 0,
             "trials_at_kill": json.loads((run_dir / "progress.json").read_text())["trials"]
@@ -128,9 +130,9 @@ def test_kill_and_resume(runs, phase):
         assert set(in_flight) <= set(started2)  # the interrupted call is redone
     if phase == "induce":
         assert "mistakes.json" in data["artifacts"] and "rules.json" not in data["artifacts"]
-        used = ref["n_mistakes_used"]
-        assert data["explained_at_kill"] == len(teacher1) == 2
-        assert len(teacher2) == used - data["explained_at_kill"] + 1  # the rest, plus one consolidation
+        used = ref["n_mistakes_used"]  # the teacher solves each first: the kill lands in the third solution
+        assert data["solved_at_kill"] == len(teacher1) == 2 and data["explained_at_kill"] == 0
+        assert len(teacher2) == (used - 2) + used + 1  # the other solutions, every explanation, one consolidation
         assert set(in_flight) <= set(started2)
     if phase == "select":
         assert {"mistakes.json", "rules.json"} <= set(data["artifacts"])

@@ -178,8 +178,10 @@ def test_result_round_trips_and_artifacts_are_written(sim):
 def test_no_gain_returns_unchanged_program(sim):
     """A teacher whose only rule is neutral cannot beat the baseline: verification stops it, and without
     verification the confirmation does; nothing is integrated."""
+    solve = sim.teacher_engine.respond
     sim.teacher_engine.respond = lambda instructions, inputs, outputs: (
-        {"rules": [NEUTRAL_RULE]} if "candidate_rules" in inputs
+        solve(instructions, inputs, outputs) if "question" in inputs  # it still solves the task
+        else {"rules": [NEUTRAL_RULE]} if "candidate_rules" in inputs
         else {"explanation": "?", "step": "predict", "rules": [NEUTRAL_RULE]})
     program = dspy.ChainOfThought("question -> answer: float")
     cd = sim.optimizer()

@@ -21,7 +21,7 @@ from cd_dspy.priming import (
     priming_text,
     shows_gold,
 )
-from cd_dspy.result import Mistake
+from cd_dspy.result import Mistake, Solution
 
 INPUTS, GOLD = {"question": "What is 6 * 7?"}, {"answer": 42.0}
 
@@ -126,10 +126,14 @@ def test_cd_explanations_show_the_gold_and_feedback_only_under_gold(strategy, go
     mistake = Mistake(id="m1", example_index=0, inputs={"question": "What is 6 * 7?"}, gold={"answer": 4242.0},
                       outputs={"answer": 13.0}, score=0.0, feedback="expected 4242, got 13", steps=[])
     with dspy.context(adapter=dspy.JSONAdapter()):
+        solution = Solution("m1", ok=True, score=1.0, priming=strategy, steps=[
+            {"predictor": "self", "inputs": mistake.inputs, "outputs": {"reasoning": "six sevens, times 101"}}])
         explained = explain_mistakes(dspy.Predict("question -> answer: float"), [mistake], teacher_lm=teacher,
-                                     priming=strategy, num_threads=1, retries=0, on_done=lambda e: None)
+                                     priming=strategy, num_threads=1, retries=0, on_done=lambda e: None,
+                                     solutions={"m1": solution})
     assert explained[0].rules == ["When multiplying, multiply."]
     (request,) = engine.requests
+    assert "six sevens, times 101" in request  # explanations contrast the attempt with the checked solution
     assert ("4242" in request) is gold_seen
     assert ("expected 4242, got 13" in request) is gold_seen
     assert (GOLD_HIDDEN in request) is not gold_seen

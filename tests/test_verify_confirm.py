@@ -7,7 +7,7 @@ import pytest
 
 from cd_dspy.confirm import small_sample_warning
 from cd_dspy.induce import delexicalise, is_instance_specific
-from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE, ScriptedEngine
+from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE, ScriptedEngine, SimulatedTeacher
 from cd_dspy.stats import min_detectable_gain, min_wins_for_significance, paired_difference, sign_test
 
 STICKERS = "Mia has 125 stickers. She packs them into bags of 10. How many full bags does she fill?"
@@ -89,6 +89,8 @@ class UselessTeacher(ScriptedEngine):
     """Proposes only rules that fix nothing (the neutral one) or break answers (the harmful one)."""
 
     def respond(self, instructions, inputs, outputs):
+        if "question" in inputs and "answer" in outputs:  # it solves the task (a teacher does)
+            return SimulatedTeacher().respond(instructions, inputs, outputs)
         return {"explanation": "Careless.", "step": "predict", "rules": [NEUTRAL_RULE, HARMFUL_RULE]}
 
 

@@ -209,13 +209,13 @@ def test_a_trial_another_process_finished_first_is_left_to_it(tmp_path, state):
     and the other's outcome stands; an error of the objective itself still propagates."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(storage=rdb_storage(url, 1, 3, 0), sampler=optuna.samplers.RandomSampler())
-    other = optuna.storages.RDBStorage(url)  # the other process's connection
+    other = optuna.load_study(study_name=study.study_name, storage=url)  # the other process's connection
     study.enqueue_trial({"x": 1}, user_attrs={SLOT: 0})
 
     def finished_elsewhere(trial: optuna.Trial) -> float:
         trial.suggest_categorical("x", [0, 1])
         values = [50.0] if state == optuna.trial.TrialState.COMPLETE else None
-        other.set_trial_state_values(trial._trial_id, state, values)
+        other.tell(trial.number, values, state=state)
         return 42.0
 
     assert run_one(study, guarded(finished_elsewhere)) is False

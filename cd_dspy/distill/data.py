@@ -29,7 +29,8 @@ from dspy.utils.parallelizer import ParallelExecutor
 from cd_dspy.collect import jsonable
 from cd_dspy.evaluation import ScoredMetric
 from cd_dspy.integrate import RulePredict, render_instructions
-from cd_dspy.priming import Priming, primed, priming_name
+from cd_dspy.priming import Priming, priming_name
+from cd_dspy.solve import teacher_trace
 
 logger = logging.getLogger(__name__)
 
@@ -97,22 +98,6 @@ def student_signature(predictor: dspy.Predict, inputs: dict[str, Any]) -> type[d
     return predictor.signature
 
 
-def _output_fields(program: dspy.Module) -> list[str]:
-    return list(dict.fromkeys(name for _, p in program.named_predictors() for name in p.signature.output_fields))
-
-
-def primed_program(program: dspy.Module, priming: Priming, example: dspy.Example, teacher_lm: Any) -> dspy.Module:
-    """A copy of `program` whose predictors carry the priming for `example` and run on `teacher_lm`."""
-    copy = program.deepcopy()
-    inputs, gold = dict(example.inputs()), dict(example.labels())
-    fields = _output_fields(program)
-    for _, predictor in copy.named_predictors():
-        text = primed(predictor.signature.instructions, priming, inputs, gold, fields)
-        predictor.signature = predictor.signature.with_instructions(text)
-        predictor.lm = teacher_lm
-    return copy
-
-
 def _check_structure(program: dspy.Module, student: dspy.Module) -> None:
     ours = [name for name, _ in program.named_predictors()]
     theirs = [name for name, _ in student.named_predictors()]
@@ -150,12 +135,9 @@ def generate_distillation_data(program: dspy.Module, trainset: Sequence[dspy.Exa
 
     def run(pair: tuple[int, dspy.Example]) -> tuple[int, float | None, list[DistillRecord]]:
         index, example = pair
-        teacher = primed_program(program, priming, example, teacher_lm)
-        names = {id(p): n for n, p in teacher.named_predictors()}
         try:
-            with dspy.context(trace=[], adapter=adapter):
-                prediction = teacher(**example.inputs())
-                trace = list(dspy.settings.trace)
+            prediction, trace, calls = teacher_trace(program, example, teacher_lm=teacher_lm, priming=priming,
+                                                     adapter=adapter)
         except Exception as exc:  # an unparseable or failed teacher reply: the example gives no record
             logger.warning("Distill: the teacher failed on training example %d (%s: %s).", index,
                            type(exc).__name__, exc)
@@ -166,13 +148,9 @@ def generate_distillation_data(program: dspy.Module, trainset: Sequence[dspy.Exa
             return index, score, []
         students = dict(student.named_predictors())
         records = []
-        for predictor, inputs, outputs in trace:
-            pred_name = names.get(id(predictor))
-            if pred_name is None:  # a call from outside the program's predictors
-                continue
+        for pred_name, predictor, inputs, out in calls:
             mine = students[pred_name]
             demos = [] if exclude_demos else mine.demos
-            out = {k: outputs[k] for k in predictor.signature.output_fields if k in outputs}
             records.append(DistillRecord(
                 messages=chat_messages(adapter, student_signature(mine, inputs), demos, inputs, out),
                 teacher_messages=chat_messages(adapter, predictor.signature, demos, inputs),
