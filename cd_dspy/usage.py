@@ -199,3 +199,45 @@ class UsageMeter(BaseCallback):
         with self._lock:
             for role, record in usage.items():
                 self.usage[role] = RoleUsage.from_dict(record.to_dict())
+
+
+def prompt_tokens(lm: Any, messages: list[dict[str, Any]]) -> int | None:
+    """Prompt tokens of one request of `lm`: exact for an in-process engine that can count them
+    (`LlamaCppEngine.prompt_tokens`), litellm's tokenizer-based count for an API model, None if neither works."""
+    engine = getattr(lm, "engine", None)
+    if callable(getattr(engine, "prompt_tokens", None)):
+        return engine.prompt_tokens(messages)
+    try:
+        import litellm
+
+        return int(litellm.token_counter(model=getattr(lm, "model", ""), messages=messages))
+    except Exception:  # an unknown model or message shape: no count rather than a wrong one
+        return None
+
+
+class PromptTokenCounter(BaseCallback):
+    """Counts the prompt tokens of every LM request, DSPy cache hits included: what a user pays per request
+    (demonstrations and rules make prompts longer). `per_call(role)` is the mean over the calls seen."""
+
+    def __init__(self, teacher_lm: Any = None):
+        self.teacher_ids = {id(teacher_lm)} if teacher_lm is not None else set()
+        self.counts: dict[str, list[int]] = {TARGET: [], TEACHER: []}
+        self.uncounted = 0
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> PromptTokenCounter:  # one shared counter across DSPy's threads
+        return self
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        messages = inputs.get("messages") or [{"role": "user", "content": inputs.get("prompt") or ""}]
+        count = prompt_tokens(instance, messages)
+        role = TEACHER if id(instance) in self.teacher_ids else TARGET
+        with self._lock:
+            if count is None:
+                self.uncounted += 1
+            else:
+                self.counts[role].append(count)
+
+    def per_call(self, role: str = TARGET) -> float | None:
+        counts = self.counts[role]
+        return sum(counts) / len(counts) if counts else None

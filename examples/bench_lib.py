@@ -198,6 +198,36 @@ def held_out_record(scores: list[float], baseline: list[float] | None) -> dict:
     return rec
 
 
+def sft_row(args: Any, test: list[dspy.Example], baseline_scores: list[float] | None) -> dict:
+    """The weights row: a LoRA SFT adapter's held-out scores as examples/distill_compare.py measured them on the
+    same split (its `--sft-row`, by default the main SFT adapter), checked to be the same task, models and test
+    problems (its unaided target scored exactly as `baseline_scores`); compile-time cost = the teacher's data
+    calls and the training time."""
+    if not args.sft_results:
+        raise ValueError("sft_lora needs --sft-results: the distill_compare.json of examples/distill_compare.py run "
+                         "on the same task, split and models.")
+    path = Path(args.sft_results)
+    data = json.loads(path.read_text())
+    same = {"task": args.task, "target": args.target, "teacher": args.teacher}
+    if {k: data.get(k) for k in same} != same or data.get("splits", {}).get("test") != len(test):
+        raise ValueError(f"{path} was measured on {data.get('task')} / {data.get('target')} / {data.get('teacher')}, "
+                         f"splits {data.get('splits')}: not this benchmark's task, models and test size.")
+    if args.sft_row not in data["rows"]:
+        raise ValueError(f"{path} has no row {args.sft_row!r}; it has {', '.join(data['rows'])}.")
+    if baseline_scores is None or data["rows"].get("none", {}).get("scores") != baseline_scores:
+        raise ValueError(f"{path}: its unaided target ('none' row) did not score exactly as this benchmark's baseline "
+                         "on the test problems (or the baseline has not run): not the same problems or settings.")
+    row = data["rows"][args.sft_row]
+    teacher_calls = int(data.get("data", {}).get("examples", 0))  # the teacher answered each training example
+    train_seconds = float(row.get("train", {}).get("seconds", 0.0))
+    return {"imported": {"scores": row["scores"], "seconds": {"compile": train_seconds,
+                                                             "test": float(row.get("eval_seconds", 0.0))}},
+            "usage": {"compile": {"teacher": {"calls": teacher_calls}}},
+            "source": {"file": str(path), "row": args.sft_row, "command": data.get("command"),
+                       "train": row.get("train", {}).get("settings"), "records": row.get("train", {}).get("records")},
+            "message": f"measured by examples/distill_compare.py ({path}, row {args.sft_row!r}); not rerun here"}
+
+
 # -- budgets -------------------------------------------------------------------------------------
 def val_evals(trials: int) -> int:
     """Valset evaluations CD makes at most: `trials` (baseline included) + backward-elimination refinement."""
@@ -217,29 +247,63 @@ def measured_budget(methods: dict[str, dict]) -> int | None:
     return calls_made(rec, "compile", "target") if rec and rec.get("status") == "ok" else None
 
 
+# Methods renamed when the demonstration rows came in: the old names were instruction-only runs.
+RENAMED = {"inferrules": "inferrules_instr", "miprov2": "miprov2_instr", "simba": "simba_instr"}
+
+# What each method changes in the program (the table's "carrier" column).
+CARRIERS = {"baseline": "none", "teacher": "none (the teacher runs)", "cd": "rules (CD's default)",
+            "cd_exemplars": "exemplars (CD)", "cd_both": "rules + exemplars (CD)", "inferrules_instr": "instructions",
+            "miprov2_instr": "instructions", "simba_instr": "instructions", "gepa": "instructions",
+            "bootstrap_fewshot": "demos", "bootstrap_rs": "demos", "miprov2_demos": "instructions + demos",
+            "simba_demos": "instructions + demos", "sft_lora": "weights"}
+
+
 def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int) -> dict[str, dict]:
-    """Constructor/compile settings per peer, sized to about `budget` target calls."""
+    """Constructor/compile settings per peer: DSPy's defaults, with the size knob of the peers that have one
+    (candidates, trials, steps, metric calls) set to about `budget` target calls. `changed` says what differs
+    from DSPy's defaults and why."""
     evals = max(2, round(budget / max(1, n_val)))  # full-valset evaluations the budget buys
     n_all = n_train + n_val  # SIMBA has no valset: it gets train+val as its trainset
     bsize, nc = max(1, min(n_all, 8)), 2
     per_step = bsize * (2 * nc + 1)  # nc sampled trajectories + (nc+1) candidates, each on a minibatch
     final = (nc + 1) * n_all  # SIMBA's closing evaluation of up to nc+1 winners on its trainset
     mipro_trials = max(1, evals - 1)
+    random_programs = max(1, evals - 3)  # random search also scores zero-shot, labeled-only and unshuffled
+    no_demos = {"max_bootstrapped_demos": 0, "max_labeled_demos": 0}
+    simba = {"bsize": bsize, "num_candidates": nc, "num_threads": threads,
+             "max_steps": max(1, round((budget - final) / per_step))}
+    simba_budget = f"max_steps x {per_step} + {final} final target calls ~ {budget}"
+    mipro_init = {"auto": None, "seed": seed, "num_candidates": max(2, round(mipro_trials / 1.5)),
+                  "num_threads": threads}
+    mipro_compile = {"num_trials": mipro_trials, "minibatch": False}
+    mipro_budget = (f"(1 default + {mipro_trials} trials) x {n_val} val = {evals * n_val} target calls "
+                    "+ bootstrap runs on train for the proposer")
+    budgeted = "sized to the target-call budget: "
     return {
-        "inferrules": {"init": {"num_candidates": evals, "num_rules": 5, "max_bootstrapped_demos": 0,
-                                "max_labeled_demos": 0, "num_threads": threads},
-                       "budget": f"{evals} rule candidates x {n_val} val = {evals * n_val} target calls"},
-        "simba": {"init": {"bsize": bsize, "num_candidates": nc, "max_demos": 0, "num_threads": threads,
-                           "max_steps": max(1, round((budget - final) / per_step))},
-                  "budget": f"max_steps x {per_step} + {final} final target calls ~ {budget}"},
-        "miprov2": {"init": {"max_bootstrapped_demos": 0, "max_labeled_demos": 0, "auto": None, "seed": seed,
-                             "num_candidates": max(2, round(mipro_trials / 1.5)), "num_threads": threads},
-                    "compile": {"num_trials": mipro_trials, "minibatch": False},
-                    "budget": f"(1 default + {mipro_trials} trials) x {n_val} val = {evals * n_val} target calls "
-                              "+ bootstrap runs on train for the proposer"},
+        "bootstrap_fewshot": {"init": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
+                              "budget": "none: the teacher runs the program on train until 4 traces pass the metric",
+                              "changed": "max_labeled_demos 0 (default 16): the two-line recipe of DSPy's docs "
+                                         "with a teacher, 4 bootstrapped demonstrations"},
+        "bootstrap_rs": {"init": {"max_bootstrapped_demos": 4, "max_labeled_demos": 16,
+                                  "num_candidate_programs": random_programs, "num_threads": threads},
+                         "budget": f"(3 fixed + {random_programs} random candidates) x {n_val} val target calls",
+                         "changed": budgeted + f"num_candidate_programs {random_programs} (default 16)"},
+        "miprov2_demos": {"init": mipro_init, "compile": mipro_compile, "budget": mipro_budget,
+                          "changed": budgeted + f"auto None, num_trials {mipro_trials}, minibatch off (val "
+                                                f"{n_val} ~ its minibatch of 35); demos at defaults (4 + 4)"},
+        "simba_demos": {"init": simba, "budget": simba_budget,
+                        "changed": budgeted + f"bsize {bsize}, num_candidates {nc}, max_steps; max_demos default 4"},
+        "inferrules_instr": {"init": {"num_candidates": evals, "num_rules": 5, **no_demos, "num_threads": threads},
+                             "budget": f"{evals} rule candidates x {n_val} val = {evals * n_val} target calls",
+                             "changed": budgeted + "num_candidates; demos off (instruction-only)"},
+        "simba_instr": {"init": {**simba, "max_demos": 0}, "budget": simba_budget,
+                        "changed": budgeted + "as simba_demos; max_demos 0 (instruction-only)"},
+        "miprov2_instr": {"init": {**no_demos, **mipro_init}, "compile": mipro_compile, "budget": mipro_budget,
+                          "changed": budgeted + "as miprov2_demos; demos off (instruction-only, zero-shot)"},
         "gepa": {"init": {"max_metric_calls": budget, "reflection_minibatch_size": 3, "num_threads": threads,
                           "seed": seed, "track_stats": False},
-                 "budget": f"max_metric_calls = {budget}"},
+                 "budget": f"max_metric_calls = {budget}", "changed": budgeted + "max_metric_calls (instructions "
+                                                                       "only, as GEPA always is)"},
     }
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench_lib import calls_made, held_out_record, with_ext
+from bench_lib import CARRIERS, calls_made, held_out_record, with_ext
+
+from cd_dspy.stats import holm_adjusted
+
+SAME_PROMPTS = ("teacher", "sft_lora")  # the baseline's program and prompts (another model, or other weights)
 
 
 def _tokens(rec: dict, phase: str) -> int:
@@ -38,14 +42,27 @@ def _verdict(vs: dict | None, unchanged: bool = False) -> str:
         return "= baseline (the method returned the program unchanged)"
     if not vs:
         return "-"
-    sig = "better than baseline" if vs["p_two_sided"] < 0.05 and vs["difference"] > 0 else \
-        "worse than baseline" if vs["p_two_sided"] < 0.05 else "not distinguishable"
+    p = vs.get("p_holm", vs["p_two_sided"])
+    sig = "better than baseline" if p < 0.05 and vs["difference"] > 0 else \
+        "worse than baseline" if p < 0.05 else "not distinguishable"
+    holm = f" (Holm {_p(vs['p_holm'], '')})" if "p_holm" in vs else ""
     return (f"{vs['difference']:+.1f} [{vs['ci'][0]:+.1f}, {vs['ci'][1]:+.1f}]; {vs['fixed']} fixed / "
-            f"{vs['broken']} broken, {_p(vs['p_two_sided'])}: {sig}")
+            f"{vs['broken']} broken, {_p(vs['p_two_sided'])}{holm}: {sig}")
 
 
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+def prompt_tokens(name: str, rec: dict, methods: dict[str, dict]) -> tuple[float | None, str]:
+    """Prompt tokens per test request and where the figure comes from: counted on the method's own test calls, or
+    the baseline's count for a method that sends the baseline's prompts (unchanged program, teacher, weights)."""
+    if rec.get("prompt_tokens_per_call") is not None:
+        return rec["prompt_tokens_per_call"], ""
+    base = methods.get("baseline", {})
+    if name in SAME_PROMPTS or program_unchanged(rec, base):
+        return base.get("prompt_tokens_per_call"), " (baseline's prompts)"
+    return None, ""
+
+
+def _p(p: float, prefix: str = "p") -> str:
+    return f"{prefix}<0.001" if p < 0.001 else f"{prefix}={p:.3f}" if prefix else f"{p:.3f}"
 
 
 def write_markdown(data: dict, path: Path) -> None:
@@ -58,28 +75,38 @@ def write_markdown(data: dict, path: Path) -> None:
     n_test = data["splits"]["test"]
     lines += [f"Splits: train {data['splits']['train']}, val {data['splits']['val']}, test {n_test} "
               f"(one test problem = {100 / max(1, n_test):.1f} points); trials {s['trials']}; seed {s['seed']}; "
-              f"adapter {s.get('adapter', 'chat')}. Peers' target-call budget: {s.get('peer_budget', 'n/a')}. "
-              "Scores in %, 95% Wilson intervals; the paired column is the difference to the baseline on the same "
-              "test problems with its 95% interval and an exact two-sided sign test (McNemar). Calls are LM requests "
-              "(DSPy cache hits included); tokens are counted for cache misses only.", "",
-              "| method | test score [95% CI] | vs baseline (paired) | gap closed | target calls (compile/test) "
-              "| teacher calls (compile/test) | tokens (compile/test) | wall time |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"adapter {s.get('adapter', 'chat')}. Scores in %, 95% Wilson intervals; the paired column is the "
+              "difference to the baseline on the same test problems with its 95% interval and an exact two-sided "
+              "sign test (McNemar), Holm-adjusted over the methods in the table (the verdict uses the adjusted p). "
+              "Calls are LM requests (DSPy cache hits included); prompt tokens are counted per test request with "
+              "the model's own tokenizer and chat template (what a user pays per request).", "",
+              "| method | carrier | test score [95% CI] | vs baseline (paired) | gap closed "
+              "| prompt tokens / test call | target calls (compile/test) | teacher calls (compile/test) | wall time |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, rec in data["methods"].items():
+        carrier = CARRIERS.get(name, "-")
         if rec.get("status") != "ok":
-            lines.append(f"| {name} | error: {str(rec.get('error', ''))[:80].replace('|', '/')} | | | | | | "
-                         f"{rec.get('seconds', {}).get('total', 0):.0f}s |")
+            lines.append(f"| {name} | {carrier} | error: {str(rec.get('error', ''))[:80].replace('|', '/')} "
+                         f"| | | | | | {rec.get('seconds', {}).get('total', 0):.0f}s |")
             continue
         t = rec["test"]
         own = name not in ("baseline", "teacher")
         unchanged = own and program_unchanged(rec, data["methods"].get("baseline"))
         gap = gap_closed(data["methods"], name) if own and not unchanged else None
-        lines.append(f"| {name} | {t['score']:.1f} [{t['ci'][0]:.1f}, {t['ci'][1]:.1f}] "
+        tokens, source = prompt_tokens(name, rec, data["methods"])
+        lines.append(f"| {name} | {carrier} | {t['score']:.1f} [{t['ci'][0]:.1f}, {t['ci'][1]:.1f}] "
                      f"| {_verdict(t.get('vs_baseline'), unchanged)} "
                      f"| {f'{gap:.0%}' if gap is not None else '-'} "
+                     f"| {f'{tokens:.0f}' if tokens is not None else 'n/a'}{source} "
                      f"| {calls_made(rec, 'compile', 'target')} / {calls_made(rec, 'test', 'target')} "
                      f"| {calls_made(rec, 'compile', 'teacher')} / {calls_made(rec, 'test', 'teacher')} "
-                     f"| {_tokens(rec, 'compile')} / {_tokens(rec, 'test')} | {rec['seconds']['total']:.0f}s |")
+                     f"| {rec['seconds']['total']:.0f}s |")
+    notes = [f"- {name}: {rec['config']['changed']}; budget: {rec['config'].get('budget', '-')}"
+             for name, rec in data["methods"].items() if rec.get("config", {}).get("changed")]
+    notes += [f"- {name}: {rec['message']}" for name, rec in data["methods"].items()
+              if name == "sft_lora" and rec.get("message")]
+    if notes:
+        lines += ["", "Settings that differ from DSPy's defaults, and why:", *notes]
     lines += ["", "Gap closed = (method − baseline) / (teacher − baseline) on test, a point estimate: read it "
               "with the paired interval.", "", "Command: `" + data["command"] + "`", ""]
     path.write_text("\n".join(lines))
@@ -158,11 +185,16 @@ def _width(points: list[tuple[str, float, float]]) -> float:
 
 
 def compare_with_baseline(methods: dict[str, dict]) -> None:
-    """Give every finished method's test record its paired comparison with the baseline (when it has run)."""
+    """Give every finished method's test record its paired comparison with the baseline (when it has run), with
+    the p-values Holm-adjusted over all the methods compared."""
     base = (methods.get("baseline", {}).get("test") or {}).get("scores")
     for name, rec in methods.items():
         if rec.get("status") == "ok" and name != "baseline":
             rec["test"] = held_out_record(rec["test"]["scores"], base)
+    compared = [rec["test"]["vs_baseline"] for rec in methods.values()
+                if rec.get("status") == "ok" and "vs_baseline" in rec["test"]]
+    for vs, p in zip(compared, holm_adjusted([vs["p_two_sided"] for vs in compared]), strict=True):
+        vs["p_holm"] = p
 
 
 def save_all(data: dict, out: Path) -> None:

@@ -28,7 +28,8 @@ the same rules it gives CD. The simulated target is deterministic, so SIMBA (whi
 trajectories) never calls its prompt model there: its simulated score says nothing about SIMBA.
 
 Writes <out>.json (appended after each method; finished methods are skipped on rerun), <out>.md
-and <out>.png. CD keeps its own run directory in <out>/cd_run. Keep cache=True LMs: reruns are cheap.
+and <out>.png. CD keeps its own run directory in <out>/<method>_run (cd_run for the default carrier,
+cd_exemplars_run, cd_both_run for the carrier ablation). Keep cache=True LMs: reruns are cheap.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ from pathlib import Path
 import dspy
 
 from cd_dspy.programs import ADAPTERS, get_task, make_adapter
+from cd_dspy.usage import TARGET, TEACHER, PromptTokenCounter
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lib import (  # noqa: E402
+    RENAMED,
     SIMULATED,
     BenchMeter,
     gepa_metric,
@@ -56,6 +59,7 @@ from bench_lib import (  # noqa: E402
     make_lm,
     measured_budget,
     peer_configs,
+    sft_row,
     simulated_lms,
     target_budget,
     usage_dict,
@@ -63,7 +67,8 @@ from bench_lib import (  # noqa: E402
 )
 from bench_report import save_all  # noqa: E402
 
-METHODS = ("baseline", "cd", "inferrules", "simba", "miprov2", "gepa", "teacher")
+METHODS = ("baseline", "teacher", "cd", "cd_exemplars", "cd_both", "bootstrap_fewshot", "bootstrap_rs",
+           "miprov2_demos", "simba_demos", "sft_lora", "inferrules_instr", "miprov2_instr", "simba_instr", "gepa")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,9 +87,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter", choices=ADAPTERS, default=None,
                    help="DSPy adapter for every method (default: the task's measured best; chat for simulated)")
     p.add_argument("--retry-errors", action="store_true", help="rerun methods recorded with an error")
+    p.add_argument("--rerun", default="", help="comma-separated methods to measure again even if recorded ok")
     p.add_argument("--fresh", action="store_true", help="ignore (overwrite) an existing <out>.json")
+    p.add_argument("--peer-budget", type=int, default=None,
+                   help="target calls for the peers that take a budget (default: CD's measured compile calls, or "
+                        "the planning estimate before CD has run)")
+    p.add_argument("--sft-results", default=None,
+                   help="sft_lora: a distill_compare.json on the same split (examples/distill_compare.py)")
+    p.add_argument("--sft-row", default="sft", help="sft_lora: which of its rows (default: its main SFT adapter)")
     args = p.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.methods = [RENAMED.get(m.strip(), m.strip()) for m in args.methods.split(",") if m.strip()]
+    args.rerun = {RENAMED.get(m.strip(), m.strip()) for m in args.rerun.split(",") if m.strip()}
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -108,6 +121,7 @@ class Benchmark:
             self.teacher_alone = make_lm(args.teacher, "target")  # the program's calls on equal terms (max_tokens)
         self.adapter_name = args.adapter or ("chat" if args.task == SIMULATED else get_task(args.task).adapter)
         self.peer_budget = target_budget(len(self.train), len(self.val), args.trials)  # until CD has run
+        self.baseline_scores: list[float] | None = None  # set by main(): the sft_lora row is checked against it
 
     @property
     def peers(self) -> dict[str, dict]:
@@ -121,8 +135,9 @@ class Benchmark:
                 "planned_peer_budget": target_budget(len(self.train), len(self.val), a.trials),
                 "dspy_version": dspy.__version__}
 
-    def _context(self, lm: dspy.LM, meter: BenchMeter):
-        return dspy.context(lm=lm, callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter,
+    def _context(self, lm: dspy.LM, meter: BenchMeter, *more_callbacks):
+        return dspy.context(lm=lm, callbacks=[*dspy.settings.get("callbacks", []), meter, *more_callbacks],
+                            usage_tracker=meter,
                             adapter=self.adapter(), max_errors=10**6)  # a parse failure scores 0, not an abort
 
     def adapter(self) -> dspy.Adapter:
@@ -136,19 +151,32 @@ class Benchmark:
         init, comp = cfg.get("init", {}), cfg.get("compile", {})
         if method in ("baseline", "teacher"):
             return program, {}
-        if method == "cd":
-            return self._compile_cd(program)
+        if method == "cd" or method.startswith("cd_"):  # cd: CD's default carrier; cd_<carrier>: that carrier
+            return self._compile_cd(program, method)
+        if method == "sft_lora":
+            return program, sft_row(self.args, self.test, self.baseline_scores)
         with self._context(self.target, meter):
-            if method == "inferrules":
+            teacher_settings = {"lm": self.teacher}  # how DSPy's docs wire a teacher LM into bootstrapping
+            if method == "bootstrap_fewshot":
+                opt = dspy.BootstrapFewShot(metric=self.task.metric, teacher_settings=teacher_settings, **init)
+                return opt.compile(program, trainset=self.train), {}
+            if method == "bootstrap_rs":
+                opt = dspy.BootstrapFewShotWithRandomSearch(metric=self.task.metric, teacher_settings=teacher_settings,
+                                                            **init)
+                return opt.compile(program, trainset=self.train, valset=self.val), {}
+            if method == "inferrules_instr":
                 from dspy.teleprompt import InferRules
 
                 opt = InferRules(metric=self.task.metric, teacher_settings={"lm": self.teacher}, **init)
                 return opt.compile(program, trainset=self.train, valset=self.val), {}
-            if method == "simba":
-                opt = dspy.SIMBA(metric=self.task.metric_with_feedback, prompt_model=self.teacher, **init)
+            if method in ("simba_instr", "simba_demos"):
+                demos = {"teacher_settings": teacher_settings} if method == "simba_demos" else {}
+                opt = dspy.SIMBA(metric=self.task.metric_with_feedback, prompt_model=self.teacher, **demos, **init)
                 return opt.compile(program, trainset=self.train + self.val, seed=self.args.seed), {}
-            if method == "miprov2":
-                opt = dspy.MIPROv2(metric=self.task.metric, prompt_model=self.teacher, task_model=self.target, **init)
+            if method in ("miprov2_instr", "miprov2_demos"):
+                demos = {"teacher_settings": teacher_settings} if method == "miprov2_demos" else {}
+                opt = dspy.MIPROv2(metric=self.task.metric, prompt_model=self.teacher, task_model=self.target,
+                                   **demos, **init)
                 return opt.compile(program, trainset=self.train, valset=self.val, **comp), {}
             if method == "gepa":
                 opt = dspy.GEPA(metric=gepa_metric(self.task.metric_with_feedback), reflection_lm=self.teacher,
@@ -156,13 +184,14 @@ class Benchmark:
                 return opt.compile(program, trainset=self.train, valset=self.val), {}
         raise ValueError(method)
 
-    def _compile_cd(self, program: dspy.Module) -> tuple[dspy.Module, dict]:
+    def _compile_cd(self, program: dspy.Module, method: str) -> tuple[dspy.Module, dict]:
         from cd_dspy import ConceptDistillation
 
+        carrier = {"carrier": method.removeprefix("cd_")} if method != "cd" else {}
         cd = ConceptDistillation(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
                                  target_lm=self.target, num_trials=self.args.trials, seed=self.args.seed,
-                                 num_threads=self.args.threads, run_dir=self.out / "cd_run", progress=False,
-                                 resume=not self.args.fresh)
+                                 num_threads=self.args.threads, run_dir=self.out / f"{method}_run", progress=False,
+                                 resume=not self.args.fresh, **carrier)
         with dspy.context(max_errors=10**6, adapter=self.adapter()):
             compiled = cd.compile(program, trainset=self.train, valset=self.val)
         r = cd.result
@@ -180,17 +209,24 @@ class Benchmark:
         try:
             program, info = self.compile(method, meter)
             compile_usage = info.pop("usage", None) or usage_dict(meter.snapshot())
+            imported = info.pop("imported", None)  # a row measured by another script (sft_lora)
             rec.update(info)
             t_compile = time.perf_counter()
-            test_meter = BenchMeter(self.teacher, self.target)
+            if imported is not None:
+                rec["test"] = held_out_record(imported["scores"], None)
+                rec["usage"] = {"compile": compile_usage, "test": {}}
+                rec["seconds"] = {**imported["seconds"], "total": sum(imported["seconds"].values())}
+                return rec
+            test_meter, tokens = BenchMeter(self.teacher, self.target), PromptTokenCounter(self.teacher_alone)
             lm = self.teacher_alone if method == "teacher" else self.target
-            with self._context(lm, test_meter):
+            with self._context(lm, test_meter, tokens):
                 evaluate = dspy.Evaluate(devset=self.test, metric=self.task.metric, num_threads=self.args.threads,
                                          display_progress=False, display_table=False, failure_score=0.0)
                 result = evaluate(program)
             scores = [float(s) for _, _, s in result.results]
             rec["test"] = held_out_record(scores, None)  # the paired comparison is added when saving
             rec["usage"] = {"compile": compile_usage, "test": usage_dict(test_meter.snapshot())}
+            rec["prompt_tokens_per_call"] = tokens.per_call(TEACHER if method == "teacher" else TARGET)
             rec["seconds"] = {"compile": round(t_compile - started, 2),
                               "test": round(time.perf_counter() - t_compile, 2)}
             rec["instructions"] = {name: p.signature.instructions for name, p in program.named_predictors()}
@@ -208,6 +244,10 @@ def load_previous(out: Path, settings: dict, fresh: bool) -> dict | None:
     if fresh or not path.exists():
         return None
     data = json.loads(path.read_text())
+    for old_name, new_name in RENAMED.items():  # records of the instruction-only runs, under their new names
+        if old_name in data.get("methods", {}):
+            data["methods"][new_name] = data["methods"].pop(old_name)
+        data["planned"] = [RENAMED.get(m, m) for m in data.get("planned", [])]
     keys = ("task", "target", "teacher", "trials", "seed")
     old, new = ({k: d.get(k) for k in keys} for d in (data.get("settings", {}), settings))
     if old != new or data.get("splits") != settings.get("_splits"):
@@ -227,14 +267,16 @@ def main(argv: list[str] | None = None) -> dict:
     data.update(settings=settings, splits=splits, command=command,
                 planned=list(dict.fromkeys([*data.get("planned", []), *args.methods])))
     for method in args.methods:
-        bench.peer_budget = measured_budget(data["methods"]) or bench.peer_budget
+        bench.peer_budget = args.peer_budget or measured_budget(data["methods"]) or bench.peer_budget
         data["settings"]["peer_budget"] = bench.peer_budget
         prev = data["methods"].get(method)
-        if prev is not None and (prev.get("status") == "ok" or not args.retry_errors):
+        if prev is not None and method not in args.rerun and (prev.get("status") == "ok" or not args.retry_errors):
             print(f"[benchmark] {method}: already in {with_ext(bench.out, '.json')}, skipped")
             continue
         print(f"[benchmark] {method}: running")
+        bench.baseline_scores = (data["methods"].get("baseline", {}).get("test") or {}).get("scores")
         rec = bench.run(method)
+        rec["command"] = command  # the invocation that measured this row (a benchmark may take several)
         data["methods"][method] = rec
         save_all(data, bench.out)
         score = f"{rec['test']['score']:.1f}" if rec["status"] == "ok" else rec["error"]

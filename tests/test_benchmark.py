@@ -23,7 +23,7 @@ def _run(tmp_path, methods: str, *extra: str) -> dict:
 
 # -- the whole benchmark ----------------------------------------------------------------------------
 def test_simulated_benchmark_writes_outputs_and_cd_beats_baseline(tmp_path):
-    data = _run(tmp_path, "baseline,cd,miprov2,inferrules,gepa,teacher")
+    data = _run(tmp_path, "baseline,cd,miprov2_instr,inferrules_instr,gepa,teacher")
     for ext in (".json", ".md", ".png"):
         assert (tmp_path / f"sim{ext}").stat().st_size > 0
     saved = json.loads((tmp_path / "sim.json").read_text())
@@ -41,7 +41,7 @@ def test_simulated_benchmark_writes_outputs_and_cd_beats_baseline(tmp_path):
     assert methods["teacher"]["usage"]["test"]["teacher"]["calls"] == 12
     assert methods["teacher"]["usage"]["test"]["target"]["calls"] == 0
     assert methods["cd"]["usage"]["compile"]["teacher"]["calls"] > 0
-    for peer in ("miprov2", "inferrules", "gepa"):  # peers reach the teacher (InferRules via an LM copy)
+    for peer in ("miprov2_instr", "inferrules_instr", "gepa"):  # peers reach the teacher (InferRules via an LM copy)
         assert methods[peer]["usage"]["compile"]["teacher"]["calls"] > 0, peer
         assert methods[peer]["usage"]["compile"]["target"]["calls"] > 0, peer
     assert data["gap_closed"]["cd"] == pytest.approx(gap_closed(methods)) and data["gap_closed"]["cd"] > 0
@@ -72,19 +72,19 @@ def test_crashing_method_is_recorded_and_retried_on_request(tmp_path, monkeypatc
     original = bench.Benchmark.compile
 
     def crash(self, method, meter):
-        if method == "miprov2":
+        if method == "miprov2_instr":
             raise RuntimeError("boom")
         return original(self, method, meter)
 
     monkeypatch.setattr(bench.Benchmark, "compile", crash)
-    data = _run(tmp_path, "miprov2,baseline")
-    assert data["methods"]["miprov2"]["status"] == "error" and "boom" in data["methods"]["miprov2"]["error"]
+    data = _run(tmp_path, "miprov2_instr,baseline")
+    assert data["methods"]["miprov2_instr"]["status"] == "error" and "boom" in data["methods"]["miprov2_instr"]["error"]
     assert data["methods"]["baseline"]["status"] == "ok"
     assert "error: RuntimeError: boom" in (tmp_path / "sim.md").read_text()
-    assert "PARTIAL: miprov2 not finished" in (tmp_path / "sim.md").read_text()
+    assert "PARTIAL: miprov2_instr not finished" in (tmp_path / "sim.md").read_text()
     monkeypatch.setattr(bench.Benchmark, "compile", original)
-    assert _run(tmp_path, "miprov2")["methods"]["miprov2"]["status"] == "error"  # skipped: still the old record
-    assert _run(tmp_path, "miprov2", "--retry-errors")["methods"]["miprov2"]["status"] == "ok"
+    assert _run(tmp_path, "miprov2_instr")["methods"]["miprov2_instr"]["status"] == "error"  # skipped: old record
+    assert _run(tmp_path, "miprov2_instr", "--retry-errors")["methods"]["miprov2_instr"]["status"] == "ok"
 
 
 def test_other_settings_refuse_to_resume(tmp_path):
@@ -165,9 +165,18 @@ def test_peer_budgets_match_cd():
     assert budget == 12 + (6 + 3) * 12
     peers = peer_configs(12, 12, budget, threads=1, seed=0)
     assert peers["gepa"]["init"]["max_metric_calls"] == budget
-    assert peers["miprov2"]["compile"]["num_trials"] + 1 == peers["inferrules"]["init"]["num_candidates"] == 10
-    assert peers["miprov2"]["init"]["max_bootstrapped_demos"] == peers["miprov2"]["init"]["max_labeled_demos"] == 0
-    assert peers["simba"]["init"]["max_steps"] >= 1
+    assert peers["miprov2_instr"]["compile"]["num_trials"] + 1 == peers["inferrules_instr"]["init"]["num_candidates"]
+    assert peers["inferrules_instr"]["init"]["num_candidates"] == 10
+    instr = peers["miprov2_instr"]["init"]
+    assert instr["max_bootstrapped_demos"] == instr["max_labeled_demos"] == 0
+    assert peers["simba_instr"]["init"]["max_steps"] >= 1 and peers["simba_instr"]["init"]["max_demos"] == 0
+    # the demonstration rows keep DSPy's demo defaults; only their size knob follows the budget
+    assert "max_bootstrapped_demos" not in peers["miprov2_demos"]["init"]
+    assert "max_demos" not in peers["simba_demos"]["init"]
+    assert peers["miprov2_demos"]["compile"] == peers["miprov2_instr"]["compile"]
+    assert peers["bootstrap_rs"]["init"]["num_candidate_programs"] == 10 - 3  # + zero-shot, labeled-only, unshuffled
+    assert peers["bootstrap_fewshot"]["init"] == {"max_bootstrapped_demos": 4, "max_labeled_demos": 0}
+    assert all(cfg["changed"] for cfg in peers.values())  # every departure from DSPy's defaults is stated
 
 
 def test_peers_get_cds_measured_budget():
@@ -181,3 +190,73 @@ def test_methods_at_the_same_place_on_the_plot_share_one_label():
     points = [("cd", 85, 47.6), ("miprov2", 86, 47.6), ("inferrules", 80, 45.2), ("simba", 200, 47.6)]
     assert label_groups(points) == [(["cd", "miprov2"], 85, 47.6), (["inferrules"], 80, 45.2),
                                      (["simba"], 200, 47.6)]
+
+
+def test_demonstration_peers_run_with_the_teacher_and_report_prompt_tokens(tmp_path):
+    """BootstrapFewShot and its random search bootstrap with the teacher (DSPy's teacher_settings) and put demos
+    into the program; every test row counts prompt tokens per request, and demos make prompts longer."""
+    data = _run(tmp_path, "baseline,bootstrap_fewshot,bootstrap_rs,teacher", "--peer-budget", "200")
+    methods = data["methods"]
+    assert all(rec["status"] == "ok" for rec in methods.values()), {m: r.get("error") for m, r in methods.items()}
+    assert methods["bootstrap_fewshot"]["program_unchanged"] is False  # (random search may keep zero-shot)
+    for name in ("bootstrap_fewshot", "bootstrap_rs"):
+        assert methods[name]["usage"]["compile"]["teacher"]["calls"] > 0, name  # the teacher wrote the demos
+    assert methods["bootstrap_fewshot"]["usage"]["compile"]["target"]["calls"] == 0  # no validation: no target call
+    assert methods["bootstrap_rs"]["usage"]["compile"]["target"]["calls"] > 0
+    assert methods["bootstrap_rs"]["config"]["init"]["num_candidate_programs"] == 3  # 200 calls / 32 val - 3
+    base = methods["baseline"]["prompt_tokens_per_call"]
+    assert base is not None and base > 0
+    assert methods["bootstrap_fewshot"]["prompt_tokens_per_call"] > base
+    md = (tmp_path / "sim.md").read_text()
+    assert "| bootstrap_fewshot | demos |" in md and "Holm" in md and "prompt tokens / test call" in md
+    assert "max_labeled_demos 0 (default 16)" in md
+
+
+def test_holm_adjusts_every_paired_p_over_the_table():
+    from bench_report import compare_with_baseline
+
+    base = [0.0] * 40
+    methods = {"baseline": {"status": "ok", "test": {"scores": base}},
+               "a": {"status": "ok", "test": {"scores": [1.0] * 6 + [0.0] * 34}},
+               "b": {"status": "ok", "test": {"scores": [1.0] * 20 + [0.0] * 20}}}
+    compare_with_baseline(methods)
+    a, b = (methods[m]["test"]["vs_baseline"] for m in ("a", "b"))
+    assert b["p_holm"] == pytest.approx(min(1.0, 2 * b["p_two_sided"]))  # the smaller p times the 2 comparisons
+    assert a["p_holm"] == pytest.approx(max(b["p_holm"], a["p_two_sided"]))
+
+
+def test_old_records_are_read_under_their_instruction_only_names(tmp_path):
+    _run(tmp_path, "baseline")
+    path = tmp_path / "sim.json"
+    saved = json.loads(path.read_text())
+    saved["methods"]["miprov2"] = {**saved["methods"]["baseline"], "method": "miprov2"}
+    saved["planned"].append("miprov2")
+    path.write_text(json.dumps(saved))
+    data = _run(tmp_path, "miprov2")  # the old name on the command line too
+    assert "miprov2_instr" in data["methods"] and "miprov2" not in data["methods"]
+
+
+def test_the_weights_row_is_checked_against_the_baseline(tmp_path):
+    from bench_lib import sft_row
+
+    args = bench.parse_args([*TINY, "--sft-results", str(tmp_path / "d.json")])
+    rows = {"none": {"scores": [0.0, 1.0]}, "sft": {"scores": [1.0, 1.0], "train": {"seconds": 50.0}}}
+    (tmp_path / "d.json").write_text(json.dumps({"task": "simulated", "target": args.target, "teacher": args.teacher,
+                                                  "splits": {"test": 2}, "data": {"examples": 8}, "rows": rows}))
+    row = sft_row(args, [None, None], [0.0, 1.0])
+    assert row["imported"]["scores"] == [1.0, 1.0] and row["usage"]["compile"]["teacher"]["calls"] == 8
+    with pytest.raises(ValueError, match="did not score exactly as this benchmark's baseline"):
+        sft_row(args, [None, None], [1.0, 1.0])
+    with pytest.raises(ValueError, match="not this benchmark's task"):
+        sft_row(args, [None, None, None], [0.0, 1.0])
+    # the whole row, in the table: measured elsewhere, paired with this baseline
+    base = _run(tmp_path, "baseline")["methods"]["baseline"]["test"]["scores"]
+    rows = {"none": {"scores": base}, "sft": {"scores": [1.0] * len(base), "train": {"seconds": 50.0}}}
+    distill = {"task": "simulated", "target": args.target, "teacher": args.teacher, "splits": {"test": len(base)},
+               "data": {"examples": 8}, "rows": rows}
+    (tmp_path / "d.json").write_text(json.dumps(distill))
+    data = _run(tmp_path, "sft_lora", "--sft-results", str(tmp_path / "d.json"))
+    row = data["methods"]["sft_lora"]
+    assert row["status"] == "ok" and row["test"]["score"] == 100.0 and row["seconds"]["total"] == 50.0
+    assert row["test"]["vs_baseline"]["fixed"] == len(base) - sum(base)
+    assert "| sft_lora | weights |" in (tmp_path / "sim.md").read_text()

@@ -227,6 +227,20 @@ class LlamaCppEngine:
         """The underlying ``llama_cpp.Llama`` (loaded on first access)."""
         return self._model()[0]
 
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """Tokens the model reads for chat `messages` under its own chat template, as a request would send them
+        (counted without decoding; what one request's prompt costs, cache hit or not)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llama = self.llama
+        text = lambda token: llama.detokenize([token], special=True).decode("utf-8") if token != -1 else ""  # noqa: E731
+        # the formatter Llama.__init__ builds from the GGUF's template when no chat_format is given
+        formatter = Jinja2ChatFormatter(template=llama.metadata["tokenizer.chat_template"],
+                                        eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
+        rendered = formatter(messages=[{"role": m.get("role", "user"), "content": _text(m.get("content"))}
+                                       for m in messages])
+        return len(llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True))
+
     def _messages(self, request) -> list[dict[str, str]]:
         messages = []
         if request.system is not None:
