@@ -66,10 +66,13 @@ def simulated_dataset(n: int, seed: int = 0) -> list[dspy.Example]:
 def simulated_splits(*sizes: int, seed: int = 0) -> list[list[dspy.Example]]:
     """Disjoint problem sets of the given sizes (no question appears twice), each cycling the kinds."""
     rng, kinds, seen = random.Random(seed), list(TEMPLATES), set()
-    splits = []
+    splits, draws = [], 0
     for size in sizes:
         split: list[dspy.Example] = []
         while len(split) < size:
+            draws += 1
+            if draws > 200 * sum(sizes):  # a kind has fewer distinct problems than asked for (units: 27)
+                raise ValueError(f"cannot make {sum(sizes)} distinct simulated problems (seed {seed}); ask for fewer.")
             example = make_problem(kinds[len(split) % len(kinds)], rng)
             if example.question not in seen:
                 seen.add(example.question)

@@ -3,10 +3,11 @@
 Any change of the prompt (a rule, a demonstration) redraws 15% of the target's answers, the placebo rate measured
 on math-basic; one helpful concept (a rule with its exemplar) removes a blind spot on a quarter of the questions
 (one problem kind of four, a harder case than the third the issue names); every other concept is noise. 24
-training and 120 validation examples (60 to search, 60 to confirm), 20 seeds, concepts carrying both rules and
-exemplars (the default). Measured: how often the screen drops the helpful concept (its false negatives) and lets a
-noise concept through (its false positives), and how often the compile selects the helpful concept, or adds
-anything when every concept is noise.
+training and 80 validation examples (40 to search, 40 to confirm: fewer than the 120 the issue names, since the
+simulated generator has only 27 distinct "units" problems; less data is the harder case), 20 seeds, concepts
+carrying both rules and exemplars. Measured: how often the screen drops the helpful concept (its false negatives)
+and lets a noise concept through (its false positives), and how often the compile selects the helpful concept,
+or adds anything when every concept is noise.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from noisy_world import HELPFUL_RULE, NOISE_RULES, noisy_compile
 
 SEEDS = range(20)
-WORLD = {"flip": 0.15, "n_train": 24, "n_val": 120, "carrier": "both"}
+WORLD = {"flip": 0.15, "n_train": 24, "n_val": 80, "carrier": "both"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_the_helpful_concept_is_selected_in_80_percent_of_seeds(helpful_world):
     selected = [res for res in helpful_world if (c := _helpful(res)) is not None and c.selected]
     assert len(selected) >= 0.8 * len(SEEDS), [res.message for res in helpful_world if res not in selected]
     for res in selected:  # what the program got was confirmed on examples the search never saw
-        assert res.comparison["n"] == res.n_confirm == 60 and res.comparison["difference"] > 0
+        assert res.comparison["n"] == res.n_confirm == 40 and res.comparison["difference"] > 0
 
 
 def test_under_pure_noise_a_concept_is_added_in_at_most_5_percent_of_seeds(noise_world):
