@@ -222,7 +222,7 @@ def sft_row(args: Any, test: list[dspy.Example], baseline_scores: list[float] | 
     train_seconds = float(row.get("train", {}).get("seconds", 0.0))
     return {"imported": {"scores": row["scores"], "seconds": {"compile": train_seconds,
                                                              "test": float(row.get("eval_seconds", 0.0))}},
-            "usage": {"compile": {"teacher": {"calls": teacher_calls}}},
+            "usage": {"teacher": {"calls": teacher_calls}},  # the compile's usage, per role
             "source": {"file": str(path), "row": args.sft_row, "command": data.get("command"),
                        "train": row.get("train", {}).get("settings"), "records": row.get("train", {}).get("records")},
             "message": f"measured by examples/distill_compare.py ({path}, row {args.sft_row!r}); not rerun here"}

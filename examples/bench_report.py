@@ -108,7 +108,8 @@ def write_markdown(data: dict, path: Path) -> None:
     if notes:
         lines += ["", "Settings that differ from DSPy's defaults, and why:", *notes]
     lines += ["", "Gap closed = (method − baseline) / (teacher − baseline) on test, a point estimate: read it "
-              "with the paired interval.", "", "Command: `" + data["command"] + "`", ""]
+              "with the paired interval.", "", "Commands (each row was measured by one of them; a rerun resumes):",
+              *[f"- `{c}`" for c in data.get("commands") or [data["command"]]], ""]
     path.write_text("\n".join(lines))
 
 
@@ -168,13 +169,14 @@ def label_groups(points: list[tuple[str, float, float]]) -> list[tuple[list[str]
 
 
 def placed_labels(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float, bool]]:
-    """(text, x, y, above) per label group: a label goes below its point when a neighbouring group (x within 12%
-    of the widest x) scores higher, above when one scores lower, else alternately."""
+    """(text, x, y, above) per label group: a label goes below its point when a neighbouring group (another group
+    with x within 12% of the widest x, the same x included) scores higher, above when one scores lower, else
+    alternately."""
     groups = label_groups(points)
     width = _width(points)
     placed = []
     for i, (names, x, y) in enumerate(groups):
-        near = [g[2] for g in groups if g[1] != x and abs(g[1] - x) <= 0.12 * width]
+        near = [g[2] for j, g in enumerate(groups) if j != i and abs(g[1] - x) <= 0.12 * width]
         above = any(v < y for v in near) or (not any(v > y for v in near) and i % 2 == 0)
         placed.append((", ".join(names), x, y, above))
     return placed

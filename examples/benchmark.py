@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     splits = {k: len(v) for k, v in bench.task.splits.items()}
     command = shlex.join(["python", "examples/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     data = load_previous(bench.out, {**settings, "_splits": splits}, args.fresh) or {"methods": {}}
-    data.update(settings=settings, splits=splits, command=command,
+    commands = data.get("commands") or ([data["command"]] if data.get("command") else [])
+    data.update(settings=settings, splits=splits, command=command, commands=list(dict.fromkeys([*commands, command])),
                 planned=list(dict.fromkeys([*data.get("planned", []), *args.methods])))
     for method in args.methods:
         bench.peer_budget = args.peer_budget or measured_budget(data["methods"]) or bench.peer_budget

@@ -244,7 +244,7 @@ def test_the_weights_row_is_checked_against_the_baseline(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"task": "simulated", "target": args.target, "teacher": args.teacher,
                                                   "splits": {"test": 2}, "data": {"examples": 8}, "rows": rows}))
     row = sft_row(args, [None, None], [0.0, 1.0])
-    assert row["imported"]["scores"] == [1.0, 1.0] and row["usage"]["compile"]["teacher"]["calls"] == 8
+    assert row["imported"]["scores"] == [1.0, 1.0] and row["usage"]["teacher"]["calls"] == 8
     with pytest.raises(ValueError, match="did not score exactly as this benchmark's baseline"):
         sft_row(args, [None, None], [1.0, 1.0])
     with pytest.raises(ValueError, match="not this benchmark's task"):
@@ -258,5 +258,6 @@ def test_the_weights_row_is_checked_against_the_baseline(tmp_path):
     data = _run(tmp_path, "sft_lora", "--sft-results", str(tmp_path / "d.json"))
     row = data["methods"]["sft_lora"]
     assert row["status"] == "ok" and row["test"]["score"] == 100.0 and row["seconds"]["total"] == 50.0
+    assert row["usage"]["compile"]["teacher"]["calls"] == 8  # the teacher's data calls are its compile cost
     assert row["test"]["vs_baseline"]["fixed"] == len(base) - sum(base)
     assert "| sft_lora | weights |" in (tmp_path / "sim.md").read_text()
