@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from cd_dspy.concepts import CARRIERS
 from cd_dspy.failures import DSPY_EXAMPLE_LOGGERS, quiet_example_errors
 from cd_dspy.progress import IN_RESULT
 from cd_dspy.settings import AUTO_PRESETS
@@ -57,7 +58,8 @@ def add_cd_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto", choices=list(AUTO_PRESETS), default=DEFAULT_AUTO,
                         help=f"preset of the sizes below (default {DEFAULT_AUTO}; {_presets_help()})")
     for flag, dest, kind, default, text in CD_FLAGS:
-        parser.add_argument(flag, dest=dest, type=kind, default=default, help=text)
+        choices = CARRIERS if dest == "carrier" else None
+        parser.add_argument(flag, dest=dest, type=kind, default=default, help=text, choices=choices)
     parser.add_argument("--no-verify", action="store_true", help="skip the verification of each rule")
     parser.add_argument("--conditional-rules", action="store_true",
                         help="show each rule only to inputs that meet its 'When ...' condition")

@@ -52,8 +52,9 @@ def build_concepts(carrier: str, rules: Sequence[Rule], solutions: Sequence[Solu
         source = next((m for m in rule.sources if m in solved), None)
         if source is not None:
             attached.add(source)
+            others = sorted(set(rule.sources) - {source})  # the exemplar's own source first (exemplar_sources)
             concepts.append(with_id(Rule(**{**rule.to_dict(), "exemplar": exemplar_demos(solved[source]),
-                                             "sources": sorted(set(rule.sources))})))
+                                             "sources": [source, *others]})))
         else:
             concepts.append(rule)
     return concepts + [c for c in exemplar_only if c.sources[0] not in attached]
@@ -66,7 +67,7 @@ def _exemplar_concept(solution: Solution) -> Rule:
 
 
 def exemplar_sources(concept: Rule) -> set[str]:
-    """The mistakes whose answers the concept's exemplar shows (none for a rule alone)."""
+    """The mistakes whose answers the concept's exemplar shows (none for a rule alone): its first source."""
     return set(concept.sources[:1]) if concept.exemplar else set()
 
 

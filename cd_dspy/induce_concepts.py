@@ -47,14 +47,14 @@ def induce_concepts(program: dspy.Module, used: Sequence[Mistake], trainset: Seq
                     metric: ScoredMetric, settings: InduceSettings, run: RunDir, result: ConceptDistillationResult,
                     progress: Progress) -> list[Rule]:
     """The concepts for the sampled mistakes `used` (reused from `run` when every step of them is finished)."""
-    solutions = _solve(program, used, trainset, metric, settings, run, progress)
+    solutions, solved_now = _solve(program, used, trainset, metric, settings, run, progress)
     solved = [m for m in used if solutions[m.id].ok]
     result.n_solved = len(solved)
     explain = settings.carrier != "exemplars"
     done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl(EXPLANATIONS_LOG)
             if e.get("ok", True)}  # a failed explanation is never finished work
     todo = [m for m in solved if m.id not in done] if explain else []
-    if run.exists(RULES_FILE) and not todo:  # concepts built from every solution and explanation: finished
+    if run.exists(RULES_FILE) and not todo and not solved_now:  # built from every solution and explanation
         concepts = [with_id(Rule.from_dict(r)) for r in run.read_json(RULES_FILE)]
         logger.info("Induce: reusing %d concepts from %s.", len(concepts), run.file(RULES_FILE))
         return concepts
@@ -70,13 +70,14 @@ def induce_concepts(program: dspy.Module, used: Sequence[Mistake], trainset: Seq
 
 
 def _solve(program, used, trainset, metric, settings: InduceSettings, run: RunDir,
-           progress: Progress) -> dict[str, Solution]:
+           progress: Progress) -> tuple[dict[str, Solution], bool]:
+    """Every used mistake's solution (finished ones read back) and whether this run solved one anew."""
     done = {s["mistake_id"]: Solution.from_dict(s) for s in run.read_jsonl(SOLUTIONS_LOG) if s.get("error") is None}
     todo = [m for m in used if m.id not in done]
     bar = progress.bar("solve mistakes (teacher)", total=len(used), initial=len(used) - len(todo))
 
     def on_done(solution: Solution) -> None:
-        if solution.error is None:  # a failed teacher call is not finished work
+        if solution.error is None and metric.error is None:  # a failed teacher call or metric is not finished work
             run.append_jsonl(SOLUTIONS_LOG, solution.to_dict())
         bar.update(1)
 
@@ -87,7 +88,7 @@ def _solve(program, used, trainset, metric, settings: InduceSettings, run: RunDi
     solutions = {**done, **{s.mistake_id: s for s in fresh}}
     progress.note(f"solve: the metric accepted the teacher's solution of {sum(s.ok for s in solutions.values())} "
                   f"of {len(used)} mistakes")
-    return solutions
+    return solutions, any(s.ok for s in fresh)
 
 
 def _explain(program, solved, todo, done, solutions, settings: InduceSettings, run: RunDir,

@@ -66,9 +66,21 @@ def _atomic_write(target: Path, text: str) -> Path:
 
 
 def is_run_dir(folder: str | os.PathLike) -> bool:
-    """Whether `folder` is a cd-dspy run directory: it has a manifest, or it can be adopted (our fingerprint)."""
+    """Whether `folder` is a cd-dspy run directory: it has a manifest, or it can be adopted (our fingerprint: a
+    JSON object of phase keys, not merely a file of that name)."""
     folder = Path(folder)
-    return any((folder / name).is_file() for name in (MANIFEST, "fingerprint.json", "compile/fingerprint.json"))
+    return (folder / MANIFEST).is_file() or any(_is_fingerprint(folder / name)
+                                                 for name in ("fingerprint.json", "compile/fingerprint.json"))
+
+
+def _is_fingerprint(path: Path) -> bool:
+    """True for a fingerprint.json a compile wrote: {"collect": key, "induce": key, ...} and nothing else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and bool(data) and set(data) <= {"collect", "induce", "select"} \
+        and all(isinstance(v, str) for v in data.values())
 
 
 def write_file(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:

@@ -126,6 +126,10 @@ class ScriptedEngine:
     def respond(self, instructions: str, inputs: dict[str, str], outputs: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """A request's prompt tokens as this engine counts them: words (`cd_dspy.usage.prompt_tokens`)."""
+        return sum(len(str(m.get("content", "")).split()) for m in messages)
+
     def complete(self, request) -> Response:
         with self._lock:
             self.calls += 1

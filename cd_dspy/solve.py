@@ -123,6 +123,8 @@ def solve_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], trainset: 
                                 max_errors=len(mistakes) + 1)
     solutions = executor.execute(solve_and_report, list(mistakes))
     metric.raise_if_failed()
+    if any(s is None for s in solutions):  # ParallelExecutor logged the error and returned None for it
+        raise RuntimeError("a solving worker raised (see the log above); nothing of it was stored as finished work.")
     if fatal:
         raise fatal[0]
     if any(s.error == "budget" for s in solutions):

@@ -203,15 +203,18 @@ class UsageMeter(BaseCallback):
 
 def prompt_tokens(lm: Any, messages: list[dict[str, Any]]) -> int | None:
     """Prompt tokens of one request of `lm`: exact for an in-process engine that can count them
-    (`LlamaCppEngine.prompt_tokens`), litellm's tokenizer-based count for an API model, None if neither works."""
+    (`LlamaCppEngine.prompt_tokens`), litellm's count for an API model (its own tokenizer where litellm knows the
+    model, else an approximation), None for another in-process engine or when counting fails."""
     engine = getattr(lm, "engine", None)
-    if callable(getattr(engine, "prompt_tokens", None)):
-        return engine.prompt_tokens(messages)
     try:
+        if callable(getattr(engine, "prompt_tokens", None)):
+            return engine.prompt_tokens(messages)
+        if engine is not None and not isinstance(engine, str):  # another in-process engine: no tokenizer known
+            return None
         import litellm
 
         return int(litellm.token_counter(model=getattr(lm, "model", ""), messages=messages))
-    except Exception:  # an unknown model or message shape: no count rather than a wrong one
+    except Exception:  # a model without a chat template, an unknown message shape: no count rather than a wrong one
         return None
 
 

@@ -12,11 +12,6 @@ from cd_dspy.stats import holm_adjusted
 SAME_PROMPTS = ("teacher", "sft_lora")  # the baseline's program and prompts (another model, or other weights)
 
 
-def _tokens(rec: dict, phase: str) -> int:
-    return sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
-               for u in rec.get("usage", {}).get(phase, {}).values())
-
-
 def gap_closed(methods: dict[str, dict], method: str = "cd") -> float | None:
     """(method - baseline) / (teacher - baseline) on test scores, or None if undefined."""
     try:

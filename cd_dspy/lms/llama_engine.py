@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import threading
@@ -230,16 +231,19 @@ class LlamaCppEngine:
     def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         """Tokens the model reads for chat `messages` under its own chat template, as a request would send them
         (counted without decoding; what one request's prompt costs, cache hit or not)."""
+        llama = self.llama
+        rendered = self._chat_formatter(llama)(
+            messages=[{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages])
+        return len(llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True))
+
+    @functools.cache  # noqa: B019 (one formatter per engine and model; engines live as long as their LM)
+    def _chat_formatter(self, llama: Any) -> Any:
+        """The formatter Llama.__init__ builds from the GGUF's chat template when no chat_format is given."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llama = self.llama
         text = lambda token: llama.detokenize([token], special=True).decode("utf-8") if token != -1 else ""  # noqa: E731
-        # the formatter Llama.__init__ builds from the GGUF's template when no chat_format is given
-        formatter = Jinja2ChatFormatter(template=llama.metadata["tokenizer.chat_template"],
-                                        eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
-        rendered = formatter(messages=[{"role": m.get("role", "user"), "content": _text(m.get("content"))}
-                                       for m in messages])
-        return len(llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True))
+        return Jinja2ChatFormatter(template=llama.metadata["tokenizer.chat_template"],
+                                   eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
 
     def _messages(self, request) -> list[dict[str, str]]:
         messages = []
