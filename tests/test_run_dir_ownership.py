@@ -69,6 +69,14 @@ def test_a_folder_of_user_files_is_refused_and_left_as_it_was(sim, tmp_path, res
     assert sorted(p.name for p in folder.iterdir()) == sorted(files)  # not even a manifest was added
 
 
+def test_a_users_own_fingerprint_json_does_not_make_their_folder_ours(sim, tmp_path):
+    """Only a fingerprint a compile wrote ({phase: key}) adopts a folder; a user's file of that name does not."""
+    folder = tmp_path / "experiment"
+    files = put(folder, {**USER_FILES, "fingerprint.json": b'{"camera": "nikon", "shots": 12}\n'})
+    refused(lambda: compile_sim(sim, folder, resume=False), folder, "not a cd-dspy run directory", FIX)
+    assert intact(folder, files) and sim.target_engine.calls == 0
+
+
 @pytest.mark.parametrize("name", ["rules.json", "result.json", "program.json"])
 def test_a_user_file_named_like_an_artifact_in_a_new_dir_is_refused(sim, tmp_path, name):
     folder = tmp_path / "run"
