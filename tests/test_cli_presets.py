@@ -78,11 +78,13 @@ def test_compile_and_migrate_share_the_flags_and_their_defaults():
     assert cd_settings(compile_args)["num_trials"] is None  # None: the --auto preset decides
     given = ["--auto", "medium", "--trials", "7", "--max-mistakes", "5", "--max-rules", "3", "--minibatch", "4",
              "--priming", "none", "--samples-per-mistake", "2", "--verify-correct", "3", "--confirm-fraction", "0.4",
-             "--max-target-calls", "100", "--max-teacher-calls", "9", "--no-verify", "--conditional-rules"]
+             "--max-target-calls", "100", "--max-teacher-calls", "9", "--no-verify", "--conditional-rules",
+             "--carrier", "both"]
     assert {flag for flag, *_ in CD_FLAGS} - {"--rulebook"} <= set(given)  # every shared size and switch
     compiled = cd_settings(parser.parse_args(["compile", *given]))
     assert compiled == cd_settings(parser.parse_args([*MIGRATE, "--run-dir", "x", *given]))
     assert compiled["num_trials"] == 7 and compiled["verify"] is False and compiled["minibatch_size"] == 4
+    assert compiled["carrier"] == "both"
 
 
 def test_an_unknown_preset_is_refused_naming_the_choices(capsys):
