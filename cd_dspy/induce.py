@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 EXPLANATIONS_LOG = "explanations.jsonl"
 RULES_FILE = "rules.json"
-ARTIFACTS = (SOLUTIONS_LOG, EXPLANATIONS_LOG, RULES_FILE)
+ARTIFACTS = (SOLUTIONS_LOG, EXPLANATIONS_LOG)  # the concepts phase owns RULES_FILE
 GOLD_HIDDEN = "(not shown: work out the correct answer yourself)"  # priming other than `gold` (cd_dspy.priming)
 
 

@@ -153,8 +153,11 @@ def phase_keys(cd: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
     """The key of each phase's inputs for the optimizer `cd` (each includes the keys before it);
     `program` is the user's program bound as the target will run it."""
     collect = digest([examples_key(trainset), program_key(program), metric_key(cd.metric), cd.mistake_threshold])
-    induce = digest([collect, lm_state(cd.teacher_lm), priming_key(cd.priming), cd.max_mistakes, cd.max_rules,
-                     cd.consolidate, cd.filter_specific_rules, cd.samples_per_mistake, cd.carrier, cd.seed])
-    select = digest([induce, examples_key(valset), cd.verify, cd.verify_correct, cd.conditional_rules,
+    # the teacher's solutions and explanations; then the concepts built from them (a new carrier or rule cap
+    # rebuilds the concepts without paying the teacher again for what it already solved and explained)
+    induce = digest([collect, lm_state(cd.teacher_lm), priming_key(cd.priming), cd.max_mistakes,
+                     cd.samples_per_mistake, cd.seed])
+    concepts = digest([induce, cd.carrier, cd.max_rules, cd.consolidate, cd.filter_specific_rules])
+    select = digest([concepts, examples_key(valset), cd.verify, cd.verify_correct, cd.conditional_rules,
                      cd.verify_max_sources, cd.confirm_fraction, cd.num_trials, cd.minibatch_size])
-    return {"collect": collect, "induce": induce, "select": select}
+    return {"collect": collect, "induce": induce, "concepts": concepts, "select": select}

@@ -46,7 +46,7 @@ logger = logging.getLogger("cd_dspy")
 __all__ = ["AUTO_PRESETS", "PHASE_ARTIFACTS", "ConceptDistillation", "Preset", "default_threads"]
 
 
-PHASE_ARTIFACTS = {"collect": COLLECT_ARTIFACTS, "induce": INDUCE_ARTIFACTS}
+PHASE_ARTIFACTS = {"collect": COLLECT_ARTIFACTS, "induce": INDUCE_ARTIFACTS, "concepts": (RULES_FILE,)}
 
 
 class ConceptDistillation(Teleprompter):

@@ -79,7 +79,7 @@ def _is_fingerprint(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and bool(data) and set(data) <= {"collect", "induce", "select"} \
+    return isinstance(data, dict) and bool(data) and set(data) <= {"collect", "induce", "concepts", "select"} \
         and all(isinstance(v, str) for v in data.values())
 
 

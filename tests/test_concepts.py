@@ -149,3 +149,18 @@ def test_bootstrap_fewshot_then_cd_keeps_the_demos_and_adds_concepts_on_the_resi
     assert len(first) == 1 and demos[:1] == first  # BootstrapFewShot's demo stays first
     assert cd.result.improved and len(demos) > 1
     assert [d["question"] for d in bootstrapped.predict.demos] == first  # its program is untouched
+
+
+def test_a_new_carrier_rebuilds_the_concepts_without_solving_or_explaining_again(sim):
+    with dspy.context(adapter=dspy.ChatAdapter()):
+        first = sim.optimizer(carrier="rules")
+        first.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+        run = sim.tmp_path / "run"
+        solutions, explanations = ((run / f).read_text() for f in ("solutions.jsonl", "explanations.jsonl"))
+        before = sim.teacher_engine.calls
+        second = sim.optimizer(carrier="both")
+        second.compile(dspy.ChainOfThought(COT), trainset=sim.trainset, valset=sim.valset)
+    assert (run / "solutions.jsonl").read_text() == solutions  # kept, not redone
+    assert (run / "explanations.jsonl").read_text() == explanations
+    assert sim.teacher_engine.calls - before <= 1  # at most the consolidation of the rules, run again
+    assert any(c.exemplar for c in second.result.rules) and not any(c.exemplar for c in first.result.rules)
