@@ -26,7 +26,7 @@ from cd_dspy.failures import LMUnavailableError, is_fatal
 from cd_dspy.integrate import triggers
 from cd_dspy.priming import primed, shows_gold
 from cd_dspy.result import Explanation, Mistake, Rule, Solution
-from cd_dspy.solve import SOLUTIONS_LOG, describe_solution
+from cd_dspy.solve import SOLUTIONS_LOG, describe_solution, describe_steps
 from cd_dspy.usage import BudgetExhausted
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,7 @@ def describe_program(program: dspy.Module) -> str:
 
 
 def describe_attempt(mistake: Mistake) -> str:
-    lines = [f"Inputs: {json.dumps(mistake.inputs, ensure_ascii=False)}"]
-    for number, step in enumerate(mistake.steps, 1):
-        flag = " (output could not be parsed)" if step.get("parse_failed") else ""
-        lines.append(f"Step {number} `{step['predictor']}`{flag} produced: "
-                     f"{json.dumps(step['outputs'], ensure_ascii=False)}")
+    lines = [f"Inputs: {json.dumps(mistake.inputs, ensure_ascii=False)}", *describe_steps(mistake.steps)]
     if not mistake.steps:
         lines.append(f"Final output: {json.dumps(mistake.outputs, ensure_ascii=False)}")
     return "\n".join(lines)

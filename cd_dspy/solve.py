@@ -147,7 +147,12 @@ def exemplar_demos(solution: Solution) -> dict[str, list[dict[str, Any]]]:
     return demos
 
 
+def describe_steps(steps: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per traced step (a `Step` dict): what each predictor produced, flagged when it did not parse."""
+    return [f"Step {number} `{step['predictor']}`{' (output could not be parsed)' if step.get('parse_failed') else ''}"
+            f" produced: {json.dumps(step['outputs'], ensure_ascii=False)}" for number, step in enumerate(steps, 1)]
+
+
 def describe_solution(solution: Solution) -> str:
     """The solution's steps as text for the teacher's contrast with the target's attempt."""
-    return "\n".join(f"Step {number} `{step['predictor']}` produced: {json.dumps(step['outputs'], ensure_ascii=False)}"
-                     for number, step in enumerate(solution.steps, 1))
+    return "\n".join(describe_steps(solution.steps))
