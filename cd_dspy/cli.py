@@ -157,7 +157,8 @@ def cmd_compile(args) -> int:
     from cd_dspy.result import format_score
 
     if result.baseline_score is not None:  # the confirmation step ran
-        lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw): baseline "
+        fresh = f" + {result.n_confirm_train} unused training examples" if result.n_confirm_train else ""
+        lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw{fresh}): baseline "
                  f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
                  f"search score ({result.n_search} examples, the optimistic best of the search): baseline "
                  f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}"]

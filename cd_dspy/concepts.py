@@ -66,6 +66,11 @@ def _exemplar_concept(solution: Solution) -> Rule:
                         origin=EXEMPLAR_ORIGIN, exemplar=demos, triggers=[]))
 
 
+def is_exemplar_only(concept: Rule) -> bool:
+    """An exemplar with no rule: it is not screened alone, and the search tries it in sets (`max_exemplars`)."""
+    return bool(concept.exemplar) and not concept.text
+
+
 def exemplar_sources(concept: Rule) -> set[str]:
     """The mistakes whose answers the concept's exemplar shows (none for a rule alone): its first source."""
     return set(concept.sources[:1]) if concept.exemplar else set()

@@ -8,7 +8,12 @@ exact test for 0/1 scores), Bonferroni-corrected for the number of subsets confi
 `alpha` (the shortlist is fixed by the search data alone, so the correction is valid). The first
 accepted subset in the search's order is chosen, so the reported score is not a maximum over the
 confirmation data. Per-rule effects are designed comparisons on the same
-examples: the chosen subset against the chosen subset without that rule.
+examples: the chosen subset against the chosen subset without that rule (exemplar-only concepts work as a set
+and get no effect of their own).
+
+The confirmation data may also hold training examples no phase chose from (`unused_training_examples`): the
+target's answers there were seen by collect only, no concept came from them and no screen or search scored
+them, so a paired comparison on them is as fresh as on the confirmation part, and more of them buys power.
 """
 
 from __future__ import annotations
@@ -46,12 +51,15 @@ class Decision:
 
 def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvaluator, indices: Sequence[int], *,
             program_with: Callable[[Sequence[Rule]], dspy.Module], top_k: int, alpha: float | None,
-            min_improvement: float) -> Decision:
-    """Score the baseline and the search's best subsets on `indices` and decide (see the module doc)."""
+            min_improvement: float, extra: Sequence[tuple[CachedEvaluator, Sequence[int]]] = ()) -> Decision:
+    """Score the baseline and the search's best subsets on `indices` (and each `extra` evaluator's indices) and
+    decide (see the module doc)."""
     by_id = {r.id: r for r in rules}
+    data = [(evaluator, list(indices)), *((e, list(i)) for e, i in extra if i)]
 
     def scores_of(ids: Sequence[str]) -> list[float]:
-        return evaluator(program_with([by_id[i] for i in ids]), list(indices))
+        program = program_with([by_id[i] for i in ids])
+        return [score for scorer, where in data for score in scorer(program, where)]
 
     baseline = scores_of([])
     baseline_score = 100.0 * sum(baseline) / len(baseline) if baseline else None
@@ -71,11 +79,18 @@ def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvalua
             chosen, chosen_scores, comparison = list(ids), scores, result
     effects = {}
     if chosen_scores is not None:
-        for rule_id in chosen:
+        for rule_id in (i for i in chosen if i not in selection.exemplar_ids):
             without = scores_of([i for i in chosen if i != rule_id]) if len(chosen) > 1 else baseline
             effects[rule_id] = paired_difference(chosen_scores, without)
     return Decision(chosen, baseline_score, comparison.after if comparison else baseline_score, comparison,
                     candidates, effects)
+
+
+def unused_training_examples(n_train: int, used_mistakes: Sequence[int], rules: Sequence[Rule]) -> list[int]:
+    """Training indices no phase chose from: not a mistake the teacher saw and not scored by the screen."""
+    screened = {i for r in rules for key in ("checked_mistakes", "checked_correct")
+                for i in (r.verification or {}).get(key, [])}
+    return sorted(set(range(n_train)) - set(used_mistakes) - screened)
 
 
 def split_sizes(n_val: int, confirm_fraction: float) -> tuple[int, int]:

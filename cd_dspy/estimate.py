@@ -21,14 +21,15 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     """
     n_pred = len(program.named_predictors())
     n_mistakes = min(optimizer.max_mistakes, len(trainset))
-    n_rules = {"rules": optimizer.max_rules * n_pred, "exemplars": n_mistakes,  # concepts the search may get
-               "both": optimizer.max_rules * n_pred + n_mistakes}[optimizer.carrier]
+    n_screened = 0 if optimizer.carrier == "exemplars" else optimizer.max_rules * n_pred  # exemplars: unscreened
     n_search, n_confirm = split_sizes(len(valset), optimizer.confirm_fraction)
+    if optimizer.confirm_on_train:  # at most every training example the teacher did not see
+        n_confirm += max(0, len(trainset) - n_mistakes)
     collect = len(trainset) * n_pred
-    verify = n_rules * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred if optimizer.verify else 0
+    verify = n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred if optimizer.verify else 0
     trials = optimizer.num_trials + max(2, optimizer.num_trials // 2)  # the study, then its refinement trials
     search = trials * n_search * n_pred
-    confirm = (1 + optimizer.confirm_top_k + n_rules) * n_confirm * n_pred  # baseline, shortlist, leave-one-out
+    confirm = (1 + optimizer.confirm_top_k + n_screened) * n_confirm * n_pred  # baseline, shortlist, leave-one-out
     select = verify + search + confirm
     solve = 2 * n_mistakes * n_pred  # the primed attempt and, when it fails, an unprimed one (cd_dspy.solve)
     explained = optimizer.carrier != "exemplars"

@@ -224,7 +224,7 @@ def record_decision(result: ConceptDistillationResult, rules: list[Rule], select
         rule.effect_interval = [effect.low, effect.high] if effect else None
     result.rules, result.selected_rule_ids = rules, list(decision.chosen)
     result.improved = bool(decision.chosen)
-    n = result.n_confirm
+    n = f"{result.n_confirm}" + (f" (+{result.n_confirm_train} unused training)" if result.n_confirm_train else "")
     if decision.chosen:
         result.message = (f"{len(decision.chosen)} of {len(rules)} rules selected; on {n} confirmation examples "
                           f"the search never saw: {decision.comparison.describe()}.")

@@ -159,5 +159,6 @@ def phase_keys(cd: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
                      cd.samples_per_mistake, cd.seed])
     concepts = digest([induce, cd.carrier, cd.max_rules, cd.consolidate, cd.filter_specific_rules])
     select = digest([concepts, examples_key(valset), cd.verify, cd.verify_correct, cd.conditional_rules,
-                     cd.verify_max_sources, cd.confirm_fraction, cd.num_trials, cd.minibatch_size])
+                     cd.verify_max_sources, cd.confirm_fraction, cd.num_trials, cd.minibatch_size, cd.max_exemplars,
+                     cd.confirm_on_train])
     return {"collect": collect, "induce": induce, "concepts": concepts, "select": select}

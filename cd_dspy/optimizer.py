@@ -1,9 +1,10 @@
 """`ConceptDistillation`: the DSPy teleprompter that runs the four phases in order.
 
-    trainset ─► collect (target) ─► mistakes ─► induce (teacher) ─► candidate rules
-             ─► verify (target, each rule alone on its mistakes and on correct examples) ─► rules
+    trainset ─► collect (target) ─► mistakes ─► induce (teacher solves, explains) ─► candidate concepts
+             ─► verify (target, each rule alone on its mistakes and on correct examples) ─► concepts
              ─► select (Optuna + target, search part of the valset) ─► best subsets
-             ─► confirm (target, confirmation part) ─► chosen rules ─► integrate ─► compiled program
+             ─► confirm (target, confirmation part + unused training examples) ─► chosen concepts
+             ─► integrate ─► compiled program
 
 Every phase writes its output to `run_dir` as soon as it has it; a rerun with the same run_dir
 resumes after the last finished phase (and, inside the study, after the last finished trial).
@@ -23,7 +24,8 @@ from dspy.teleprompt import Teleprompter
 from cd_dspy import keys, validation
 from cd_dspy.collect import ARTIFACTS as COLLECT_ARTIFACTS
 from cd_dspy.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
-from cd_dspy.confirm import confirm, split_valset
+from cd_dspy.concepts import is_exemplar_only
+from cd_dspy.confirm import confirm, small_sample_warning, split_valset, unused_training_examples
 from cd_dspy.estimate import estimate_spend
 from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
 from cd_dspy.failures import quiet_example_errors
@@ -75,6 +77,10 @@ class ConceptDistillation(Teleprompter):
         verify_correct, verify_max_sources: the sizes of that check.
         confirm_fraction: share of the valset held out from the search to confirm its best subsets.
         confirm_top_k: how many of the search's best subsets are confirmed.
+        confirm_on_train: also confirm on the training examples no phase chose from (not a mistake the teacher
+            saw, not screened): fresh for the decision, and free power (`confirm.unused_training_examples`).
+        max_exemplars: at most this many exemplar-only concepts go into the program together (DSPy's
+            `BootstrapFewShot` default of 4 demos); exemplars are searched as sets, not screened one by one.
         carrier: what a concept carries to the target: "rules" (instructions), "exemplars" (the teacher's
             metric-checked solutions of the target's mistakes, as demos) or "both" (each rule with the exemplar
             of its source mistake); `cd_dspy.concepts`.
@@ -100,6 +106,7 @@ class ConceptDistillation(Teleprompter):
                  require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
                  verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
                  confirm_top_k: int = 3, conditional_rules: bool = False, carrier: str = "rules",
+                 max_exemplars: int = 4, confirm_on_train: bool = True,
                  num_threads: int | None = None,
                  teacher_retries: int = 2,
                  budget: Budget | None = None, max_target_calls: int | None = None,
@@ -115,7 +122,7 @@ class ConceptDistillation(Teleprompter):
         validation.check_decision_settings(require_significance=require_significance, confirm_fraction=confirm_fraction,
                                            confirm_top_k=confirm_top_k, samples_per_mistake=samples_per_mistake,
                                            verify_correct=verify_correct, verify_max_sources=verify_max_sources,
-                                           carrier=carrier)
+                                           carrier=carrier, max_exemplars=max_exemplars)
         check_workers(workers, storage, minibatch_size)
         self.metric = metric
         self.teacher_lm = teacher_lm
@@ -140,6 +147,8 @@ class ConceptDistillation(Teleprompter):
         self.confirm_top_k = confirm_top_k
         self.conditional_rules = conditional_rules
         self.carrier = carrier
+        self.max_exemplars = max_exemplars
+        self.confirm_on_train = confirm_on_train
         self.num_threads = num_threads
         self.threads = num_threads or 1  # resolved per compile (default_threads)
         self.teacher_retries = teacher_retries
@@ -159,7 +168,8 @@ class ConceptDistillation(Teleprompter):
         keys = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
                 "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
                 "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
-                "confirm_fraction", "confirm_top_k", "conditional_rules", "carrier", "seed", "study_name")
+                "confirm_fraction", "confirm_top_k", "conditional_rules", "carrier", "max_exemplars",
+                "confirm_on_train", "seed", "study_name")
         return {k: getattr(self, k) for k in keys}
 
     # -- estimate --------------------------------------------------------------------------------
@@ -248,7 +258,8 @@ class ConceptDistillation(Teleprompter):
                 checkpoint()
             candidates = [r for r in rules if r.verified or not self.verify]
             if self.verify:
-                progress.note(f"verify: {len(candidates)} of {len(rules)} rules fixed a mistake and broke less")
+                progress.note(f"verify: {len(candidates)} of {len(rules)} concepts go to the search (screened rules "
+                              "that fixed a mistake and broke less; exemplars are searched as sets)")
             if not candidates:
                 result.message = ("No candidate rule fixed the mistakes it came from without breaking as many "
                                   "correct training examples; the program is returned unchanged.")
@@ -260,13 +271,29 @@ class ConceptDistillation(Teleprompter):
             with self._phase("confirm", result, progress):
                 decision = confirm(selection, candidates, evaluator, confirmation,
                                    program_with=lambda chosen: self._bind(base, chosen), top_k=self.confirm_top_k,
-                                   alpha=self.require_significance, min_improvement=self.min_improvement)
+                                   alpha=self.require_significance, min_improvement=self.min_improvement,
+                                   extra=self._fresh_training(mistakes, rules, trainset, metric, run, meter, result))
         except BudgetExhausted as exc:
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "
                               "returned unchanged.")
             return self._bind(base)
         return self._bind(base, record_decision(result, rules, selection, decision))
+
+    def _fresh_training(self, mistakes, rules, trainset, metric, run: RunDir, meter, result) -> list:
+        """[(training-set evaluator, unused training indices)] for the confirmation; [] with confirm_on_train off."""
+        if not self.confirm_on_train:
+            return []
+        used = [m.example_index for m in sample_mistakes(mistakes, self.max_mistakes, self.seed)]
+        fresh = unused_training_examples(len(trainset), used, rules)
+        result.n_confirm_train = len(fresh)
+        result.min_detectable_gain, _ = small_sample_warning(result.n_confirm + len(fresh), self.require_significance,
+                                                            self.confirm_top_k, self.confirm_fraction)
+        return [(self._train_evaluator(trainset, metric, run, meter), fresh)]
+
+    def _train_evaluator(self, trainset, metric, run: RunDir, meter) -> CachedEvaluator:
+        return CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.threads,
+                               log_name=VERIFICATION_LOG)
 
     def _phase(self, name: str, result: ConceptDistillationResult, progress: Progress):
         return progress.phase(name, result.phase_seconds)
@@ -304,9 +331,9 @@ class ConceptDistillation(Teleprompter):
 
     def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> None:
         """Fill in each rule's verification (resumable: every score is logged as it comes)."""
-        evaluator = CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.threads,
-                                    log_name=VERIFICATION_LOG)
-        own = [r for r in rules if r.origin != RULEBOOK_ORIGIN]  # a rulebook's free rules go to the search
+        evaluator = self._train_evaluator(trainset, metric, run, meter)
+        # a rulebook's free rules and exemplar-only concepts (they work as sets) go to the search unscreened
+        own = [r for r in rules if r.origin != RULEBOOK_ORIGIN and not is_exemplar_only(r)]
         sample = correct_sample(correct, self.verify_correct, self.seed)
         if self.workers is not None and own:  # workers score every check; verify_rules then reads their scores
             verify_on_workers(self, base, own, checked(own, mistakes, sample, self.verify_max_sources), evaluator,
@@ -337,11 +364,13 @@ class ConceptDistillation(Teleprompter):
             delete_study(study_name, storage)
         if self.workers is not None:  # trials evaluated by worker processes that join the study
             selector = distributed_selector(self, base, rules, evaluator, search, storage=storage,
-                                            study_name=study_name, on_trial=on_trial, progress=progress)
+                                            study_name=study_name, on_trial=on_trial, progress=progress,
+                                            max_exemplars=self.max_exemplars)
         else:
             selector = RuleSelector(lambda chosen: self._bind(base, chosen), rules, evaluator, indices=search,
                                     num_trials=self.num_trials, seed=self.seed, storage=storage,
-                                    study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial)
+                                    study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial,
+                                    max_exemplars=self.max_exemplars)
         selection = selector.run()
         bar.close()
         if selection.stopped_early:  # the selector failed the trial it was running; workers' trials stay theirs

@@ -1,7 +1,8 @@
 """Phase 3a: an Optuna study searches for the rule subsets that score best on the search part of the valset.
 
-One boolean parameter per rule; seeded TPE. Informative trials are enqueued first (no rules = the
-baseline, all rules, all rules but one, each rule alone when the budget allows); after the study,
+One boolean parameter per concept; seeded TPE. Informative trials are enqueued first (no concepts = the
+baseline, all concepts, all but one, each alone when the budget allows); exemplar-only concepts go in as a set of at
+most `max_exemplars` (a subset with more is pruned unevaluated, at no cost) and are charged as one; after the study,
 backward elimination from the best subset drops rules that do not earn their place. Every (prompt, example) score is
 cached, so a repeated subset costs nothing and a resumed study repeats no finished work. Large
 valsets are scored in minibatches with the running mean reported to Optuna's median pruner.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
+from cd_dspy.concepts import is_exemplar_only
 from cd_dspy.evaluation import CachedEvaluator
 from cd_dspy.result import Rule, Trial
 from cd_dspy.usage import BudgetExhausted
@@ -36,6 +38,7 @@ class Selection:
     baseline_score: float | None = None
     stopped_early: str | None = None
     rule_cost: float = 0.0  # points a subset pays per rule when ranked (one search example)
+    exemplar_ids: frozenset[str] = frozenset()  # exemplar-only concepts: a set of them is charged as one
 
     @property
     def best_score(self) -> float | None:
@@ -46,16 +49,25 @@ class Selection:
         if self.baseline_score is None:
             return []
         return [(ids, score) for ids, score in self.ranked
-                if ids and score - self.rule_cost * len(ids) > self.baseline_score][:top_k]
+                if ids and score - self.rule_cost * cost_units(ids, self.exemplar_ids) > self.baseline_score][:top_k]
 
 
-def preference(score: float, rule_ids: Sequence[str], rule_cost: float = 0.0) -> tuple[float, int]:
-    """Sort key of a scored subset: the score less `rule_cost` per rule first, and on ties fewer rules.
+def cost_units(rule_ids: Sequence[str], exemplar_ids: frozenset[str] = frozenset()) -> int:
+    """What a subset is charged for: one unit per rule, and one for its exemplar-only concepts together (exemplars
+    work as a set: one alone rarely shows its effect, so each is not asked to earn its own place)."""
+    rules = [i for i in rule_ids if i not in exemplar_ids]
+    return len(rules) + (len(rules) < len(rule_ids))
+
+
+def preference(score: float, rule_ids: Sequence[str], rule_cost: float = 0.0,
+               exemplar_ids: frozenset[str] = frozenset()) -> tuple[float, int]:
+    """Sort key of a scored subset: the score less `rule_cost` per unit (`cost_units`) first, and on ties fewer
+    concepts.
 
     With `rule_cost` one search example's worth, a rule stays in a subset only when it earns more
     than one example on the search data: a rule with no real effect rarely does (it moves answers
     both ways), so noise rules do not hitch a ride on a helpful one."""
-    return score - rule_cost * len(rule_ids), -len(rule_ids)
+    return score - rule_cost * cost_units(rule_ids, exemplar_ids), -len(rule_ids)
 
 
 def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
@@ -97,9 +109,11 @@ class RuleSelector:
                  evaluator: CachedEvaluator, *, indices: Sequence[int],
                  num_trials: int, seed: int, storage: str | None, study_name: str,
                  minibatch_size: int | None, on_trial: Callable[[Trial, float | None], None] | None = None,
-                 refine: bool = True, study: optuna.Study | None = None):
+                 refine: bool = True, study: optuna.Study | None = None, max_exemplars: int | None = None):
         self.program_with = program_with  # rules -> the program that runs with them
         self.rules = list(rules)
+        self.exemplar_ids = frozenset(r.id for r in self.rules if is_exemplar_only(r))
+        self.max_exemplars = max_exemplars  # None: no cap on the exemplar-only concepts in a subset
         self.evaluator = evaluator
         self.num_trials = num_trials
         self.seed = seed
@@ -186,23 +200,33 @@ class RuleSelector:
     def _best_complete(self) -> tuple[float, tuple[str, ...]] | None:
         """(score, rule ids) of the best complete trial by `preference`."""
         scored = [(t.value, tuple(subset_of(t.params, self.rules))) for t in self._complete()]
-        return max(scored, key=lambda x: preference(*x, self.rule_cost)) if scored else None
+        return max(scored, key=lambda x: preference(*x, self.rule_cost, self.exemplar_ids)) if scored else None
+
+    def over_cap(self, rule_ids: Iterable[str]) -> bool:
+        """The subset holds more exemplar-only concepts than `max_exemplars`."""
+        return self.max_exemplars is not None and len(self.exemplar_ids.intersection(rule_ids)) > self.max_exemplars
+
+    def capped(self, rule_ids: Sequence[str]) -> list[str]:
+        """`rule_ids` less the exemplar-only concepts beyond the first `max_exemplars`."""
+        exemplars = [i for i in rule_ids if i in self.exemplar_ids][:self.max_exemplars]
+        return [i for i in rule_ids if i not in self.exemplar_ids or i in exemplars]
 
     def _enqueue_first_trials(self) -> None:
-        """Baseline, all rules, then leave-one-out subsets (they expose harmful rules), then single
-        rules (they expose helpful ones), as far as the trial budget allows."""
+        """Baseline, all concepts (the exemplars up to the cap), then leave-one-out subsets (they expose harmful
+        concepts), then single concepts (they expose helpful ones), as far as the trial budget allows."""
         ids = [r.id for r in self.rules]
         self._enqueue({i: 0 for i in ids}, "baseline")
         if not ids:
             return
-        self._enqueue({i: 1 for i in ids}, "all rules")
-        if len(ids) < 2:
+        full = self.capped(ids)
+        self._enqueue({i: int(i in full) for i in ids}, "all rules")
+        if len(full) < 2:
             return
         room = self.num_trials - 2
-        for rule_id in ids[:max(0, room)]:
-            self._enqueue({i: int(i != rule_id) for i in ids}, f"without {rule_id}")
-        if room >= 2 * len(ids):
-            for rule_id in ids:
+        for rule_id in full[:max(0, room)]:
+            self._enqueue({i: int(i in full and i != rule_id) for i in ids}, f"without {rule_id}")
+        if room >= 2 * len(full):
+            for rule_id in full:
                 self._enqueue({i: int(i == rule_id) for i in ids}, rule_id)
 
     # -- how trials run (one process here; `workers.DistributedSelector` hands them to workers) ---
@@ -227,6 +251,9 @@ class RuleSelector:
     def _objective(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
         chosen = [r for r in self.rules if trial.suggest_categorical(r.id, [0, 1])]
+        if self.over_cap(r.id for r in chosen):  # more exemplars than the cap: pruned before any LM call
+            self._notify(trial.number, chosen, None, "pruned", 0, started)
+            raise optuna.TrialPruned(f"more than {self.max_exemplars} exemplars")
         program = self.program_with(chosen)
         prunable = "enqueued" not in trial.user_attrs and self.minibatch_size
         batches = self._batches() if prunable else [self.order]
@@ -269,5 +296,7 @@ class RuleSelector:
         best: dict[tuple[str, ...], float] = {}
         for t in complete:
             best[tuple(t.rule_ids)] = max(t.score, best.get(tuple(t.rule_ids), t.score))
-        ranked = sorted(best.items(), key=lambda item: preference(item[1], item[0], self.rule_cost), reverse=True)
-        return Selection(trials, [(list(ids), score) for ids, score in ranked], baseline, stopped, self.rule_cost)
+        ranked = sorted(best.items(), key=lambda item: preference(item[1], item[0], self.rule_cost, self.exemplar_ids),
+                        reverse=True)
+        return Selection(trials, [(list(ids), score) for ids, score in ranked], baseline, stopped, self.rule_cost,
+                         self.exemplar_ids)

@@ -45,7 +45,7 @@ def check_settings(*, metric: Callable, teacher_lm: Any, auto: str | None, seed:
 
 def check_decision_settings(*, require_significance: Any, confirm_fraction: Any, confirm_top_k: Any,
                             samples_per_mistake: Any, verify_correct: Any, verify_max_sources: Any,
-                            carrier: Any = "rules") -> None:
+                            carrier: Any = "rules", max_exemplars: Any = 4) -> None:
     """Validate the settings of the concepts, of verification and of the confirmation decision."""
     from cd_dspy.concepts import CARRIERS
 
@@ -60,7 +60,8 @@ def check_decision_settings(*, require_significance: Any, confirm_fraction: Any,
         raise ValueError(f"confirm_fraction must be between 0 and 1 (exclusive): the share of the valset kept from "
                          f"the search to confirm its result, got {confirm_fraction!r}.")
     for name, value, least in (("confirm_top_k", confirm_top_k, 1), ("samples_per_mistake", samples_per_mistake, 1),
-                               ("verify_correct", verify_correct, 0), ("verify_max_sources", verify_max_sources, 1)):
+                               ("verify_correct", verify_correct, 0), ("verify_max_sources", verify_max_sources, 1),
+                               ("max_exemplars", max_exemplars, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} must be an int of at least {least}, got {value!r}.")
 

@@ -211,7 +211,7 @@ class DistributedSelector(RuleSelector):
         scored, fresh = self._scored(), set()
         for params in self._propose(k):
             subset = tuple(subset_of(params, self.rules))
-            if subset not in scored and subset not in fresh:  # a repeated subset would be paid twice in parallel
+            if subset not in scored and subset not in fresh and not self.over_cap(subset):  # repeats: paid twice
                 fresh.add(subset)
                 self._enqueue(params, "tpe")
         self._settle()

@@ -178,6 +178,17 @@ def usage_dict(usage: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
     return {role: u.to_dict() for role, u in usage.items()}
 
 
+def add_usage(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
+    """Two `usage_dict`s summed per role (numbers added; failure counts merged)."""
+    out = {}
+    for role in sorted(set(a) | set(b)):
+        x, y = a.get(role, {}), b.get(role, {})
+        out[role] = {k: (x.get(k, 0) + y.get(k, 0)) if k != "failures" else
+                     {f: x.get(k, {}).get(f, 0) + y.get(k, {}).get(f, 0) for f in {**x.get(k, {}), **y.get(k, {})}}
+                     for k in {**x, **y}}
+    return out
+
+
 def calls_made(rec: dict, phase: str, role: str) -> int:
     """LM requests (cache misses + DSPy cache hits): independent of which method warmed the cache first."""
     u = rec.get("usage", {}).get(phase, {}).get(role, {})
@@ -255,7 +266,10 @@ CARRIERS = {"baseline": "none", "teacher": "none (the teacher runs)", "cd": "rul
             "cd_exemplars": "exemplars (CD)", "cd_both": "rules + exemplars (CD)", "inferrules_instr": "instructions",
             "miprov2_instr": "instructions", "simba_instr": "instructions", "gepa": "instructions",
             "bootstrap_fewshot": "demos", "bootstrap_rs": "demos", "miprov2_demos": "instructions + demos",
-            "simba_demos": "instructions + demos", "sft_lora": "weights"}
+            "simba_demos": "instructions + demos", "sft_lora": "weights",
+            "bfs_then_cd": "demos, then CD's concepts"}
+# Rows also compared with another row on the same problems (the recipe against its first step alone).
+REFERENCES = {"bfs_then_cd": "bootstrap_fewshot"}
 
 
 def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int) -> dict[str, dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench_lib import CARRIERS, calls_made, held_out_record, with_ext
+from bench_lib import CARRIERS, REFERENCES, calls_made, held_out_record, with_ext
 
 from cd_dspy.stats import holm_adjusted
 
@@ -102,6 +102,8 @@ def write_markdown(data: dict, path: Path) -> None:
               if name == "sft_lora" and rec.get("message")]
     if notes:
         lines += ["", "Settings that differ from DSPy's defaults, and why:", *notes]
+    if reference_notes(data["methods"]):
+        lines += ["", "Recipes against their first step alone (paired):", *reference_notes(data["methods"])]
     lines += ["", "Gap closed = (method − baseline) / (teacher − baseline) on test, a point estimate: read it "
               "with the paired interval.", "", "Commands (each row was measured by one of them; a rerun resumes):",
               *[f"- `{c}`" for c in data.get("commands") or [data["command"]]], ""]
@@ -192,6 +194,23 @@ def compare_with_baseline(methods: dict[str, dict]) -> None:
                 if rec.get("status") == "ok" and "vs_baseline" in rec["test"]]
     for vs, p in zip(compared, holm_adjusted([vs["p_two_sided"] for vs in compared]), strict=True):
         vs["p_holm"] = p
+    for name, reference in REFERENCES.items():  # a recipe against its first step alone, on the same problems
+        rec, ref = methods.get(name, {}), methods.get(reference, {})
+        if rec.get("status") == ref.get("status") == "ok":
+            vs = held_out_record(rec["test"]["scores"], ref["test"]["scores"]).get("vs_baseline")
+            rec["test"]["vs_reference"] = {"reference": reference, **vs} if vs else None
+
+
+def reference_notes(methods: dict[str, dict]) -> list[str]:
+    """One line per row compared with a reference row (`REFERENCES`)."""
+    lines = []
+    for name, rec in methods.items():
+        vs = (rec.get("test") or {}).get("vs_reference") if rec.get("status") == "ok" else None
+        if vs:
+            lines.append(f"- {name} against {vs['reference']} on the same problems: {vs['difference']:+.1f} "
+                         f"[{vs['ci'][0]:+.1f}, {vs['ci'][1]:+.1f}], {vs['fixed']} fixed / {vs['broken']} broken, "
+                         f"exact two-sided {_p(vs['p_two_sided'])}")
+    return lines
 
 
 def save_all(data: dict, out: Path) -> None:

@@ -53,6 +53,7 @@ from bench_lib import (  # noqa: E402
     RENAMED,
     SIMULATED,
     BenchMeter,
+    add_usage,
     gepa_metric,
     held_out_record,
     load_task,
@@ -67,7 +68,7 @@ from bench_lib import (  # noqa: E402
 )
 from bench_report import save_all  # noqa: E402
 
-METHODS = ("baseline", "teacher", "cd", "cd_exemplars", "cd_both", "bootstrap_fewshot", "bootstrap_rs",
+METHODS = ("baseline", "teacher", "cd", "cd_exemplars", "cd_both", "bfs_then_cd", "bootstrap_fewshot", "bootstrap_rs",
            "miprov2_demos", "simba_demos", "sft_lora", "inferrules_instr", "miprov2_instr", "simba_instr", "gepa")
 
 
@@ -153,6 +154,14 @@ class Benchmark:
             return program, {}
         if method == "cd" or method.startswith("cd_"):  # cd: CD's default carrier; cd_<carrier>: that carrier
             return self._compile_cd(program, method)
+        if method == "bfs_then_cd":  # the recipe "BootstrapFewShot, then CD" on its residual mistakes
+            with self._context(self.target, meter):
+                program = dspy.BootstrapFewShot(metric=self.task.metric, teacher_settings={"lm": self.teacher},
+                                                **self.peers["bootstrap_fewshot"]["init"]).compile(
+                    program, trainset=self.train)
+            compiled, info = self._compile_cd(program, method)
+            info["usage"] = add_usage(usage_dict(meter.snapshot()), info["usage"])  # BootstrapFewShot's calls too
+            return compiled, info
         if method == "sft_lora":
             return program, sft_row(self.args, self.test, self.baseline_scores)
         with self._context(self.target, meter):
@@ -187,7 +196,7 @@ class Benchmark:
     def _compile_cd(self, program: dspy.Module, method: str) -> tuple[dspy.Module, dict]:
         from cd_dspy import ConceptDistillation
 
-        carrier = {"carrier": method.removeprefix("cd_")} if method != "cd" else {}
+        carrier = {"carrier": method.removeprefix("cd_")} if method.startswith("cd_") else {}  # else the default
         cd = ConceptDistillation(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
                                  target_lm=self.target, num_trials=self.args.trials, seed=self.args.seed,
                                  num_threads=self.args.threads, run_dir=self.out / f"{method}_run", progress=False,

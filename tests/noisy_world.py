@@ -4,8 +4,9 @@
 prompt. Every other prompt (other instructions, or demonstrations added) reshuffles a seeded fraction `flip`
 of its answers (each reshuffled answer is right with probability `accuracy`), so a concept with no real effect
 still moves the score up or down by chance, as a 0.5B model does. Optionally one kind of problem is a blind
-spot that one helpful rule truly removes. `NoisyTeacher` solves every problem, proposes a noise rule for every
-mistake and, on blind-spot mistakes, the helpful rule as well.
+spot that one helpful rule truly removes, or (`set_size`) that only a set of at least that many worked
+exemplars of the kind removes: one exemplar alone changes nothing but the noise. `NoisyTeacher` solves every
+problem, proposes a noise rule for every mistake and, on blind-spot mistakes, the helpful rule as well.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def uniform(*parts: object) -> float:
 class NoisyTarget(ScriptedEngine):
     model = "noisy-target"
 
-    def __init__(self, seed: int, *, flip: float = 0.25, accuracy: float = 0.6, blind_spot: bool = False):
+    def __init__(self, seed: int, *, flip: float = 0.25, accuracy: float = 0.6, blind_spot: bool = False,
+                 set_size: int | None = None):
         super().__init__()
         self.seed, self.flip, self.accuracy, self.blind_spot = seed, flip, accuracy, blind_spot
+        self.set_size = set_size  # None: the helpful rule removes the blind spot; k: k exemplars of the kind do
         self.original: str | None = None  # the first prompt seen is the program's own
 
     def respond(self, instructions, inputs, outputs):
@@ -53,8 +56,10 @@ class NoisyTarget(ScriptedEngine):
         right = not blind and uniform(self.seed, "base", question) < self.accuracy
         if prompt != self.original and uniform(self.seed, "flip", prompt, question) < self.flip:
             right = not blind and uniform(self.seed, "draw", prompt, question) < self.accuracy
-        if blind and HELPFUL_RULE in instructions:
+        if blind and self.set_size is None and HELPFUL_RULE in instructions:
             right = True
+        if blind and self.set_size is not None:
+            right = sum(kind_of(q) == BLIND_KIND for q in self.demo_questions) >= self.set_size
         answer = truth if right else truth + 1
         return {"reasoning": "Computed.", "answer": f"{answer:g}"}
 
@@ -81,12 +86,13 @@ class NoisyTeacher(ScriptedEngine):
 
 
 def noisy_compile(seed: int, *, helpful: bool, flip: float = 0.25, n_train: int = 24, n_val: int = 80,
-                  **settings):
+                  set_size: int | None = None, **settings):
     """Compile ChainOfThought on a fresh noisy world; return (optimizer result, target engine). Concepts are rules
-    unless `carrier` says otherwise (the target's blind spot yields only to the helpful rule)."""
+    unless `carrier` says otherwise (the target's blind spot yields only to the helpful rule, or with `set_size` to
+    that many exemplars of its kind together)."""
     from cd_dspy import ConceptDistillation
 
-    target_engine = NoisyTarget(seed, flip=flip, blind_spot=helpful)
+    target_engine = NoisyTarget(seed, flip=flip, blind_spot=helpful, set_size=set_size)
     target = dspy.LM("simulated/noisy-target", engine=target_engine, cache=False)
     teacher = dspy.LM("simulated/noisy-teacher", engine=NoisyTeacher(seed, helpful=helpful), cache=False)
     trainset, valset = simulated_splits(n_train, n_val, seed=seed)

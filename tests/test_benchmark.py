@@ -261,3 +261,19 @@ def test_the_weights_row_is_checked_against_the_baseline(tmp_path):
     assert row["usage"]["compile"]["teacher"]["calls"] == 8  # the teacher's data calls are its compile cost
     assert row["test"]["vs_baseline"]["fixed"] == len(base) - sum(base)
     assert "| sft_lora | weights |" in (tmp_path / "sim.md").read_text()
+
+
+def test_bootstrap_fewshot_then_cd_keeps_the_demos_and_is_compared_with_bootstrap_fewshot_alone(tmp_path):
+    data = _run(tmp_path, "baseline,bootstrap_fewshot,bfs_then_cd")
+    methods = data["methods"]
+    assert all(rec["status"] == "ok" for rec in methods.values()), {m: r.get("error") for m, r in methods.items()}
+    recipe = methods["bfs_then_cd"]
+    assert recipe["usage"]["compile"]["teacher"]["calls"] > methods["bootstrap_fewshot"]["usage"]["compile"][
+        "teacher"]["calls"]  # BootstrapFewShot's teacher calls, then CD's
+    vs = recipe["test"]["vs_reference"]
+    assert vs["reference"] == "bootstrap_fewshot"
+    assert vs["difference"] == pytest.approx(recipe["test"]["score"] - methods["bootstrap_fewshot"]["test"]["score"])
+    assert recipe["prompt_tokens_per_call"] >= methods["bootstrap_fewshot"]["prompt_tokens_per_call"]  # demos kept
+    md = (tmp_path / "sim.md").read_text()
+    assert "bfs_then_cd against bootstrap_fewshot on the same problems" in md
+    assert (tmp_path / "sim" / "bfs_then_cd_run" / "result.json").exists()

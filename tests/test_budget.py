@@ -115,7 +115,8 @@ def test_dry_run_bounds_the_actual_spend(sim):
     program = dspy.ChainOfThought(COT)
     estimate = cd.dry_run(program, sim.trainset[:N_TRAIN], sim.valset[:N_VAL])
     assert sim.target_engine.calls == sim.teacher_engine.calls == 0  # nothing spent
-    n_rules, n_search, n_confirm = cd.max_rules, N_VAL // 2, N_VAL // 2
+    n_rules, n_search = cd.max_rules, N_VAL // 2
+    n_confirm = N_VAL // 2 + N_TRAIN - min(cd.max_mistakes, N_TRAIN)  # and the training examples the teacher never saw
     verify = n_rules * (cd.verify_max_sources + cd.verify_correct)
     confirm = (1 + cd.confirm_top_k + n_rules) * n_confirm
     assert estimate["target_calls"] == N_TRAIN + verify + (8 + 4) * n_search + confirm

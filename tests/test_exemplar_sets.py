@@ -1,0 +1,92 @@
+"""Exemplars are searched as sets: in a noisy world where only two worked exemplars of the blind-spot kind together
+fix it (one alone moves nothing but the noise), CD finds such a set; under pure noise it adds none.
+
+The world of tests/test_screen.py (15% of answers redrawn by any prompt change, 24 training and 80 validation
+examples, 20 seeds), with carrier "exemplars": the teacher's checked solutions of the target's mistakes.
+"""
+
+from __future__ import annotations
+
+import dspy
+import optuna
+import pytest
+from noisy_world import BLIND_KIND, noisy_compile
+
+from cd_dspy.confirm import unused_training_examples
+from cd_dspy.result import Rule
+from cd_dspy.select import RuleSelector, cost_units
+from cd_dspy.simulated import kind_of
+
+SEEDS = range(20)
+WORLD = {"flip": 0.15, "n_train": 24, "n_val": 80, "carrier": "exemplars", "set_size": 2}
+
+
+def _blind_exemplars(result, ids) -> int:
+    by_id = {r.id: r for r in result.rules}
+    return sum(kind_of(demo["question"]) == BLIND_KIND for i in ids for demos in by_id[i].exemplar.values()
+               for demo in demos)
+
+
+@pytest.fixture(scope="module")
+def set_world():
+    return [noisy_compile(seed, helpful=True, **WORLD)[0] for seed in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def noise_world():
+    return [noisy_compile(seed, helpful=False, **WORLD)[0] for seed in SEEDS]
+
+
+def test_a_set_of_exemplars_that_fixes_the_blind_spot_is_found_in_80_percent_of_seeds(set_world):
+    found = [res for res in set_world if _blind_exemplars(res, res.selected_rule_ids) >= 2]
+    print(f"\n[exemplar sets] a fixing set selected in {len(found)} of {len(SEEDS)} seeds")
+    assert len(found) >= 0.8 * len(SEEDS), [res.message for res in set_world if res not in found]
+    for res in set_world:
+        assert all(r.verification is None for r in res.rules)  # exemplars are not screened one by one
+        assert len(res.selected_rule_ids) <= 4  # max_exemplars
+        if res.improved:  # decided on the confirmation part and the training examples no phase chose from
+            assert res.comparison["n"] == res.n_confirm + res.n_confirm_train > res.n_confirm
+
+
+def test_under_pure_noise_no_exemplar_set_is_added_in_more_than_5_percent_of_seeds(noise_world):
+    added = [res for res in noise_world if res.selected_rule_ids]
+    assert len(added) <= 0.05 * len(SEEDS), [res.message for res in added]
+
+
+def _concept(cid: str, text: str = "") -> Rule:
+    return Rule(id=cid, text=text, predictor="p", exemplar=None if text else {"p": [{"question": cid}]})
+
+
+def test_exemplar_only_concepts_are_charged_as_one_and_capped_without_lm_calls():
+    concepts = [_concept("R1", "When ..., do ..."), *(_concept(f"E{i}") for i in range(6))]
+    exemplars = frozenset(f"E{i}" for i in range(6))
+    assert cost_units(["R1", "E0", "E1", "E2"], exemplars) == 2 and cost_units(["E0", "E1"], exemplars) == 1
+    scored: list[tuple[str, ...]] = []
+
+    def evaluator(program, indices):
+        scored.append(tuple(program))
+        return [1.0 if len(program) > 1 else 0.0 for _ in indices]
+
+    selector = RuleSelector(lambda chosen: [r.id for r in chosen], concepts, evaluator, indices=range(10),
+                            num_trials=12, seed=0, storage=None, study_name="caps", minibatch_size=None,
+                            max_exemplars=3)
+    selection = selector.run()
+    assert all(sum(i in exemplars for i in ids) <= 3 for ids in scored)  # no over-cap subset was ever scored
+    first = selector.study.trials[1]  # "all": the rule and the first three exemplars
+    assert [i for i, on in first.params.items() if on] == ["R1", "E0", "E1", "E2"]
+    pruned = [t for t in selector.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(sum(t.params[i] for i in exemplars) > 3 for t in pruned)
+    assert selection.ranked[0][1] == 100.0
+
+
+def test_unused_training_examples_leave_out_what_the_teacher_saw_and_what_the_screen_scored():
+    rule = _concept("R1", "When ..., do ...")
+    rule.verification = {"checked_mistakes": [3], "checked_correct": [5, 6], "fixed": [], "broken": [], "kept": False}
+    assert unused_training_examples(10, [0, 1], [rule, _concept("E1")]) == [2, 4, 7, 8, 9]
+
+
+def test_max_exemplars_must_be_a_positive_int():
+    from cd_dspy import ConceptDistillation
+
+    with pytest.raises(ValueError, match="max_exemplars must be an int of at least 1"):
+        ConceptDistillation(metric=lambda *a: 1.0, teacher_lm=dspy.LM("openai/x"), max_exemplars=0)
