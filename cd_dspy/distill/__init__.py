@@ -6,6 +6,7 @@
     train.py     LoRA (peft) SFT or KD on a Hugging Face causal LM; student.py loads the local GGUF into it
     convert.py   adapter -> llama.cpp LoRA GGUF (or a merged model -> GGUF) with llama.cpp's own scripts
     pipeline.py  the whole path, as `cd-dspy distill` and examples/distill_compare.py run it
+    provider.py  a DSPy fine-tuning provider: dspy.BootstrapFinetune trains and serves these LoRA adapters
 
 Training needs the `distill` extra (torch, transformers, peft); data generation and validation do not.
 """
@@ -21,6 +22,7 @@ from cd_dspy.distill.data import (
     write_jsonl,
 )
 from cd_dspy.distill.logprobs import AlignmentError, LlamaScorer, TokenLogprobs, add_teacher_logprobs
+from cd_dspy.distill.provider import LocalLoraProvider, finetunable_lm
 from cd_dspy.distill.student import gguf_tokenizer, load_student, merge_adapter
 from cd_dspy.distill.train import LoraSettings, LoraTrainer, TrainReport, TrainSettings
 from cd_dspy.distill.validate import DistillDataError, validate_jsonl
@@ -32,6 +34,7 @@ __all__ = [
     "DistillDataError",
     "DistillRecord",
     "LlamaScorer",
+    "LocalLoraProvider",
     "LoraSettings",
     "LoraTrainer",
     "TokenLogprobs",
@@ -40,6 +43,7 @@ __all__ = [
     "add_teacher_logprobs",
     "convert_hf",
     "convert_lora",
+    "finetunable_lm",
     "generate_distillation_data",
     "gguf_tokenizer",
     "load_student",
