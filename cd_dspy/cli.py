@@ -158,7 +158,9 @@ def cmd_compile(args) -> int:
 
     if result.baseline_score is not None:  # the confirmation step ran
         fresh = f" + {result.n_confirm_train} unused training examples" if result.n_confirm_train else ""
-        lines = [f"confirmation score ({result.n_confirm} validation examples the search never saw{fresh}): baseline "
+        where = (f"{result.comparison['n']} examples, see below" if result.comparison else
+                 f"{result.n_confirm} validation examples the search never saw{fresh}")
+        lines = [f"confirmation score ({where}): baseline "
                  f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
                  f"search score ({result.n_search} examples, the optimistic best of the search): baseline "
                  f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}"]

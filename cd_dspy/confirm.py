@@ -1,17 +1,22 @@
-"""Phase 3b: decide on data the search never saw.
+"""Phase 3b: decide on data the search never saw, in a fixed sequence of tests.
 
-The search (`select.py`) ranks rule subsets on the search part of the valset; the best of many
-subsets there is optimistic (the winner's curse). Here the baseline and the `top_k` best subsets
-that beat it are scored on the disjoint confirmation part. A subset is accepted when it beats the
-baseline there by more than `min_improvement` points and a one-sided exact sign test (McNemar's
-exact test for 0/1 scores), Bonferroni-corrected for the number of subsets confirmed, is below
-`alpha` (the shortlist is fixed by the search data alone, so the correction is valid). The first
-accepted subset in the search's order is chosen, so the reported score is not a maximum over the
-confirmation data. Per-rule effects are designed comparisons on the same
-examples: the chosen subset against the chosen subset without that rule (exemplar-only concepts work as a set
-and get no effect of their own).
+1. The primary subset, fixed before any validation score was seen (every concept the search got, the exemplars
+   up to `max_exemplars`: the search's first "all" trial), is tested first on every validation example (search
+   and confirmation parts) and the fresh training examples below: its choice did not depend on them, so all of
+   them count, and a set of exemplars, whose effect is large but spread thin, gets the power it needs. If it
+   fails, nothing else is tested and the program comes back unchanged.
+2. When it passed, the `top_k` best subsets the search ranks above it that beat the baseline on the search part
+   (the best of many there is optimistic: the winner's curse) are tested on the confirmation part and the fresh
+   training examples only, Bonferroni-corrected over those subsets; the first accepted in the search's order
+   replaces the primary subset. A fixed sequence (a later step runs only when the earlier one rejected its null) keeps
+   the chance of accepting anything under pure noise at `alpha`.
 
-The confirmation data may also hold training examples no phase chose from (`unused_training_examples`): the
+A subset is accepted when it beats the baseline by more than `min_improvement` points and a one-sided exact sign
+test (McNemar's exact test for 0/1 scores) is below `alpha`. Per-rule effects are designed comparisons on the
+fresh examples: the chosen subset against the chosen subset without that rule (exemplar-only concepts work as a
+set and get no effect of their own).
+
+The fresh examples may also hold training examples no phase chose from (`unused_training_examples`): the
 target's answers there were seen by collect only, no concept came from them and no screen or search scored
 them, so a paired comparison on them is as fresh as on the confirmation part, and more of them buys power.
 """
@@ -51,39 +56,58 @@ class Decision:
 
 def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvaluator, indices: Sequence[int], *,
             program_with: Callable[[Sequence[Rule]], dspy.Module], top_k: int, alpha: float | None,
-            min_improvement: float, extra: Sequence[tuple[CachedEvaluator, Sequence[int]]] = ()) -> Decision:
-    """Score the baseline and the search's best subsets on `indices` (and each `extra` evaluator's indices) and
-    decide (see the module doc)."""
+            min_improvement: float, extra: Sequence[tuple[CachedEvaluator, Sequence[int]]] = (),
+            search: Sequence[int] = ()) -> Decision:
+    """Decide in a fixed sequence (see the module doc): the primary subset on `search` + `indices` + `extra`, then,
+    when it passed, the search's best subsets on `indices` + `extra`."""
     by_id = {r.id: r for r in rules}
-    data = [(evaluator, list(indices)), *((e, list(i)) for e, i in extra if i)]
+    fresh = [(evaluator, list(indices)), *((e, list(i)) for e, i in extra if i)]
+    everywhere = [(evaluator, list(search) + list(indices)), *fresh[1:]]
 
-    def scores_of(ids: Sequence[str]) -> list[float]:
+    def scores_of(ids: Sequence[str], data=fresh) -> list[float]:
         program = program_with([by_id[i] for i in ids])
         return [score for scorer, where in data for score in scorer(program, where)]
 
-    baseline = scores_of([])
-    baseline_score = 100.0 * sum(baseline) / len(baseline) if baseline else None
-    shortlist = selection.better_than_baseline(top_k)
-    candidates, chosen, chosen_scores, comparison = [], [], None, None
-    for ids, search_score in shortlist:
-        scores = scores_of(ids)
-        result = paired_difference(scores, baseline)
-        p_adjusted = min(1.0, result.p_greater * len(shortlist))
-        accepted = (result.difference > min_improvement and (alpha is None or p_adjusted < alpha))
-        candidates.append({"rule_ids": list(ids), "search_score": search_score, "score": result.after,
-                           "difference": result.difference, "interval": [result.low, result.high],
-                           "p_value": result.p_greater, "p_adjusted": p_adjusted, "accepted": accepted})
-        logger.info("Confirm: %s search %.1f -> confirmation %s (p adjusted %.3g)%s", ids, search_score,
+    def tested(ids, search_score, scores, before, n_tests, step) -> tuple[bool, Comparison, dict]:
+        result = paired_difference(scores, before)
+        p_adjusted = min(1.0, result.p_greater * n_tests)
+        accepted = result.difference > min_improvement and (alpha is None or p_adjusted < alpha)
+        logger.info("Confirm (%s): %s search %s -> %s (p adjusted %.3g)%s", step, ids, search_score,
                     result.describe(), p_adjusted, " accepted" if accepted else "")
-        if accepted and not chosen:
-            chosen, chosen_scores, comparison = list(ids), scores, result
+        return accepted, result, {"rule_ids": list(ids), "step": step, "search_score": search_score, "n": result.n,
+                                  "score": result.after, "difference": result.difference,
+                                  "interval": [result.low, result.high], "p_value": result.p_greater,
+                                  "p_adjusted": p_adjusted, "accepted": accepted}
+
+    baseline = scores_of([])
+    candidates, chosen, comparison = [], [], None
+    primary = selection.primary if search else []
+    if primary:  # fixed before any validation score was seen: tested first, on every example
+        accepted, comparison, record = tested(primary, selection.score_of(primary), scores_of(primary, everywhere),
+                                              scores_of([], everywhere), 1, "primary")
+        candidates.append(record)
+        if not accepted:  # the sequence stops here: nothing else is tested
+            return Decision([], comparison.before, comparison.before, None, candidates, {})
+        chosen = list(primary)
+    ahead = selection.ranked_above(primary) if primary else None  # only what the search prefers may replace it
+    shortlist = [(ids, score) for ids, score in selection.better_than_baseline(top_k)
+                 if ahead is None or ids in ahead]
+    confirmed = None  # the first shortlisted subset accepted, in the search's order
+    for ids, search_score in shortlist:
+        accepted, result, record = tested(ids, search_score, scores_of(ids), baseline, len(shortlist), "search")
+        candidates.append(record)
+        if accepted and confirmed is None:
+            confirmed = list(ids), result
+    if confirmed is not None:
+        chosen, comparison = confirmed
     effects = {}
-    if chosen_scores is not None:
+    if chosen:  # designed comparisons on the fresh examples: the chosen subset without each rule
+        chosen_scores = scores_of(chosen)
         for rule_id in (i for i in chosen if i not in selection.exemplar_ids):
             without = scores_of([i for i in chosen if i != rule_id]) if len(chosen) > 1 else baseline
             effects[rule_id] = paired_difference(chosen_scores, without)
-    return Decision(chosen, baseline_score, comparison.after if comparison else baseline_score, comparison,
-                    candidates, effects)
+    before = comparison.before if comparison else 100.0 * sum(baseline) / max(1, len(baseline))
+    return Decision(chosen, before, comparison.after if comparison else before, comparison, candidates, effects)
 
 
 def unused_training_examples(n_train: int, used_mistakes: Sequence[int], rules: Sequence[Rule]) -> list[int]:

@@ -226,12 +226,17 @@ def record_decision(result: ConceptDistillationResult, rules: list[Rule], select
     result.improved = bool(decision.chosen)
     n = f"{result.n_confirm}" + (f" (+{result.n_confirm_train} unused training)" if result.n_confirm_train else "")
     if decision.chosen:
-        result.message = (f"{len(decision.chosen)} of {len(rules)} rules selected; on {n} confirmation examples "
-                          f"the search never saw: {decision.comparison.describe()}.")
+        where = ("every validation example and the unused training examples (the primary subset, fixed before "
+                 "any score was seen)" if decision.candidates and decision.candidates[0].get("step") == "primary"
+                 and decision.chosen == decision.candidates[0]["rule_ids"] else
+                 f"{n} confirmation examples the search never saw")
+        result.message = (f"{len(decision.chosen)} of {len(rules)} concepts selected; on {where}: "
+                          f"{decision.comparison.describe()}.")
     else:
-        tried = "; ".join(f"{c['rule_ids']}: {format_score(c['score'])} (p = {c['p_adjusted']:.3g} adjusted)"
+        tried = "; ".join(f"{c['rule_ids']} ({c.get('step', 'search')}, {c.get('n', n)} examples): "
+                          f"{c['difference']:+.1f} points, p = {c['p_adjusted']:.3g} adjusted"
                           for c in decision.candidates) or "no subset beat the baseline on the search part"
-        result.message = (f"No rule subset was confirmed: baseline {format_score(decision.baseline_score)} on {n} "
-                          f"confirmation examples; candidates {tried}. Not distinguishable from the "
-                          "baseline, so the program is returned unchanged.")
+        result.message = (f"No concept subset was confirmed (baseline {format_score(decision.baseline_score)}); "
+                          f"candidates {tried}. Not distinguishable from the baseline, so the program is returned "
+                          "unchanged.")
     return [r for r in rules if r.selected]

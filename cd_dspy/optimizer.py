@@ -272,7 +272,8 @@ class ConceptDistillation(Teleprompter):
                 decision = confirm(selection, candidates, evaluator, confirmation,
                                    program_with=lambda chosen: self._bind(base, chosen), top_k=self.confirm_top_k,
                                    alpha=self.require_significance, min_improvement=self.min_improvement,
-                                   extra=self._fresh_training(mistakes, rules, trainset, metric, run, meter, result))
+                                   extra=self._fresh_training(mistakes, rules, trainset, metric, run, meter, result),
+                                   search=search)
         except BudgetExhausted as exc:
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "

@@ -39,10 +39,20 @@ class Selection:
     stopped_early: str | None = None
     rule_cost: float = 0.0  # points a subset pays per rule when ranked (one search example)
     exemplar_ids: frozenset[str] = frozenset()  # exemplar-only concepts: a set of them is charged as one
+    primary: list[str] = field(default_factory=list)  # the subset fixed before any score: all, exemplars capped
 
     @property
     def best_score(self) -> float | None:
         return self.ranked[0][1] if self.ranked else None
+
+    def score_of(self, rule_ids: Sequence[str]) -> float | None:
+        """The search score of the subset `rule_ids` (None when it was not scored)."""
+        return next((score for ids, score in self.ranked if ids == list(rule_ids)), None)
+
+    def ranked_above(self, rule_ids: Sequence[str]) -> list[list[str]]:
+        """The subsets the search ranks above `rule_ids` (all of them when it was not scored)."""
+        order = [ids for ids, _ in self.ranked]
+        return order[:order.index(list(rule_ids))] if list(rule_ids) in order else order
 
     def better_than_baseline(self, top_k: int) -> list[tuple[list[str], float]]:
         """The `top_k` best non-empty subsets whose search score, less their rules' cost, beats the baseline's."""
@@ -299,4 +309,4 @@ class RuleSelector:
         ranked = sorted(best.items(), key=lambda item: preference(item[1], item[0], self.rule_cost, self.exemplar_ids),
                         reverse=True)
         return Selection(trials, [(list(ids), score) for ids, score in ranked], baseline, stopped, self.rule_cost,
-                         self.exemplar_ids)
+                         self.exemplar_ids, self.capped([r.id for r in self.rules]))

@@ -44,8 +44,10 @@ def test_a_set_of_exemplars_that_fixes_the_blind_spot_is_found_in_80_percent_of_
     for res in set_world:
         assert all(r.verification is None for r in res.rules)  # exemplars are not screened one by one
         assert len(res.selected_rule_ids) <= 4  # max_exemplars
-        if res.improved:  # decided on the confirmation part and the training examples no phase chose from
-            assert res.comparison["n"] == res.n_confirm + res.n_confirm_train > res.n_confirm
+        fresh = res.n_confirm + res.n_confirm_train  # the confirmation part and the training examples never used
+        if res.improved:  # the primary subset on every validation example and those, or a search pick on fresh ones
+            assert res.comparison["n"] in (res.n_search + fresh, fresh) and res.n_confirm_train > 0
+        assert res.candidates[0]["step"] == "primary"  # the fixed sequence starts with the pre-set subset
 
 
 def test_under_pure_noise_no_exemplar_set_is_added_in_more_than_5_percent_of_seeds(noise_world):

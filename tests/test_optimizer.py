@@ -193,7 +193,7 @@ def test_no_gain_returns_unchanged_program(sim):
     compiled = unverified.compile(program, trainset=sim.trainset, valset=sim.valset)
     assert not unverified.result.improved
     assert compiled.predict.signature.instructions == program.predict.signature.instructions
-    assert "No rule subset was confirmed" in unverified.result.message
+    assert "No concept subset was confirmed" in unverified.result.message
     assert "Not distinguishable from the baseline" in unverified.result.message
 
 
