@@ -3,6 +3,7 @@
     cd-dspy migrate --task math-basic --source qwen2.5-coder-1.5b --target qwen2.5-coder-0.5b \\
         --train 24 --val 40 --test 80 --run-dir runs/migrate-math-basic
     cd-dspy migrate --task simulated --source simulated-teacher --target simulated-target --run-dir runs/sim
+    cd-dspy migrate --task simulated --source simulated-teacher --target simulated-target --levers cd,demos ...
     cd-dspy rulebook export runs/migrate-math-basic --all -o rules.yaml
     cd-dspy rulebook check rules.yaml --task math-basic --lm qwen2.5-coder-0.5b --test 80
 """
@@ -16,6 +17,15 @@ from pathlib import Path
 from cd_dspy.cli import CLIError, _data_arguments, load_task_and_splits, make_program, resolve_lm
 from cd_dspy.cli_common import add_cd_arguments, cd_settings
 from cd_dspy.keys import lm_state
+from cd_dspy.levers import LEVERS, parse_levers
+
+
+def _levers(text: str) -> list[str]:
+    """--levers: names from LEVERS, comma-separated, or all; an unknown name is an error naming the choices."""
+    try:
+        return parse_levers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("in levers", "in --levers")) from None
 
 
 def _split_sizes(parser: argparse.ArgumentParser, test: int) -> None:
@@ -27,7 +37,8 @@ def _split_sizes(parser: argparse.ArgumentParser, test: int) -> None:
 def add_parser(subparsers) -> None:
     """Add the `migrate` and `rulebook` subcommands to the `cd-dspy` parser."""
     mig = subparsers.add_parser("migrate", help="can this program move to a cheaper model? compile for the target "
-                                "with CD and compare source, target before and target after on held-out data")
+                                "with each lever (CD, teacher demos, LoRA SFT, ...) and compare them with the source "
+                                "and the target as is on held-out data")
     _data_arguments(mig)
     mig.add_argument("--source", required=True, help="today's model: catalog name, .gguf path or litellm model")
     mig.add_argument("--target", required=True, help="the cheaper model")
@@ -37,6 +48,9 @@ def add_parser(subparsers) -> None:
     _split_sizes(mig, test=80)
     mig.add_argument("--run-dir", required=True, help="compile, test records and report (a rerun resumes)")
     mig.add_argument("--prices", help="price table, JSON or YAML: {model: [input $/Mtok, output $/Mtok]}")
+    mig.add_argument("--levers", default="all", type=_levers,
+                     help=f"levers to compare, comma-separated: {', '.join(LEVERS)} (default: all; those that do "
+                     "not apply to the target are listed as not applicable with the reason)")
     add_cd_arguments(mig)  # --auto, --trials, --max-mistakes, ... (shared with compile)
     mig.set_defaults(func=run)
 
@@ -96,13 +110,13 @@ def run(args) -> int:
     report = migrate(make_program(args, task), source_lm=source, target_lm=target, teacher_lm=teacher, metric=metric,
                      trainset=splits["train"], valset=splits["val"] or None, testset=splits["test"],
                      run_dir=args.run_dir, prices=args.prices, num_threads=args.threads, progress=not args.quiet,
-                     seed=args.seed, **cd_settings(args))
+                     levers=args.levers, seed=args.seed, **cd_settings(args))
     print(report.verdict)
     print("\n".join(f"  {line}" for line in report.details))
     for warning in report.compile.get("warnings", []):  # shown here only: the console log skips them
         print(f"  warning: {warning}")
-    print(f"report: {report.files['html']}  (Markdown: {report.files['markdown']}; rulebook: "
-          f"{report.files['rulebook']})")
+    book = f"; rulebook: {report.files['rulebook']}" if report.rules else ""
+    print(f"report: {report.files['html']}  (Markdown: {report.files['markdown']}{book})")
     return 0
 
 

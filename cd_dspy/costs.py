@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +105,15 @@ class CompileClock(BaseCallback):
     """Seconds of every LM call during a compile, by role (the teacher by identity), appended to the run
     directory as each call ends, so an interrupted compile's spent seconds still count after a resume."""
 
-    def __init__(self, run_dir: RunDir, teacher_lm: Any, log_name: str = COMPILE_CALLS_LOG):
+    def __init__(self, run_dir: RunDir, teacher_lm: Any, log_name: str = COMPILE_CALLS_LOG,
+                 role_of: Callable[[Any], str] | None = None):
         self.run_dir, self.teacher_id, self.log_name = run_dir, id(teacher_lm), log_name
+        self.role_of = role_of  # LM -> "teacher" or "target"; default: the teacher by identity
         self._started: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        role = "teacher" if id(instance) == self.teacher_id else "target"
+        role = self.role_of(instance) if self.role_of else "teacher" if id(instance) == self.teacher_id else "target"
         with self._lock:
             self._started[call_id] = (time.perf_counter(), role)
 
@@ -132,30 +136,23 @@ def migration_costs(*, models: dict[str, str], runs: dict[str, RunSummary], comp
                     compile_seconds: dict[str, float], table: dict[str, tuple[float, float]] | None) -> dict[str, Any]:
     """Per-request cost of each held-out run, the compile's cost and the break-even point, in dollars when
     every LM involved has a price, else in seconds of LM time. `models` maps source/target/teacher to the
-    LMs' model names; `runs` maps source/target_before/target_after to their summaries."""
+    LMs' model names; `runs` maps source/target_before/target_after (and any other run of the target: a lever's,
+    `cd_dspy.levers`) to their summaries."""
     prices = {role: price_of(name, table) for role, name in models.items()}
     teacher_used = compile_usage.get("teacher", RoleUsage()).calls > 0
     needed = ["source", "target"] + (["teacher"] if teacher_used else [])
     missing = sorted({models[r] for r in needed if prices[r] is None})
     unit = SECONDS if missing else USD
-    run_lm = {"source": "source", "target_before": "target", "target_after": "target"}
     per_request: dict[str, float | None] = {}
     run_rows: dict[str, dict[str, Any]] = {}
     for run, summary in runs.items():
-        price, given, taken = prices[run_lm[run]], summary.prompt_tokens_per_request or 0.0, \
-            summary.completion_tokens_per_request or 0.0
+        price = prices["source" if run == "source" else "target"]  # every other run is the target's
+        given, taken = summary.prompt_tokens_per_request or 0.0, summary.completion_tokens_per_request or 0.0
         row = {**summary.to_dict(), "usd_per_request": price.cost(given, taken) if price and summary.measured else None,
                "tokens_per_request": given + taken if summary.measured else None}
         run_rows[run] = row
         per_request[run] = row["usd_per_request"] if unit == USD else summary.mean_lm_seconds
-    compile_rows = {}
-    for role in ("teacher", "target"):
-        usage = compile_usage.get(role, RoleUsage())
-        price = prices["teacher" if role == "teacher" else "target"]
-        compile_rows[role] = {"calls": usage.calls, "cached_calls": usage.cached_calls,
-                              "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                              "usd": price.cost(usage.prompt_tokens, usage.completion_tokens) if price else None,
-                              "seconds": round(compile_seconds.get(role, 0.0), 3)}
+    compile_rows = role_rows(compile_usage, compile_seconds, prices)
     total = sum((r["usd"] or 0.0) if unit == USD else r["seconds"] for r in compile_rows.values())
     source, after = per_request.get("source"), per_request.get("target_after")
     known = source is not None and after is not None
@@ -164,3 +161,72 @@ def migration_costs(*, models: dict[str, str], runs: dict[str, RunSummary], comp
             "runs": run_rows, "per_request": per_request, "compile": {**compile_rows, "total": total},
             "cost_ratio": after / source if known and source else None,
             "break_even": break_even(total, source, after) if known else None, "measured": known}
+
+
+def role_rows(usage: dict[str, RoleUsage], seconds: dict[str, float],
+              prices: dict[str, Price | None]) -> dict[str, dict[str, Any]]:
+    """Calls, tokens, dollars (None without a price) and LM seconds of a one-time job's teacher and target calls;
+    `prices` maps teacher/target to the price of the LM that played the role."""
+    rows = {}
+    for role in ("teacher", "target"):
+        used, price = usage.get(role, RoleUsage()), prices.get(role)
+        rows[role] = {"calls": used.calls, "cached_calls": used.cached_calls, "prompt_tokens": used.prompt_tokens,
+                      "completion_tokens": used.completion_tokens,
+                      "usd": price.cost(used.prompt_tokens, used.completion_tokens) if price else None,
+                      "seconds": round(seconds.get(role, 0.0), 3)}
+    return rows
+
+
+def one_time_cost(usage: dict[str, RoleUsage], seconds: dict[str, float], models: dict[str, str], *, unit: str,
+                  table: dict[str, tuple[float, float]] | None, train_seconds: float = 0.0) -> dict[str, Any]:
+    """What a lever costs once (`cd_dspy.levers`): its compile's calls by role (`models` maps teacher/target to the
+    model that played the role), their dollars or LM seconds, and the training time of a weight update. `total` is
+    in `unit`: dollars leave the training time out (a local CPU run has no price), seconds add it."""
+    rows = role_rows(usage, seconds, {role: price_of(name, table) for role, name in models.items()})
+    if unit == USD:
+        total = sum(r["usd"] or 0.0 for r in rows.values())
+    else:
+        total = sum(r["seconds"] for r in rows.values()) + train_seconds
+    return {"roles": rows, "calls": sum(r["calls"] for r in rows.values()),
+            "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows.values()),
+            "train_seconds": round(train_seconds, 3), "total": total, "unit": unit}
+
+
+class PromptCounts:
+    """Prompt tokens per LM call of each held-out program, counted on the request itself (`usage.PromptTokenCounter`:
+    demonstrations and rules included, DSPy's cache hits too), kept in `levers/prompt_tokens.json` by program key
+    so a rerun that repeats no call still knows them."""
+
+    NAME = "levers/prompt_tokens.json"
+
+    def __init__(self, run_dir: RunDir):
+        self.run_dir = run_dir
+        self.data: dict[str, dict[str, int]] = run_dir.read_json(self.NAME) if run_dir.exists(self.NAME) else {}
+
+    @contextmanager
+    def counting(self, key: str) -> Iterator[None]:
+        """Count the prompt tokens of every LM call made inside (stored under `key`, a program key)."""
+        import dspy
+
+        from cd_dspy.usage import PromptTokenCounter
+
+        counter = PromptTokenCounter()
+        try:
+            with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+                yield
+        finally:
+            counts = [c for role in counter.counts.values() for c in role]
+            if counts:
+                entry = self.data.setdefault(key, {"tokens": 0, "calls": 0})
+                entry["tokens"] += sum(counts)
+                entry["calls"] += len(counts)
+                self.run_dir.write_json(self.NAME, self.data)
+
+    def per_request(self, key: str, summary: RunSummary) -> RunSummary:
+        """`summary` with its prompt tokens per request counted on the requests (per call × calls per request),
+        where they were counted; unchanged otherwise."""
+        entry = self.data.get(key)
+        if not entry or not entry["calls"] or not summary.n or summary.prompt_tokens_per_request is None:
+            return summary
+        calls = (summary.calls + summary.cached_calls) / summary.n
+        return replace(summary, prompt_tokens_per_request=entry["tokens"] / entry["calls"] * calls)

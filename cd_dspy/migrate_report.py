@@ -1,58 +1,24 @@
 """A migration report as one list of blocks, rendered twice: a self-contained HTML page (inline SVG plots,
 collapsible <details>, no script, nothing fetched from the network) and the same content as Markdown
-(plots as PNG files next to it)."""
+(plots as PNG files next to it). When the migration compared levers (`cd_dspy.levers`), the lever table with its
+quality-against-cost plot, the flips to each lever and each lever's provenance come from `cd_dspy.lever_report`."""
 
 from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cd_dspy import plots
+from cd_dspy import lever_report, plots
 from cd_dspy.migration import LABELS, RUNS, MigrationReport, judgement
+from cd_dspy.report_blocks import STYLE, Bullets, Details, Figure, Heading, Para, Table, to_html_body, to_markdown
 from cd_dspy.run_dir import RunDir
 from cd_dspy.stats import Comparison
 
 FLIP_GROUPS = ("fixed", "broken", "still wrong")
 CELL = 400  # characters of a value shown in a table cell
-
-
-@dataclass
-class Heading:
-    text: str
-    anchor: str = ""
-    level: int = 2
-
-
-@dataclass
-class Para:
-    text: str
-    strong: bool = False
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Figure:
-    name: str
-    caption: str
-
-
-@dataclass
-class Details:
-    summary: str
-    blocks: list[Any] = field(default_factory=list)
+NO_CD = "CD was not among the levers compared (or its compile failed: see the lever table)."
 
 
 # -- content -------------------------------------------------------------------------------------
@@ -82,15 +48,30 @@ def blocks(report: MigrationReport, figures: set[str]) -> list[Any]:
                            f"touched (one example = {100 / max(1, report.n_test):.1f} points). Run directory "
                            f"`{report.run_dir}`."),
                       Heading("Verdict", "verdict"), Para(report.verdict, strong=True), Bullets(report.details)]
-    out += _scores(report, figures) + _flips(report) + _costs(report) + _rules(report, figures)
-    out += _search(report, figures) + _compile(report)
+    levers = lever_report.shows_levers(report)
+    out += lever_report.levers_section(report, figures) if levers else []
+    out += _scores(report, figures)
+    out += lever_report.lever_flips(report, LABELS) if levers else _flips(report)
+    out += _costs(report) + (lever_report.provenance_section(report) if levers else [])
+    out += _rules(report, figures) + _search(report, figures) + _compile(report)
     return out
 
 
+def _has_cd(report: MigrationReport) -> bool:
+    return "target_after" in report.scores and bool(report.after_vs_before)
+
+
 def _scores(report: MigrationReport, figures: set[str]) -> list[Any]:
-    lm = {"source": report.models["source"], "target_before": report.models["target"],
-          "target_after": report.models["target"]}
-    rows = [[LABELS[r], f"`{lm[r]}`", _score(report.scores[r]), str(report.n_test)] for r in RUNS]
+    lm = {r["run"]: (r.get("provenance") or {}).get("tuned_model") or report.models["target"] for r in report.levers}
+    lm["source"] = report.models["source"]
+    rows = [[LABELS.get(r, r), f"`{lm.get(r, report.models['target'])}`", _score(s), str(report.n_test)]
+            for r, s in report.scores.items()]
+    out = [Heading("Scores", "scores"), Table(["program", "LM", "test score [95% CI]", "examples"], rows)]
+    if "scores" in figures:
+        out.append(Figure("scores", "Test scores with 95% intervals (Wilson for 0/1 scores)."))
+    if not _has_cd(report):
+        return out + [Heading("Paired tests", "tests"), Para("Each lever's paired tests against the source and the "
+                                                              "target as is are in the lever table.")]
     tests = []
     for name, other, data in (("target after CD vs target before CD", "the target before CD", report.after_vs_before),
                               ("target after CD vs source", "the source", report.after_vs_source)):
@@ -98,10 +79,7 @@ def _scores(report: MigrationReport, figures: set[str]) -> list[Any]:
         tests.append([name, f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}]", f"{c.wins} / {c.losses}",
                       f"{c.p_two_sided:.3g}", judgement(c, other).split(" (")[0]])
     gap, kept = report.gap_closed, report.quality_kept
-    out = [Heading("Scores", "scores"), Table(["program", "LM", "test score [95% CI]", "examples"], rows)]
-    if "scores" in figures:
-        out.append(Figure("scores", "Test scores with 95% intervals (Wilson for 0/1 scores)."))
-    out += [Heading("Paired tests", "tests"),
+    out += [Heading("Paired tests: CD" if lever_report.shows_levers(report) else "Paired tests", "tests"),
             Table(["comparison", "difference, points [95% CI]", "better / worse", "McNemar exact p", "reading"],
                   tests),
             Para(f"Share of the source→target gap closed: {_ratio(gap)}; share of source quality kept: "
@@ -153,6 +131,9 @@ def _costs(report: MigrationReport) -> list[Any]:
     be = c["break_even"]
     pays = (f"{be:,} requests" if be is not None else "never (the target after CD is not cheaper per request)"
             if c["measured"] else "unknown (not measured: every request of a run was answered by DSPy's cache)")
+    of_cd = " of CD" if lever_report.shows_levers(report) else ""
+    once = (f"One-off compile cost{of_cd}: {total}. Break-even: {pays}." if _has_cd(report) else
+            "Each lever's one-time cost and break-even are in the lever table.")
     return [Heading("Cost and latency", "costs"),
             Para(f"Costs are compared in {unit}. A request is one run of the program on one example; cost and "
                  "latency per request are measured on the requests whose every LM call reached the model (a request "
@@ -162,7 +143,7 @@ def _costs(report: MigrationReport) -> list[Any]:
                    "LM seconds / request", "median request latency (s)", "median call latency (s)", "failed"], rows),
             Table(["compile role", "calls", "cached calls", "tokens", "$", "LM seconds"], compile_rows),
             Table(["role", "model", "input $/Mtok", "output $/Mtok", "price from"], prices),
-            Para(f"One-off compile cost: {total}. Break-even: {pays}.")]
+            Para(once)]
 
 
 def _rules(report: MigrationReport, figures: set[str]) -> list[Any]:
@@ -171,7 +152,7 @@ def _rules(report: MigrationReport, figures: set[str]) -> list[Any]:
                            "rule → which training examples it fixed and broke in verification → its effect on the "
                            "confirmation data (selected rules; leave-one-out, 95% interval).")]
     if not report.rules:
-        out.append(Para("The compile produced no rules (see the compile section)."))
+        out.append(Para("The compile produced no rules (see the compile section)." if report.compile else NO_CD))
     for rule in report.rules:
         state = "selected" if rule["selected"] else "not selected" if rule["verified"] else "dropped by verification"
         entry = Details(f"{rule['id']} ({state}): {rule['text']}")
@@ -203,96 +184,35 @@ def _search(report: MigrationReport, figures: set[str]) -> list[Any]:
     rows = [[str(t["number"]), ", ".join(t["rule_ids"]) or "(none)", t["state"],
              _num(t["score"], 1)] for t in report.trials]
     out.append(Table(["trial", "rules", "state", "search score"], rows) if rows else
-               Para("The search did not run (no rule passed verification, or the compile stopped before it)."))
+               Para("The search did not run (no rule passed verification, or the compile stopped before it)."
+                    if report.compile else NO_CD))
     return out
 
 
 def _compile(report: MigrationReport) -> list[Any]:
     c = report.compile
+    if not c:
+        return [Heading("Compile", "compile"), Para(NO_CD), Bullets(_files())]
     out: list[Any] = [Heading("Compile", "compile"), Para(c["message"]),
                       Para(f"{c['n_train']} training examples, {c['n_val']} validation examples ({c['n_search']} to "
                            f"search, {c['n_confirm']} to confirm); confirmation score {_num(c['baseline_score'], 1)} "
                            f"→ {_num(c['best_score'], 1)}.")]
     if c.get("warnings"):
         out.append(Bullets([f"Warning: {w}" for w in c["warnings"]]))
-    files = [f"`{name}`: {what}" for name, what in (
+    return out + [Bullets(_files())]
+
+
+def _files() -> list[str]:
+    return [f"`{name}`: {what}" for name, what in (
         ("report.json", "everything above as data"), ("heldout.jsonl", "each test example's record"),
-        ("rulebook.yaml", "the rules, editable (cd-dspy rulebook)"), ("compile/", "the compile's run directory"))]
-    return out + [Bullets(files)]
-
-
-# -- renderers -----------------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(items: list[Any], images: dict[str, str], depth: int = 0) -> str:
-    lines: list[str] = []
-    for b in items:
-        if isinstance(b, Heading):
-            lines += ["#" * b.level + " " + b.text, ""]
-        elif isinstance(b, Para):
-            lines += [f"**{b.text}**" if b.strong else b.text, ""]
-        elif isinstance(b, Bullets):
-            lines += [f"- {item}" for item in b.items] + [""]
-        elif isinstance(b, Table):
-            lines += ["| " + " | ".join(map(_md_cell, b.header)) + " |", "|" + "---|" * len(b.header)]
-            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows] + [""]
-        elif isinstance(b, Figure):
-            lines += [f"![{b.caption}]({images[b.name]})" if b.name in images else f"({b.caption} Not drawn.)", ""]
-        elif isinstance(b, Details):
-            lines += [("#### " if depth == 0 else "- **") + _md_cell(b.summary) + ("" if depth == 0 else "**"), ""]
-            lines.append(to_markdown(b.blocks, images, depth + 1))
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """Escape `text`, turning `code` spans into <code>."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def to_html_body(items: list[Any], svgs: dict[str, str]) -> str:
-    out: list[str] = []
-    for b in items:
-        if isinstance(b, Heading):
-            out.append(f'<h{b.level} id="{b.anchor}">{_inline(b.text)}</h{b.level}>' if b.anchor else
-                       f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            out.append(f'<p class="verdict">{_inline(b.text)}</p>' if b.strong else f"<p>{_inline(b.text)}</p>")
-        elif isinstance(b, Bullets):
-            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
-        elif isinstance(b, Table):
-            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif isinstance(b, Figure) and b.name in svgs:
-            out.append(f'<figure id="plot-{b.name}" class="plot">{svgs[b.name]}<figcaption>{_inline(b.caption)}'
-                       "</figcaption></figure>")
-        elif isinstance(b, Details):
-            out.append(f"<details><summary>{_inline(b.summary)}</summary>{to_html_body(b.blocks, svgs)}</details>")
-    return "\n".join(out)
-
-
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-  color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:left}
-th{background:#f3f3f3}
-.verdict{font-size:1.1em;font-weight:600;background:#fff7e6;border-left:4px solid #dd8452;padding:.6em .8em}
-details{margin:.3em 0 .3em 1em}
-summary{cursor:pointer}
-figure.plot svg{max-width:100%;height:auto}
-figcaption{font-size:.85em;color:#555}
-code{background:#f3f3f3;padding:0 .2em}
-nav a{margin-right:1em}
-"""
+        ("rulebook.yaml", "the rules, editable (cd-dspy rulebook)"), ("compile/", "the compile's run directory"),
+        ("levers/", "each other lever's compile: state.json (status, one-time usage, provenance), program.json"))]
 
 
 def to_html(report: MigrationReport, items: list[Any], svgs: dict[str, str]) -> str:
     nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("verdict", "Verdict"), ("scores", "Scores"), ("tests", "Paired tests"), ("flips", "Flips"),
+        ("verdict", "Verdict"), *((("levers", "Levers"),) if lever_report.shows_levers(report) else ()),
+        ("scores", "Scores"), ("tests", "Paired tests"), ("flips", "Flips"),
         ("costs", "Cost"), ("rules", "Rules"), ("search", "Search"), ("compile", "Compile")))
     title = html.escape(f"Migration: {report.models['source']} → {report.models['target']}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -13,8 +13,14 @@ share of the gap closed, (after - before) / (source - before), and the share of 
 after / source, as ratios of paired means with Fieller's interval; break-even = compile cost / (source
 cost per request - target cost per request).
 
-Everything is resumable: the compile resumes from `run_dir/compile`, and each test example's record is
-stored as it is scored (`heldout.jsonl`), so a rerun repeats no finished call.
+Levers (`levers=`, default all): besides CD, `migrate` compares other ways to make the target do the job, on the
+same test split (`cd_dspy.levers`: the target as is, CD, teacher demonstrations, LoRA SFT where the target is a
+local GGUF model, and their combination in BetterTogether's order); `cd_dspy.lever_table` gives each its tests
+against the source and the target as is (Holm over the levers), shares, costs and break-even, and names the lever
+that keeps the most source quality per unit of cost, or says that none is distinguishable from the target as is.
+
+Everything is resumable: the compile resumes from `run_dir/compile`, each other lever from `run_dir/levers/<name>`,
+and each test example's record is stored as it is scored (`heldout.jsonl`), so a rerun repeats no finished call.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ from typing import Any
 
 import dspy
 
+from cd_dspy import levers as lever_names
 from cd_dspy import validation
-from cd_dspy.costs import USD, CompileClock, load_prices, migration_costs
+from cd_dspy.costs import USD, CompileClock, PromptCounts, load_prices, migration_costs
+from cd_dspy.failures import LMUnavailableError
 from cd_dspy.heldout import ExampleRecord, HeldOutRunner, RunSummary
 from cd_dspy.integrate import with_rules
 from cd_dspy.keys import lm_state, program_key
+from cd_dspy.lever_table import choose, judgement, lever_rows, lever_verdict, money, ratio_text
+from cd_dspy.levers import FAILED, FINISHED, LEVER_FILES, RUN_OF, Lever, LeverContext, WeightsBackend, weights_backend
 from cd_dspy.optimizer import ConceptDistillation
 from cd_dspy.progress import Progress
 from cd_dspy.rulebook import export_rulebook, rule_provenance
@@ -40,8 +50,10 @@ from cd_dspy.settings import default_threads
 from cd_dspy.stats import Comparison, paired_difference, ratio_interval, score_summary
 
 logger = logging.getLogger("cd_dspy")
-RUNS = ("source", "target_before", "target_after")
-LABELS = {"source": "source", "target_before": "target before CD", "target_after": "target after CD"}
+RUNS = ("source", "target_before", "target_after")  # the runs of the CD comparison
+LABELS = {"source": "source", "target_before": "target before CD", "target_after": "target after CD",
+          **{RUN_OF[n]: lever_names.LABELS[n] for n in ("demos", "sft", "combined")}}
+_ratio_text, _money = ratio_text, money  # the CD verdict's words, shared with the lever table
 
 
 @dataclass
@@ -64,11 +76,16 @@ class MigrationReport:
     verdict: str
     details: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    levers: list[dict[str, Any]] = field(default_factory=list)  # lever_table.lever_rows, one row per lever
+    choice: dict[str, Any] = field(default_factory=dict)  # lever_table.choose: the chosen lever and its contenders
 
-    def flip_counts(self) -> dict[str, int]:
+    def flip_counts(self, run: str = "target_after") -> dict[str, int]:
+        """Flips from the target as is to `run` (default: target after CD)."""
         counts = dict.fromkeys(("fixed", "broken", "still wrong", "still right"), 0)
         for row in self.flips:
-            counts[row["status"]] += 1
+            status = row.get("statuses", {}).get(run, row.get("status") if run == "target_after" else None)
+            if status:
+                counts[status] += 1
         return counts
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,52 +101,72 @@ def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.Bas
             trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None,
             testset: Sequence[dspy.Example], run_dir: str | os.PathLike, teacher_lm: dspy.BaseLM | None = None,
             prices: str | os.PathLike | dict | None = None, num_threads: int | None = None, progress: bool = True,
-            **cd_settings: Any) -> MigrationReport:
-    """Compile `program` for `target_lm` with CD and judge the move from `source_lm` on `testset`.
+            levers: str | Sequence[str] | None = None, sft_backend: WeightsBackend | None = None,
+            sft_train_kwargs: dict[str, Any] | None = None, **cd_settings: Any) -> MigrationReport:
+    """Compile `program` for `target_lm` with each lever (CD among them) and judge the move from `source_lm` on
+    `testset`.
 
-    `teacher_lm` defaults to `source_lm`; `prices` is a price table ({model: [input $/Mtok, output $/Mtok]},
-    a dict or a JSON/YAML file) for models litellm has no price for; `cd_settings` go to
+    `teacher_lm` (CD's teacher) defaults to `source_lm`; `prices` is a price table ({model: [input $/Mtok, output
+    $/Mtok]}, a dict or a JSON/YAML file) for models litellm has no price for; `levers` names the levers to compare
+    (`cd_dspy.levers.LEVERS`, a list or comma-separated; default: all, those that do not apply to the target listed
+    as not applicable with the reason); `sft_backend` trains the target's weights for the SFT levers (default:
+    `LocalLoraBackend` for a local GGUF target), with `sft_train_kwargs` (DSPy's train_kwargs); `cd_settings` go to
     `ConceptDistillation` (num_trials, max_mistakes, rulebook, seed, ...). Writes report.html, report.md,
     report.json, rulebook.yaml and plots/ to `run_dir`; returns the report. The user's program is unchanged.
     `run_dir` must be new, empty or an earlier migrate's: no file cd-dspy did not write is touched (RunDirError).
     """
+    chosen = lever_names.parse_levers(levers)
     testset = _check_inputs(program, source_lm, target_lm, teacher_lm, trainset, valset, testset, run_dir)
     table = load_prices(prices)
     teacher = teacher_lm or source_lm
     run = RunDir(run_dir)
-    run.check_free(MIGRATE_FILES)  # before any LM call: a folder or file not ours is refused
+    run.check_free(MIGRATE_FILES | LEVER_FILES)  # before any LM call: a folder or file not ours is refused
     threads = num_threads or default_threads(source_lm, target_lm, teacher)
     cd = ConceptDistillation(metric=metric, teacher_lm=teacher, target_lm=target_lm, run_dir=run.own("compile"),
                              num_threads=num_threads, progress=progress, **cd_settings)
+    backend, reason = ((sft_backend, "") if sft_backend is not None else weights_backend(target_lm)
+                       if {"sft", "combined"} & set(chosen) else (None, "not asked for"))
+    context = LeverContext(program, source_lm, target_lm, metric, trainset, run, threads, backend, reason,
+                           sft_train_kwargs)
+    built = {"target": Lever("target", FINISHED, program=with_rules(program, [], lm=target_lm))}
     clock = CompileClock(run, teacher)
-    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), clock]):
-        compiled = cd.compile(program, trainset=trainset, valset=valset)
-    result = cd.result
+    for name in chosen[1:]:
+        built[name] = _compile_cd(cd, program, trainset, valset, clock) if name == "cd" else context.compile(name)
+    result = cd.result if "cd" in built else None
     shown = Progress(enabled=progress)
     runner = HeldOutRunner(testset, metric, run_dir=run, num_threads=threads, progress=shown)
-    programs = {"source": with_rules(program, [], lm=source_lm), "target_before": with_rules(program, [], lm=target_lm),
-                "target_after": compiled}
-    records = {}
-    for name, runnable in programs.items():
-        records[name] = runner.run(runnable, LABELS[name], role="source" if name == "source" else "target")
-        shown.note(f"test: {LABELS[name]} {score_summary([r.score for r in records[name]])['score']:.1f} on "
+    counts, keys = PromptCounts(run), {"source": program_key(with_rules(program, [], lm=source_lm))}
+    with counts.counting(keys["source"]):
+        records = {"source": runner.run(with_rules(program, [], lm=source_lm), "source", role="source")}
+    for name, lever in built.items():
+        if lever.status != FINISHED:
+            continue
+        keys[RUN_OF[name]] = program_key(lever.program)
+        try:
+            with counts.counting(keys[RUN_OF[name]]):
+                records[RUN_OF[name]] = runner.run(lever.program, LABELS[RUN_OF[name]], role="target")
+        except LMUnavailableError as exc:
+            if name == "target":
+                raise
+            lever.status, lever.reason = FAILED, f"held-out scoring failed: {exc}"[:1000]
+            logger.warning("Lever %s: %s", name, lever.reason)
+    for run_name, recs in records.items():
+        shown.note(f"test: {LABELS[run_name]} {score_summary([r.score for r in recs])['score']:.1f} on "
                    f"{len(testset)} examples")
     models = {"source": source_lm.model, "target": target_lm.model, "teacher": teacher.model}
-    costs = migration_costs(models=models, runs={k: RunSummary.of(v) for k, v in records.items()},
-                            compile_usage=result.usage, compile_seconds=clock.seconds(), table=table)
-    unchanged = program_key(programs["target_after"]) == program_key(programs["target_before"])
+    costs = migration_costs(models=models, runs={k: counts.per_request(keys[k], RunSummary.of(v))
+                                                 for k, v in records.items()},
+                            compile_usage=result.usage if result else {},
+                            compile_seconds=clock.seconds() if result else {}, table=table)
+    unchanged = result is not None and program_key(built["cd"].program) == program_key(built["target"].program)
     report = build_report(run_dir=str(run_dir), models=models, testset=testset, records=records, costs=costs,
-                          unchanged=unchanged,
-                          rules=rule_provenance(result, run.file("compile")),
-                          trials=[t.to_dict() for t in result.trials], threshold=cd.mistake_threshold,
-                          compile_info={"message": result.message, "warnings": result.warnings,
-                                        "improved": result.improved, "n_train": result.n_train,
-                                        "n_val": result.n_val, "n_search": result.n_search,
-                                        "n_confirm": result.n_confirm, "baseline_score": result.baseline_score,
-                                        "best_score": result.best_score, "comparison": result.comparison,
-                                        "stopped_early": result.stopped_early})
-    export_rulebook(run.file("compile"), run.file("rulebook.yaml"), result=result, all_rules=True,
-                    learned={"source": models["source"], "target": models["target"], "teacher": models["teacher"]})
+                          unchanged=unchanged, levers=built, table=table,
+                          rules=rule_provenance(result, run.file("compile")) if result else [],
+                          trials=[t.to_dict() for t in result.trials] if result else [], threshold=cd.mistake_threshold,
+                          compile_info=_compile_info(result) if result else {})
+    if result is not None:
+        export_rulebook(run.file("compile"), run.file("rulebook.yaml"), result=result, all_rules=True,
+                        learned={"source": models["source"], "target": models["target"], "teacher": models["teacher"]})
     from cd_dspy.migrate_report import write_report
 
     write_report(report, run.path)
@@ -137,66 +174,78 @@ def migrate(program: dspy.Module, *, source_lm: dspy.BaseLM, target_lm: dspy.Bas
     return report
 
 
+def _compile_cd(cd: ConceptDistillation, program: dspy.Module, trainset: Sequence[dspy.Example],
+                valset: Sequence[dspy.Example] | None, clock: CompileClock) -> Lever:
+    """The CD lever: the compile, resumable in run_dir/compile. CD handles LM failures and budgets itself (it
+    returns the best program so far); an error it raises stops the migration, as before levers."""
+    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), clock]):
+        compiled = cd.compile(program, trainset=trainset, valset=valset)
+    return Lever("cd", FINISHED, program=compiled, provenance={
+        "rules": len(cd.result.selected_rules), "message": cd.result.message, "see": "Rules and their provenance"})
+
+
+def _compile_info(result: Any) -> dict[str, Any]:
+    return {"message": result.message, "warnings": result.warnings, "improved": result.improved,
+            "n_train": result.n_train, "n_val": result.n_val, "n_search": result.n_search,
+            "n_confirm": result.n_confirm, "baseline_score": result.baseline_score, "best_score": result.best_score,
+            "comparison": result.comparison, "stopped_early": result.stopped_early}
+
+
 def build_report(*, run_dir: str, models: dict[str, str], testset: Sequence[dspy.Example],
                  records: dict[str, list[ExampleRecord]], costs: dict[str, Any], rules: list[dict[str, Any]],
                  trials: list[dict[str, Any]], threshold: float, compile_info: dict[str, Any],
-                 unchanged: bool = False) -> MigrationReport:
+                 unchanged: bool = False, levers: dict[str, Lever] | None = None,
+                 table: dict[str, tuple[float, float]] | None = None) -> MigrationReport:
     """The report of a migration from its per-example records (all statistics are computed here); `unchanged`:
     CD's program is the original one (no rule passed), so target after CD is target before by construction."""
-    scores = {run: [r.score for r in records[run]] for run in RUNS}
-    source, before, after = scores["source"], scores["target_before"], scores["target_after"]
-    summary = {run: score_summary(scores[run]) for run in RUNS}
-    vs_before, vs_source = paired_difference(after, before), paired_difference(after, source)
-    gap = ratio_interval([a - b for a, b in zip(after, before, strict=True)],
-                         [s - b for s, b in zip(source, before, strict=True)])
-    kept = ratio_interval(after, source)
+    scores = {run: [r.score for r in recs] for run, recs in records.items()}
+    summary = {run: score_summary(values) for run, values in scores.items()}
     flips = [_flip(i, example, records, threshold) for i, example in enumerate(testset)]
-    unchanged_note = None
-    if unchanged:
-        verified = sum(bool(r.get("verified")) for r in rules)
-        unchanged_note = (f"CD kept no rule ({len(rules)} proposed, {verified} passed verification, none kept by the "
-                          "search and confirmation): the target's program is unchanged, so target after CD is target "
-                          "before CD.")
-    verdict, details = verdict_lines(summary, kept.to_dict(), gap.to_dict(), vs_before, vs_source, costs, len(testset),
-                                     unchanged_note)
+    levers = levers or {"target": Lever("target", FINISHED), "cd": Lever("cd", FINISHED)}
+    rows = lever_rows(levers, scores, costs, table, flips)
+    choice = choose(rows, scores)
+    verdict, details = lever_verdict(rows, choice, costs, len(testset))
+    unchanged_note, cd_view = None, {}
+    if "target_after" in scores:
+        source, before, after = scores["source"], scores["target_before"], scores["target_after"]
+        vs_before, vs_source = paired_difference(after, before), paired_difference(after, source)
+        gap = ratio_interval([a - b for a, b in zip(after, before, strict=True)],
+                             [s - b for s, b in zip(source, before, strict=True)])
+        kept = ratio_interval(after, source)
+        if unchanged:
+            verified = sum(bool(r.get("verified")) for r in rules)
+            unchanged_note = (f"CD kept no rule ({len(rules)} proposed, {verified} passed verification, none kept by "
+                              "the search and confirmation): the target's program is unchanged, so target after CD is "
+                              "target before CD.")
+        cd_verdict, cd_details = verdict_lines({r: summary[r] for r in RUNS}, kept.to_dict(), gap.to_dict(),
+                                               vs_before, vs_source, costs, len(testset), unchanged_note)
+        details += [cd_verdict, *cd_details]
+        cd_view = {"after_vs_before": vs_before.to_dict(), "after_vs_source": vs_source.to_dict(),
+                   "gap_closed": gap.to_dict(), "quality_kept": kept.to_dict()}
+    verdict = (f"{unchanged_note} " if unchanged_note else "") + verdict
     return MigrationReport(run_dir=run_dir, models=models, n_test=len(testset), scores=summary,
-                           after_vs_before=vs_before.to_dict(), after_vs_source=vs_source.to_dict(),
-                           gap_closed=gap.to_dict(), quality_kept=kept.to_dict(), flips=flips, costs=costs,
-                           rules=rules, trials=trials, compile=compile_info, verdict=verdict, details=details)
+                           after_vs_before=cd_view.get("after_vs_before", {}),
+                           after_vs_source=cd_view.get("after_vs_source", {}),
+                           gap_closed=cd_view.get("gap_closed", {}), quality_kept=cd_view.get("quality_kept", {}),
+                           flips=flips, costs=costs, rules=rules, trials=trials, compile=compile_info, verdict=verdict,
+                           details=details, levers=rows, choice=choice)
+
+
+def _status(before: float, after: float, threshold: float) -> str:
+    return ("fixed" if after > before else "broken" if after < before else
+            "still wrong" if after < threshold else "still right")
 
 
 def _flip(index: int, example: dspy.Example, records: dict[str, list[ExampleRecord]], threshold: float) -> dict:
-    before, after = records["target_before"][index].score, records["target_after"][index].score
-    status = ("fixed" if after > before else "broken" if after < before else
-              "still wrong" if after < threshold else "still right")
-    return {"index": index, "status": status, "inputs": dict(example.inputs()), "gold": dict(example.labels()),
-            "scores": {run: records[run][index].score for run in RUNS},
-            "outputs": {run: records[run][index].outputs for run in RUNS},
-            "failed": {run: records[run][index].failed for run in RUNS if records[run][index].failed}}
-
-
-def judgement(comparison: Comparison, other: str, alpha: float = 0.05, short: bool = False) -> str:
-    """'not distinguishable from X (...)', or better/worse than X when McNemar's exact test says so
-    (`short`: only the reading and p)."""
-    c = comparison
-    reading = (f"not distinguishable from {other}" if c.p_two_sided >= alpha else
-               f"{'better' if c.difference > 0 else 'worse'} than {other}")
-    if short:
-        return f"{reading}, McNemar exact p = {c.p_two_sided:.3g}"
-    return (f"{reading} ({c.difference:+.1f} points [95% CI {c.low:+.1f}, {c.high:+.1f}], {c.wins} better / "
-            f"{c.losses} worse, McNemar exact p = {c.p_two_sided:.3g})")
-
-
-def _ratio_text(ratio: dict[str, Any]) -> str:
-    if ratio["estimate"] is None:
-        return "an undefined share (the denominator is 0)"
-    interval = (f"[95% CI {100 * ratio['low']:.0f}%, {100 * ratio['high']:.0f}%]" if ratio["low"] is not None
-                else "[95% CI unbounded]")
-    return f"{100 * ratio['estimate']:.0f}% {interval}"
-
-
-def _money(value: float, unit: str) -> str:
-    return f"${value:.3g}" if unit == USD else f"{value:.3g} s"
+    """One test example: each lever's flip from the target as is (`statuses`; `status` is CD's), scores, outputs."""
+    before = records["target_before"][index].score
+    statuses = {run: _status(before, recs[index].score, threshold) for run, recs in records.items()
+                if run not in ("source", "target_before")}
+    return {"index": index, "status": statuses.get("target_after"), "statuses": statuses,
+            "inputs": dict(example.inputs()), "gold": dict(example.labels()),
+            "scores": {run: recs[index].score for run, recs in records.items()},
+            "outputs": {run: recs[index].outputs for run, recs in records.items()},
+            "failed": {run: recs[index].failed for run, recs in records.items() if recs[index].failed}}
 
 
 def verdict_lines(scores: dict[str, dict[str, float]], kept: dict[str, Any], gap: dict[str, Any],

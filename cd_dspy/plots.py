@@ -1,7 +1,7 @@
 """The plots of a migration report (matplotlib): inline SVG for the HTML page (nothing to fetch: the
 glyphs are paths), PNG files for the Markdown. Scores with their 95% intervals, the Optuna search's
-history, and each rule's effect on the confirmation data with its interval (or, when no rule was
-selected, what each rule fixed and broke in verification)."""
+history, each rule's effect on the confirmation data with its interval (or, when no rule was
+selected, what each rule fixed and broke in verification), and each lever's quality kept against its cost."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-LABELS = {"source": "source", "target_before": "target before CD", "target_after": "target after CD"}
-COLORS = {"source": "#4c72b0", "target_before": "#999999", "target_after": "#dd8452"}
+LABELS = {"source": "source", "target_before": "target before CD", "target_after": "target after CD",
+          "demos": "teacher demos", "sft": "LoRA SFT", "combined": "demos → SFT → demos"}
+COLORS = {"source": "#4c72b0", "target_before": "#999999", "target_after": "#dd8452", "demos": "#55a868",
+          "sft": "#8172b3", "combined": "#937860"}
 
 
 def _pyplot():
@@ -102,9 +104,43 @@ def rule_effects(report: Any):
     return fig
 
 
+def lever_quality_cost(report: Any):
+    """Each lever's share of source quality kept (Fieller's 95% interval) against its cost per request, the source
+    at 100%; None when the report compares no levers or no cost per request was measured."""
+    from cd_dspy.lever_report import lever_points, shows_levers
+
+    points = lever_points(report) if shows_levers(report) else []
+    source = report.costs["per_request"].get("source")
+    if not points or source is None:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    unit = report.costs["unit"]
+    for p in points:
+        kept, colour = p["kept"], "#dd8452" if p["chosen"] else "#4c72b0" if p["significant"] else "#999999"
+        y = 100 * (kept["estimate"] or 0.0)
+        if kept["low"] is not None:
+            ax.errorbar(p["cost"], y, yerr=[[y - 100 * kept["low"]], [100 * kept["high"] - y]], fmt="o", capsize=4,
+                        color=colour)
+        else:  # unbounded interval: the point alone, marked open
+            ax.plot(p["cost"], y, "o", mfc="white", color=colour)
+        ax.annotate(p["label"] + (" (chosen)" if p["chosen"] else ""), (p["cost"], y), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.plot(source, 100, "s", color="black")
+    ax.annotate("source", (source, 100), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axhline(100, color="grey", lw=1, ls="--")
+    ax.set_xlabel("cost per request (" + ("$" if unit == "usd" else "seconds of LM time") + ")")
+    ax.set_ylabel("source quality kept (%), 95% CI")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def figures(report: Any) -> dict[str, Any]:
-    """The report's figures by name (scores, search, rules); a figure with nothing to show is left out."""
-    made = {"scores": score_bars(report), "search": optuna_history(report), "rules": rule_effects(report)}
+    """The report's figures by name (scores, search, rules, levers); a figure with nothing to show is left out."""
+    made = {"scores": score_bars(report), "search": optuna_history(report), "rules": rule_effects(report),
+            "levers": lever_quality_cost(report)}
     return {name: fig for name, fig in made.items() if fig is not None}
 
 
