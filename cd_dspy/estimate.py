@@ -29,7 +29,8 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     verify = n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred if optimizer.verify else 0
     trials = optimizer.num_trials + max(2, optimizer.num_trials // 2)  # the study, then its refinement trials
     search = trials * n_search * n_pred
-    confirm = (1 + optimizer.confirm_top_k + n_screened) * n_confirm * n_pred  # baseline, shortlist, leave-one-out
+    # baseline, the primary subset, the shortlist, leave-one-out effects
+    confirm = (2 + optimizer.confirm_top_k + n_screened) * n_confirm * n_pred
     select = verify + search + confirm
     solve = 2 * n_mistakes * n_pred  # the primed attempt and, when it fails, an unprimed one (cd_dspy.solve)
     explained = optimizer.carrier != "exemplars"
