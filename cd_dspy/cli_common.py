@@ -35,8 +35,8 @@ CD_FLAGS: tuple[tuple[str, str, type, Any, str], ...] = (
     ("--minibatch", "minibatch_size", int, None, "score search trials in minibatches of this size, with pruning"),
     ("--priming", "priming", str, "gold", "teacher priming: gold (the gold answer shown), ground_truth, teacher, "
      "confidence, none, or a sentence of your own (cd_dspy.priming)"),
-    ("--carrier", "carrier", str, "rules", "what a concept carries to the target: rules, exemplars (the teacher's "
-     "checked solutions of its mistakes, as demos) or both"),
+    ("--carrier", "carrier", str, "exemplars", "what a concept carries to the target: exemplars (default: the "
+     "teacher's checked solutions of its mistakes, as demos), rules or both"),
     ("--samples-per-mistake", "samples_per_mistake", int, 1, "teacher explanations per mistake"),
     ("--verify-correct", "verify_correct", int, 8,
      "correctly answered training examples each rule is tried on (verification)"),

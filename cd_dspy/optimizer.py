@@ -81,9 +81,9 @@ class ConceptDistillation(Teleprompter):
             saw, not screened): fresh for the decision, and free power (`confirm.unused_training_examples`).
         max_exemplars: at most this many exemplar-only concepts go into the program together (DSPy's
             `BootstrapFewShot` default of 4 demos); exemplars are searched as sets, not screened one by one.
-        carrier: what a concept carries to the target: "rules" (instructions), "exemplars" (the teacher's
-            metric-checked solutions of the target's mistakes, as demos) or "both" (each rule with the exemplar
-            of its source mistake); `cd_dspy.concepts`.
+        carrier: what a concept carries to the target: "exemplars" (default: the teacher's metric-checked
+            solutions of the target's mistakes, as demos; measured best on math-basic, docs/benchmarks.md),
+            "rules" (instructions) or "both" (each rule with the exemplar of its source mistake); `cd_dspy.concepts`.
         conditional_rules: show each rule only to inputs that meet its "When ..." condition (matched by
             keywords, no LM call) instead of to every input (`integrate.RulePredict`).
         budget / max_target_calls / max_teacher_calls / max_tokens / max_cost_usd: hard caps.
@@ -105,7 +105,7 @@ class ConceptDistillation(Teleprompter):
                  valset_fraction: float = 0.5, min_improvement: float = 0.0,
                  require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
                  verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
-                 confirm_top_k: int = 3, conditional_rules: bool = False, carrier: str = "rules",
+                 confirm_top_k: int = 3, conditional_rules: bool = False, carrier: str = "exemplars",
                  max_exemplars: int = 4, confirm_on_train: bool = True,
                  num_threads: int | None = None,
                  teacher_retries: int = 2,

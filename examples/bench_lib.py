@@ -262,8 +262,9 @@ def measured_budget(methods: dict[str, dict]) -> int | None:
 RENAMED = {"inferrules": "inferrules_instr", "miprov2": "miprov2_instr", "simba": "simba_instr"}
 
 # What each method changes in the program (the table's "carrier" column).
-CARRIERS = {"baseline": "none", "teacher": "none (the teacher runs)", "cd": "rules (CD's default)",
-            "cd_exemplars": "exemplars (CD)", "cd_both": "rules + exemplars (CD)", "inferrules_instr": "instructions",
+CARRIERS = {"baseline": "none", "teacher": "none (the teacher runs)", "cd": "exemplars (CD's default)",
+            "cd_rules": "rules (CD)", "cd_exemplars": "exemplars (CD, the default)",
+            "cd_both": "rules + exemplars (CD)", "inferrules_instr": "instructions",
             "miprov2_instr": "instructions", "simba_instr": "instructions", "gepa": "instructions",
             "bootstrap_fewshot": "demos", "bootstrap_rs": "demos", "miprov2_demos": "instructions + demos",
             "simba_demos": "instructions + demos", "sft_lora": "weights",

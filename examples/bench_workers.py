@@ -35,7 +35,8 @@ def run(storage: str, n_workers: int, args: argparse.Namespace, tmp: Path) -> di
     procs = start_local_workers(storage, study, n_workers, tmp / study)
     target, teacher = simulated_lms()  # the main process's own calls (collect, induce, confirm) without latency
     train, val = simulated_splits(args.train, args.val, seed=args.seed)
-    cd = ConceptDistillation(metric=answer_match, teacher_lm=teacher, target_lm=target, num_trials=args.trials,
+    cd = ConceptDistillation(carrier="rules",  # this script measures rules
+                             metric=answer_match, teacher_lm=teacher, target_lm=target, num_trials=args.trials,
                              verify=False, seed=args.seed, run_dir=tmp / study / "run", storage=storage,
                              study_name=study, resume=False, progress=False, num_threads=1,
                              workers=Workers("cd_dspy.simulated:worker_setup", {"latency": args.latency}))

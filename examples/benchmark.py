@@ -29,7 +29,8 @@ trajectories) never calls its prompt model there: its simulated score says nothi
 
 Writes <out>.json (appended after each method; finished methods are skipped on rerun), <out>.md
 and <out>.png. CD keeps its own run directory in <out>/<method>_run (cd_run for the default carrier,
-cd_exemplars_run, cd_both_run for the carrier ablation). Keep cache=True LMs: reruns are cheap.
+cd_rules_run, cd_exemplars_run, cd_both_run for the carrier ablation, bfs_then_cd_run). Keep cache=True LMs:
+reruns are cheap.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ from bench_lib import (  # noqa: E402
 )
 from bench_report import save_all  # noqa: E402
 
-METHODS = ("baseline", "teacher", "cd", "cd_exemplars", "cd_both", "bfs_then_cd", "bootstrap_fewshot", "bootstrap_rs",
-           "miprov2_demos", "simba_demos", "sft_lora", "inferrules_instr", "miprov2_instr", "simba_instr", "gepa")
+METHODS = ("baseline", "teacher", "cd", "cd_rules", "cd_exemplars", "cd_both", "bfs_then_cd", "bootstrap_fewshot",
+           "bootstrap_rs", "miprov2_demos", "simba_demos", "sft_lora", "inferrules_instr", "miprov2_instr",
+           "simba_instr", "gepa")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

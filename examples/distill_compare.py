@@ -138,7 +138,8 @@ def rules_program(args: argparse.Namespace, task, target: str, teacher, notes: l
         return None
     from cd_dspy import ConceptDistillation
 
-    cd = ConceptDistillation(metric=task.metric_with_feedback, teacher_lm=teacher, target_lm=pl.serve(target),
+    cd = ConceptDistillation(carrier="rules",  # this script measures rules
+                             metric=task.metric_with_feedback, teacher_lm=teacher, target_lm=pl.serve(target),
                              num_trials=args.trials, max_mistakes=args.max_mistakes, priming=args.priming,
                              seed=args.seed, run_dir=args.cd_run_dir, num_threads=1, progress=False)
     return cd.compile(task.make_program(), trainset=task.splits["train"], valset=task.splits["val"])

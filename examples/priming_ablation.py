@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["baseline"] = held_out_record(baseline, None) if test else None
         for strategy in strategies:
             started = time.perf_counter()
-            cd = ConceptDistillation(metric=metric, teacher_lm=teacher, target_lm=target, priming=strategy,
+            cd = ConceptDistillation(carrier="rules",  # this script measures rules
+                                     metric=metric, teacher_lm=teacher, target_lm=target, priming=strategy,
                                      num_trials=args.trials, max_mistakes=args.max_mistakes, seed=args.seed,
                                      verify_correct=args.verify_correct,
                                      conditional_rules=args.conditional_rules, num_threads=1, progress=False,

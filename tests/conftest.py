@@ -45,6 +45,7 @@ class SimWorld:
         settings.setdefault("progress", False)
         settings.setdefault("num_trials", 16)
         settings.setdefault("metric", self.metric)
+        settings.setdefault("carrier", "rules")  # this world's helpful concepts are rules (tests of exemplars say so)
         return ConceptDistillation(teacher_lm=self.teacher, target_lm=self.target, seed=0, **settings)
 
 

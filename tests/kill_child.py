@@ -97,7 +97,7 @@ def main() -> None:
                                                                marker), cache=False)
     trainset, valset = simulated_splits(N_TRAIN, N_VAL, seed=3)
     cd = ConceptDistillation(metric=answer_match, teacher_lm=teacher, target_lm=target, num_trials=NUM_TRIALS,
-                             seed=0, run_dir=args.run_dir, progress=False)
+                             seed=0, run_dir=args.run_dir, progress=False, carrier="rules")
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=trainset, valset=valset)
     Path(args.out).write_text(json.dumps({**cd.result.to_dict(), "pid": os.getpid()}, default=str))
 

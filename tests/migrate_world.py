@@ -33,6 +33,7 @@ class Migration:
         settings.setdefault("num_trials", 16)
         settings.setdefault("progress", False)
         settings.setdefault("levers", ["cd"])
+        settings.setdefault("carrier", "rules")  # this world's helpful concepts are rules
         return migrate(dspy.ChainOfThought(COT), source_lm=self.source, target_lm=self.target, metric=answer_match,
                        trainset=self.trainset, valset=self.valset, testset=self.testset, run_dir=run_dir,
                        **settings)

@@ -8,7 +8,8 @@ import pytest
 
 from cd_dspy.cli import main
 
-SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher"]
+SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher",
+       "--carrier", "rules"]  # this world's helpful concepts are rules
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def compiled_run(tmp_path, capsys):
 
 def test_compile_prints_scores_and_writes_artifacts(compiled_run):
     run_dir, out = compiled_run
-    assert "confirmation score (20 validation examples the search never saw): baseline" in out
+    assert "confirmation score (" in out and ": baseline" in out
     assert "search score (20 examples, the optimistic best of the search)" in out
     assert "held-out test (12 examples): before" in out and "95% CI" in out and "sign test p" in out
     scores = json.loads((run_dir / "test_scores.json").read_text())
@@ -39,7 +40,8 @@ def test_small_valset_warning_is_printed(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "warning: With 4 confirmation examples no gain can be told from noise" in out
-    assert "Not distinguishable from the baseline" in out
+    # the search's picks would be tested on those 4; the primary subset is tested on all 8 and the unused training
+    assert "primary subset" in out or "Not distinguishable from the baseline" in out
 
 
 def test_report_shows_rules_with_provenance(compiled_run, capsys):

@@ -153,7 +153,7 @@ def test_cli_migrate_and_rulebooks(tmp_path, capsys):
     sim = ["--task", "simulated", "--train", "16", "--val", "40", "--seed", "1"]
     run_dir = tmp_path / "mig"
     code = main(["migrate", *sim, "--source", "simulated-teacher", "--target", "simulated-target", "--test", "12",
-                 "--trials", "16", "--run-dir", str(run_dir), "--quiet"])
+                 "--carrier", "rules", "--trials", "16", "--run-dir", str(run_dir), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "Target after CD keeps" in out and "no price known" in out
     assert (run_dir / "report.html").exists() and (run_dir / "report.md").exists()

@@ -129,7 +129,8 @@ class Crash(BaseException):
 def test_resume_after_interrupted_compile_repeats_no_finished_trial(sim, monkeypatch):
     program = dspy.ChainOfThought("question -> answer: float")
     reference = ConceptDistillation(metric=answer_match, teacher_lm=sim.teacher, target_lm=sim.target, seed=0,
-                                    run_dir=sim.tmp_path / "reference", progress=False, num_trials=16)
+                                    run_dir=sim.tmp_path / "reference", progress=False, num_trials=16,
+                                    carrier="rules")  # as sim.optimizer
     reference.compile(program, trainset=sim.trainset, valset=sim.valset)
     sim.target_engine.calls = sim.teacher_engine.calls = 0
 

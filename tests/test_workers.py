@@ -303,7 +303,7 @@ def test_cli_compile_with_workers_and_a_worker_process(tmp_path, capsys):
     procs = start_local_workers(storage, "concept-distillation", 1, tmp_path, wait=60)
     assert main(["compile", "--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher",
                  "--train", "12", "--val", "40", "--test", "0", "--trials", "6", "--run-dir", str(tmp_path / "run"),
-                 "--storage", storage, "--workers", "--quiet"]) == 0
+                 "--storage", storage, "--workers", "--quiet", "--carrier", "rules"]) == 0
     [trials] = finish_workers(procs)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     # the worker verified every candidate rule (one trial each), then evaluated every search trial
