@@ -100,6 +100,7 @@ def write_markdown(data: dict, path: Path) -> None:
              for name, rec in data["methods"].items() if rec.get("config", {}).get("changed")]
     notes += [f"- {name}: {rec['message']}" for name, rec in data["methods"].items()
               if name == "sft_lora" and rec.get("message")]
+    notes += [f"- {name}: {rec['note']}" for name, rec in data["methods"].items() if rec.get("note")]
     if notes:
         lines += ["", "Settings that differ from DSPy's defaults, and why:", *notes]
     if reference_notes(data["methods"]):
