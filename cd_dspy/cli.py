@@ -158,7 +158,8 @@ def cmd_compile(args) -> int:
 
     if result.baseline_score is not None:  # the confirmation step ran
         fresh = f" + {result.n_confirm_train} unused training examples" if result.n_confirm_train else ""
-        where = (f"{result.comparison['n']} examples, see below" if result.comparison else
+        tested = result.comparison["n"] if result.comparison else (result.candidates or [{}])[0].get("n")
+        where = (f"{tested} examples, see below" if tested else
                  f"{result.n_confirm} validation examples the search never saw{fresh}")
         lines = [f"confirmation score ({where}): baseline "
                  f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
@@ -166,7 +167,7 @@ def cmd_compile(args) -> int:
                  f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}"]
     else:
         lines = ["validation: not used (the compile ended before the search; see below)"]
-    lines.append(f"rules selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})")
+    lines.append(f"concepts selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})")
     verified = [r for r in result.rules if r.verification]
     if verified:
         lines.append(f"verification: {sum(r.verified for r in verified)} of {len(verified)} rules kept; "

@@ -308,7 +308,7 @@ def test_cli_compile_with_workers_and_a_worker_process(tmp_path, capsys):
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     # the worker verified every candidate rule (one trial each), then evaluated every search trial
     assert len(result["trials"]) >= 4 and len(result["trials"]) + len(result["rules"]) == trials and result["improved"]
-    assert "rules selected: 3 of" in capsys.readouterr().out
+    assert "concepts selected: 3 of" in capsys.readouterr().out
 
 
 def test_a_worker_error_stops_the_compile_and_a_rerun_finishes(reference, tmp_path):
