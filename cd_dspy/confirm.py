@@ -132,8 +132,12 @@ def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, co
     confirmation, search = sorted(order[:n_confirm]), sorted(order[n_confirm:])
     result.n_search, result.n_confirm = len(search), len(confirmation)
     result.min_detectable_gain, warning = small_sample_warning(len(confirmation), alpha, top_k, confirm_fraction)
-    if warning:
-        result.warnings.append(warning)
+    if warning:  # it concerns the search's picks; the primary subset is tested on the whole valset (and more)
+        primary = min_detectable_gain(n_val, alpha if alpha is not None else 0.05, 1)
+        shown = "no gain" if primary > 100 else f"gains of at least {primary:.0f} points"
+        result.warnings.append(f"{warning} (The subset fixed before any score is tested first on all {n_val} "
+                               f"validation examples and the unused training examples: there {shown} can be told "
+                               "from noise.)")
     return search, confirmation
 
 
