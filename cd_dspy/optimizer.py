@@ -285,12 +285,16 @@ class ConceptDistillation(Teleprompter):
         """[(training-set evaluator, unused training indices)] for the confirmation; [] with confirm_on_train off."""
         if not self.confirm_on_train:
             return []
-        used = [m.example_index for m in sample_mistakes(mistakes, self.max_mistakes, self.seed)]
+        used = [m.example_index for m in self._sampled(mistakes)]
         fresh = unused_training_examples(len(trainset), used, rules)
         result.n_confirm_train = len(fresh)
         result.min_detectable_gain, _ = small_sample_warning(result.n_confirm + len(fresh), self.require_significance,
                                                             self.confirm_top_k, self.confirm_fraction)
         return [(self._train_evaluator(trainset, metric, run, meter), fresh)]
+
+    def _sampled(self, mistakes: Sequence[Mistake]) -> list[Mistake]:
+        """The mistakes the teacher sees (induce) and the confirmation therefore leaves out: one seeded sample."""
+        return sample_mistakes(mistakes, self.max_mistakes, self.seed)
 
     def _train_evaluator(self, trainset, metric, run: RunDir, meter) -> CachedEvaluator:
         return CachedEvaluator(trainset, metric, run_dir=run, meter=meter, num_threads=self.threads,
@@ -321,7 +325,7 @@ class ConceptDistillation(Teleprompter):
         return mistakes, correct
 
     def _induce(self, base, mistakes, trainset, metric, run: RunDir, result, progress) -> list[Rule]:
-        used = sample_mistakes(mistakes, self.max_mistakes, self.seed)
+        used = self._sampled(mistakes)
         result.n_mistakes_used = len(used)
         settings = InduceSettings(
             teacher_lm=self.teacher_lm, priming=self.priming, carrier=self.carrier, max_rules=self.max_rules,
