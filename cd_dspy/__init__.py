@@ -6,16 +6,23 @@ import os
 # runs offline (an explicit setting of the variable wins).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from cd_dspy.failures import LMUnavailableError  # noqa: E402
-from cd_dspy.integrate import RulePredict, load_program  # noqa: E402
-from cd_dspy.migration import MigrationReport, migrate  # noqa: E402
+from cd_dspy.config import (  # noqa: E402
+    ConceptSettings,
+    ConfirmationSettings,
+    SearchSettings,
+    VerificationSettings,
+    grouped,
+)
+from cd_dspy.core.failures import LMUnavailableError  # noqa: E402
+from cd_dspy.core.priming import PRIMING_STRATEGIES  # noqa: E402
+from cd_dspy.core.result import ConceptDistillationResult, Explanation, Mistake, RoleUsage, Rule, Trial  # noqa: E402
+from cd_dspy.core.usage import Budget, BudgetExhausted  # noqa: E402
+from cd_dspy.migration.api import MigrationReport, migrate  # noqa: E402
+from cd_dspy.migration.transfer import check_rulebook  # noqa: E402
 from cd_dspy.optimizer import AUTO_PRESETS, ConceptDistillation  # noqa: E402
-from cd_dspy.priming import PRIMING_STRATEGIES  # noqa: E402
-from cd_dspy.result import ConceptDistillationResult, Explanation, Mistake, RoleUsage, Rule, Trial  # noqa: E402
-from cd_dspy.rulebook import Rulebook, export_rulebook  # noqa: E402
-from cd_dspy.transfer import check_rulebook  # noqa: E402
-from cd_dspy.usage import Budget, BudgetExhausted  # noqa: E402
-from cd_dspy.workers import Workers  # noqa: E402
+from cd_dspy.phases.integrate import RulePredict, load_program  # noqa: E402
+from cd_dspy.phases.rulebook import Rulebook, export_rulebook  # noqa: E402
+from cd_dspy.scale.workers import Workers  # noqa: E402
 
 __all__ = [
     "AUTO_PRESETS",
@@ -24,6 +31,8 @@ __all__ = [
     "BudgetExhausted",
     "ConceptDistillation",
     "ConceptDistillationResult",
+    "ConceptSettings",
+    "ConfirmationSettings",
     "Explanation",
     "LMUnavailableError",
     "MigrationReport",
@@ -31,11 +40,14 @@ __all__ = [
     "RoleUsage",
     "Rule",
     "RulePredict",
+    "SearchSettings",
     "Rulebook",
     "Trial",
+    "VerificationSettings",
     "Workers",
     "check_rulebook",
     "export_rulebook",
+    "grouped",
     "load_program",
     "local_lm",
     "migrate",

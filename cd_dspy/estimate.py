@@ -7,7 +7,7 @@ from typing import Any
 
 import dspy
 
-from cd_dspy.confirm import split_sizes
+from cd_dspy.phases.confirm import split_sizes
 
 
 def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
@@ -32,7 +32,7 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     # baseline, the primary subset, the shortlist, leave-one-out effects
     confirm = (2 + optimizer.confirm_top_k + n_screened) * n_confirm * n_pred
     select = verify + search + confirm
-    solve = 2 * n_mistakes * n_pred  # the primed attempt and, when it fails, an unprimed one (cd_dspy.solve)
+    solve = 2 * n_mistakes * n_pred  # the primed attempt and, when it fails, an unprimed one (cd_dspy.phases.solve)
     explained = optimizer.carrier != "exemplars"
     explain = n_mistakes * optimizer.samples_per_mistake if explained else 0
     consolidate = n_pred if optimizer.consolidate and explained else 0

@@ -12,6 +12,7 @@ resumes after the last finished phase (and, inside the study, after the last fin
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -21,28 +22,38 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from cd_dspy import keys, validation
-from cd_dspy.collect import ARTIFACTS as COLLECT_ARTIFACTS
-from cd_dspy.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
-from cd_dspy.concepts import is_exemplar_only
-from cd_dspy.confirm import confirm, small_sample_warning, split_valset, unused_training_examples
+from cd_dspy.config import (
+    AUTO_PRESETS,
+    ConceptSettings,
+    ConfirmationSettings,
+    Preset,
+    SearchSettings,
+    VerificationSettings,
+    default_threads,
+    flat_settings,
+)
+from cd_dspy.core import keys, validation
+from cd_dspy.core.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.core.failures import quiet_example_errors
+from cd_dspy.core.progress import Progress, log_result_warning
+from cd_dspy.core.result import ConceptDistillationResult, Mistake, Rule, Trial, format_score
+from cd_dspy.core.run_dir import RunDir
+from cd_dspy.core.usage import Budget, BudgetExhausted, UsageMeter
 from cd_dspy.estimate import estimate_spend
-from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
-from cd_dspy.failures import quiet_example_errors
-from cd_dspy.induce import ARTIFACTS as INDUCE_ARTIFACTS
-from cd_dspy.induce import RULES_FILE
-from cd_dspy.induce_concepts import InduceSettings, induce_concepts
-from cd_dspy.integrate import record_decision, save_program, with_rules
-from cd_dspy.progress import Progress, log_result_warning
-from cd_dspy.result import ConceptDistillationResult, Mistake, Rule, Trial, format_score
-from cd_dspy.rulebook import RULEBOOK_ORIGIN, load_rulebook
-from cd_dspy.run_dir import RunDir
-from cd_dspy.select import RuleSelector, Selection, delete_study
-from cd_dspy.settings import AUTO_PRESETS, Preset, default_threads
-from cd_dspy.usage import Budget, BudgetExhausted, UsageMeter
-from cd_dspy.verify import VERIFICATION_LOG, checked, correct_sample, verify_rules
-from cd_dspy.verify_workers import verify_on_workers
-from cd_dspy.workers import Workers, check_workers, distributed_selector
+from cd_dspy.phases.collect import ARTIFACTS as COLLECT_ARTIFACTS
+from cd_dspy.phases.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
+from cd_dspy.phases.concepts import is_exemplar_only
+from cd_dspy.phases.confirm import confirm, small_sample_warning, split_valset, unused_training_examples
+from cd_dspy.phases.induce import ARTIFACTS as INDUCE_ARTIFACTS
+from cd_dspy.phases.induce import RULES_FILE
+from cd_dspy.phases.induce_concepts import InduceSettings, induce_concepts
+from cd_dspy.phases.integrate import record_decision, save_program, with_rules
+from cd_dspy.phases.refine import REFINED, REFINEMENTS_LOG, revise_rules
+from cd_dspy.phases.rulebook import RULEBOOK_ORIGIN, load_rulebook
+from cd_dspy.phases.search import RuleSelector, Selection, delete_study
+from cd_dspy.phases.verify import VERIFICATION_LOG, checked, correct_sample, verify_rules
+from cd_dspy.scale.verify_workers import verify_on_workers
+from cd_dspy.scale.workers import check_workers, distributed_selector
 
 logger = logging.getLogger("cd_dspy")
 __all__ = ["AUTO_PRESETS", "PHASE_ARTIFACTS", "ConceptDistillation", "Preset", "default_threads"]
@@ -57,110 +68,69 @@ class ConceptDistillation(Teleprompter):
     Args:
         metric: `metric(example, prediction, trace=None)` -> bool/float, or
             `dspy.Prediction(score=..., feedback=...)` (the feedback is shown to the teacher).
-        teacher_lm: the strong LM that explains mistakes and writes rules (required).
+        teacher_lm: the strong LM that solves and explains mistakes and writes rules (required).
         target_lm: the LM the compiled program will run on; default the program's own LM or
             `dspy.settings.lm`. When given, it is bound to the compiled program's predictors.
         auto: "light" | "medium" | "heavy" preset for max_mistakes / max_rules / num_trials.
-        num_trials, max_mistakes, max_rules: override the preset.
-        mistake_threshold: an example scoring below this is a mistake (default 1.0).
-        priming: teacher priming (cd_dspy.priming): "gold" (gold answer shown), "ground_truth", "teacher", ..., text.
-        consolidate: let the teacher merge the proposed rules (else only deduplicate).
-        filter_specific_rules: drop rules that copy numbers or names from their mistake.
-        minibatch_size: score trials in minibatches of this size with Optuna pruning.
-        valset_fraction: share of the trainset held out for selection when no valset is given.
-        min_improvement: the best subset must beat the baseline by more than this (points, 0-100).
-        require_significance: the level of the one-sided paired sign test a subset must pass on the
-            confirmation data (Bonferroni over `confirm_top_k`); None decides on the point estimate.
-        samples_per_mistake: teacher explanations per mistake (the first greedy, the others sampled).
-        verify: try each candidate rule alone before the search; keep those that fix at least one of
-            their mistakes and break fewer of `verify_correct` correctly answered training examples.
-        verify_correct, verify_max_sources: the sizes of that check.
-        confirm_fraction: share of the valset held out from the search to confirm its best subsets.
-        confirm_top_k: how many of the search's best subsets are confirmed.
-        confirm_on_train: also confirm on the training examples no phase chose from (not a mistake the teacher
-            saw, not screened): fresh for the decision, and free power (`confirm.unused_training_examples`).
-        max_exemplars: at most this many exemplar-only concepts go into the program together (DSPy's
-            `BootstrapFewShot` default of 4 demos); exemplars are searched as sets, not screened one by one.
+        num_trials: Optuna trials of the concept-subset search (default: the preset's).
         carrier: what a concept carries to the target: "exemplars" (default: the teacher's metric-checked
             solutions of the target's mistakes, as demos; measured best on math-basic, docs/benchmarks.md),
-            "rules" (instructions) or "both" (each rule with the exemplar of its source mistake); `cd_dspy.concepts`.
-        conditional_rules: show each rule only to inputs that meet its "When ..." condition (matched by
-            keywords, no LM call) instead of to every input (`integrate.RulePredict`).
-        budget / max_target_calls / max_teacher_calls / max_tokens / max_cost_usd: hard caps.
-        run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
-        storage, study_name: the Optuna storage URL (default SQLite in run_dir) and study name.
-        resume: reuse finished work found in run_dir (default True).
-        workers: `cd_dspy.workers.Workers(setup=...)`: the search's trials are evaluated by worker processes
-            (`cd-dspy worker`) that join the study in `storage`, an RDB all of them reach.
-        rulebook: a YAML rulebook (`cd_dspy.rulebook`): its pinned rules are always on, its dropped rules
-            never used, its free rules candidates for the search.
+            "rules" (instructions) or "both" (each rule with the exemplar of its source mistake).
+        concepts, verification, search, confirmation: grouped settings (`cd_dspy.config.ConceptSettings`,
+            `VerificationSettings`, `SearchSettings`, `ConfirmationSettings`); None: their defaults.
+        budget: `Budget(max_target_calls=..., max_teacher_calls=..., max_tokens=..., max_cost_usd=...)`: hard caps.
+        seed: seeds the splits, the samples and the search.
         num_threads: parallel LM calls; default DSPy's `num_threads`, or 1 when an LM runs in this
             process. Caps hold exactly and no call outlives `compile` with any number of threads.
+        run_dir: where artifacts go (and resume comes from); None keeps nothing on disk.
+        resume: reuse finished work found in run_dir (default True).
+        progress: show a progress bar per phase.
+
+    `grouped(**flat)` (`cd_dspy.config`) builds the groups from flat names such as `verify=False`.
     """
 
     def __init__(self, metric: Callable, *, teacher_lm: Any = None, target_lm: Any = None,
-                 auto: str | None = "light", num_trials: int | None = None, max_mistakes: int | None = None,
-                 max_rules: int | None = None, mistake_threshold: float = 1.0, priming: Any = "gold",
-                 consolidate: bool = True, filter_specific_rules: bool = True, minibatch_size: int | None = None,
-                 valset_fraction: float = 0.5, min_improvement: float = 0.0,
-                 require_significance: float | None = 0.05, samples_per_mistake: int = 1, verify: bool = True,
-                 verify_correct: int = 8, verify_max_sources: int = 3, confirm_fraction: float = 0.5,
-                 confirm_top_k: int = 3, conditional_rules: bool = False, carrier: str = "exemplars",
-                 max_exemplars: int = 4, confirm_on_train: bool = True,
-                 num_threads: int | None = None,
-                 teacher_retries: int = 2,
-                 budget: Budget | None = None, max_target_calls: int | None = None,
-                 max_teacher_calls: int | None = None, max_tokens: int | None = None,
-                 max_cost_usd: float | None = None, seed: int = 0, run_dir: str | os.PathLike | None = None,
-                 storage: str | None = None, study_name: str = "concept-distillation", resume: bool = True,
-                 progress: bool = True, workers: Workers | None = None, rulebook: str | os.PathLike | Any = None):
+                 auto: str | None = "light", num_trials: int | None = None, carrier: str = "exemplars",
+                 concepts: ConceptSettings | None = None, verification: VerificationSettings | None = None,
+                 search: SearchSettings | None = None, confirmation: ConfirmationSettings | None = None,
+                 budget: Budget | None = None, seed: int = 0, num_threads: int | None = None,
+                 run_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True):
         super().__init__()
+        flat = flat_settings(concepts=concepts, verification=verification, search=search, confirmation=confirmation)
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(f"budget= takes a cd_dspy.Budget, got {type(budget).__name__}.")
         preset = validation.check_settings(metric=metric, teacher_lm=teacher_lm, auto=auto, seed=seed,
-                                           num_trials=num_trials, max_mistakes=max_mistakes, max_rules=max_rules,
-                                           valset_fraction=valset_fraction, num_threads=num_threads,
-                                           minibatch_size=minibatch_size, storage=storage, presets=AUTO_PRESETS)
-        validation.check_decision_settings(require_significance=require_significance, confirm_fraction=confirm_fraction,
-                                           confirm_top_k=confirm_top_k, samples_per_mistake=samples_per_mistake,
-                                           verify_correct=verify_correct, verify_max_sources=verify_max_sources,
-                                           carrier=carrier, max_exemplars=max_exemplars)
-        check_workers(workers, storage, minibatch_size)
+                                           num_trials=num_trials, max_mistakes=flat["max_mistakes"],
+                                           max_rules=flat["max_rules"], valset_fraction=flat["valset_fraction"],
+                                           num_threads=num_threads, minibatch_size=flat["minibatch_size"],
+                                           storage=flat["storage"], presets=AUTO_PRESETS)
+        validation.check_decision_settings(
+            require_significance=flat["require_significance"], confirm_fraction=flat["confirm_fraction"],
+            confirm_top_k=flat["confirm_top_k"], samples_per_mistake=flat["samples_per_mistake"],
+            verify_correct=flat["verify_correct"], verify_max_sources=flat["verify_max_sources"], carrier=carrier,
+            max_exemplars=flat["max_exemplars"], rounds=flat["rounds"])
+        check_workers(flat["workers"], flat["storage"], flat["minibatch_size"])
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.target_lm = target_lm
         self.auto = auto
-        self.num_trials = num_trials if num_trials is not None else preset.num_trials
-        self.max_mistakes = max_mistakes if max_mistakes is not None else preset.max_mistakes
-        self.max_rules = max_rules if max_rules is not None else preset.max_rules
-        self.mistake_threshold = mistake_threshold
-        self.priming = priming
-        self.consolidate = consolidate
-        self.filter_specific_rules = filter_specific_rules
-        self.minibatch_size = minibatch_size
-        self.valset_fraction = valset_fraction
-        self.min_improvement = min_improvement
-        self.require_significance = require_significance
-        self.samples_per_mistake = samples_per_mistake
-        self.verify = verify
-        self.verify_correct = verify_correct
-        self.verify_max_sources = verify_max_sources
-        self.confirm_fraction = confirm_fraction
-        self.confirm_top_k = confirm_top_k
-        self.conditional_rules = conditional_rules
         self.carrier = carrier
-        self.max_exemplars = max_exemplars
-        self.confirm_on_train = confirm_on_train
+        self.groups = {"concepts": concepts or ConceptSettings(),
+                       "verification": verification or VerificationSettings(),
+                       "search": search or SearchSettings(), "confirmation": confirmation or ConfirmationSettings()}
+        # The phases read the resolved settings as flat attributes (presets applied).
+        vars(self).update(flat)
+        self.num_trials = num_trials if num_trials is not None else preset.num_trials
+        self.max_mistakes = flat["max_mistakes"] if flat["max_mistakes"] is not None else preset.max_mistakes
+        self.max_rules = flat["max_rules"] if flat["max_rules"] is not None else preset.max_rules
         self.num_threads = num_threads
         self.threads = num_threads or 1  # resolved per compile (default_threads)
-        self.teacher_retries = teacher_retries
-        self.budget = budget or Budget(max_target_calls, max_teacher_calls, max_tokens, max_cost_usd)
+        self.budget = budget or Budget()
         self.seed = seed
         self.run_dir = run_dir
-        self.storage = storage
-        self.study_name = study_name
         self.resume = resume
         self.progress = progress
-        self.workers = workers
-        self.rulebook = load_rulebook(rulebook) if rulebook is not None else None
+        self.rulebook = load_rulebook(flat["rulebook"]) if flat["rulebook"] is not None else None
         self.result: ConceptDistillationResult | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -169,7 +139,7 @@ class ConceptDistillation(Teleprompter):
                 "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
                 "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
                 "confirm_fraction", "confirm_top_k", "conditional_rules", "carrier", "max_exemplars",
-                "confirm_on_train", "seed", "study_name")
+                "confirm_on_train", "rounds", "seed", "study_name")
         return {k: getattr(self, k) for k in keys}
 
     # -- estimate --------------------------------------------------------------------------------
@@ -218,6 +188,7 @@ class ConceptDistillation(Teleprompter):
         result.usage = meter.snapshot()
         result.phase_seconds["total"] = round(time.perf_counter() - started, 3)
         run.write_json("result.json", result.to_dict())
+        compiled.detailed_results = result  # the compile record travels with the program (as GEPA's does)
         save_program(compiled, run.own("program.json"))
         self.result = result
         logger.info("Concept Distillation: %s", result.message)
@@ -254,7 +225,8 @@ class ConceptDistillation(Teleprompter):
             result.rules = rules
             if self.verify:
                 with self._phase("verify", result, progress):
-                    self._verify(base, rules, mistakes, correct, trainset, metric, run, meter, progress)
+                    rules = self._verify(base, rules, mistakes, correct, trainset, metric, run, meter, progress)
+                result.rules = rules
                 checkpoint()
             candidates = [r for r in rules if r.verified or not self.verify]
             if self.verify:
@@ -334,9 +306,11 @@ class ConceptDistillation(Teleprompter):
             threshold=self.mistake_threshold, threads=self.threads)
         return induce_concepts(base, used, trainset, metric, settings, run, result, progress)
 
-    def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> None:
-        """Fill in each rule's verification (resumable: every score is logged as it comes)."""
+    def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> list[Rule]:
+        """Fill in each rule's verification, refine the failed ones for `rounds` rounds, and return the rules with
+        the revisions (resumable: every score and revision is logged as it comes)."""
         evaluator = self._train_evaluator(trainset, metric, run, meter)
+        rules = [r for r in rules if r.origin != REFINED]  # a resumed run's revisions: derived again below, free
         # a rulebook's free rules and exemplar-only concepts (they work as sets) go to the search unscreened
         own = [r for r in rules if r.origin != RULEBOOK_ORIGIN and not is_exemplar_only(r)]
         sample = correct_sample(correct, self.verify_correct, self.seed)
@@ -344,12 +318,25 @@ class ConceptDistillation(Teleprompter):
             verify_on_workers(self, base, own, checked(own, mistakes, sample, self.verify_max_sources), evaluator,
                               self.storage or run.sqlite_url("study.db"), progress)
         bar = progress.bar("verify rules", total=len(own))
-        verify_rules(own, mistakes, sample,
-                     evaluator=evaluator, program_with=lambda chosen: self._bind(base, chosen),
-                     threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
-                     on_rule=lambda rule: bar.update(1))
+        screen = functools.partial(verify_rules, mistakes=mistakes, correct=sample, evaluator=evaluator,
+                                   program_with=lambda chosen: self._bind(base, chosen),
+                                   threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
+                                   on_rule=lambda rule: bar.update(1))
+        screen(own)
+        rules = list(rules)
+        for _ in range(self.rounds):
+            failed = [r for r in own if not r.verified]
+            revised = revise_rules(failed, program=base, trainset=trainset, teacher_lm=self.teacher_lm,
+                                   priming=self.priming, retries=self.teacher_retries, num_threads=self.threads,
+                                   stored={r["key"]: r for r in run.read_jsonl(REFINEMENTS_LOG)},
+                                   on_done=lambda record: run.append_jsonl(REFINEMENTS_LOG, record))
+            own = [r for r in revised if r.id not in {x.id for x in rules}]
+            bar.total += len(own)
+            screen(own)
+            rules += own
         bar.close()
         run.write_json(RULES_FILE, [r.to_dict() for r in rules])
+        return rules
 
     def _select(self, base, rules, evaluator: CachedEvaluator, search, run: RunDir, select_key: str, result,
                 progress, checkpoint) -> Selection:

@@ -25,8 +25,8 @@ import time
 import dspy
 from bench_lib import tokens_since, write_report
 
+from cd_dspy.core.stats import paired_difference, score_interval
 from cd_dspy.programs import get_task, make_adapter
-from cd_dspy.stats import paired_difference, score_interval
 
 CONFIGS = {
     "json-grammar": ("json", {"grammar": "always"}),

@@ -12,8 +12,10 @@ from typing import Any
 
 import dspy
 
-from cd_dspy.result import RoleUsage
-from cd_dspy.simulated import (
+from cd_dspy.core.result import RoleUsage
+from cd_dspy.core.stats import paired_difference, score_interval
+from cd_dspy.core.usage import TEACHER, UsageMeter
+from cd_dspy.testing.simulated import (
     HARMFUL_RULE,
     HELPFUL_RULES,
     TEMPLATES,
@@ -22,8 +24,6 @@ from cd_dspy.simulated import (
     answer_match,
     simulated_splits,
 )
-from cd_dspy.stats import paired_difference, score_interval
-from cd_dspy.usage import TEACHER, UsageMeter
 
 SIMULATED = "simulated"
 

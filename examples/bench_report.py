@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench_lib import CARRIERS, REFERENCES, calls_made, held_out_record, with_ext
 
-from cd_dspy.stats import holm_adjusted
+from cd_dspy.core.stats import holm_adjusted
 
 SAME_PROMPTS = ("teacher", "sft_lora")  # the baseline's program and prompts (another model, or other weights)
 

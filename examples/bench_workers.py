@@ -1,6 +1,6 @@
 """Trials per minute of the rule search with 1, 2 and 4 worker processes (`cd-dspy worker`).
 
-The simulated world (cd_dspy.simulated) with a fixed latency per target call, so that waiting for the
+The simulated world (cd_dspy.testing.simulated) with a fixed latency per target call, so that waiting for the
 "API" dominates and a 2-core machine can show the scaling of the workers rather than of its CPUs. The
 main compile plans the trials and waits; only the workers evaluate. Each configuration starts afresh
 (its study deleted, its cached scores forgotten) and must select the same rules as the others.
@@ -24,9 +24,10 @@ import dspy
 from bench_lib import write_report
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.simulated import answer_match, simulated_lms, simulated_splits
-from cd_dspy.worker import start_local_workers
-from cd_dspy.workers import Workers, public_url
+from cd_dspy.config import grouped
+from cd_dspy.scale.workers import Workers, public_url
+from cd_dspy.testing.local_workers import start_local_workers
+from cd_dspy.testing.simulated import answer_match, simulated_lms, simulated_splits
 
 
 def run(storage: str, n_workers: int, args: argparse.Namespace, tmp: Path) -> dict:
@@ -35,11 +36,11 @@ def run(storage: str, n_workers: int, args: argparse.Namespace, tmp: Path) -> di
     procs = start_local_workers(storage, study, n_workers, tmp / study)
     target, teacher = simulated_lms()  # the main process's own calls (collect, induce, confirm) without latency
     train, val = simulated_splits(args.train, args.val, seed=args.seed)
-    cd = ConceptDistillation(carrier="rules",  # this script measures rules
+    cd = ConceptDistillation(**grouped(carrier="rules",  # this script measures rules
                              metric=answer_match, teacher_lm=teacher, target_lm=target, num_trials=args.trials,
                              verify=False, seed=args.seed, run_dir=tmp / study / "run", storage=storage,
                              study_name=study, resume=False, progress=False, num_threads=1,
-                             workers=Workers("cd_dspy.simulated:worker_setup", {"latency": args.latency}))
+                             workers=Workers("cd_dspy.testing.simulated:worker_setup", {"latency": args.latency})))
     cd.compile(dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
     for proc, out in procs:
         if proc.wait(timeout=300) != 0:

@@ -22,7 +22,7 @@ Statistics: Wilson 95% intervals for held-out scores; each method is compared wi
 the same test problems (paired difference with its interval, exact sign test = McNemar for 0/1).
 All methods run under one adapter (--adapter) and see the same input fields of the same examples.
 
-Simulated world (--task simulated): the target/teacher engines of cd_dspy.simulated; the teacher is
+Simulated world (--task simulated): the target/teacher engines of cd_dspy.testing.simulated; the teacher is
 extended (bench_lib.BenchTeacher) to solve the task (the ceiling) and to answer peers' prompts with
 the same rules it gives CD. The simulated target is deterministic, so SIMBA (which needs varied
 trajectories) never calls its prompt model there: its simulated score says nothing about SIMBA.
@@ -45,8 +45,10 @@ from pathlib import Path
 
 import dspy
 
+from cd_dspy.config import grouped
+from cd_dspy.core.scoring import score_examples
+from cd_dspy.core.usage import TARGET, TEACHER, PromptTokenCounter
 from cd_dspy.programs import ADAPTERS, get_task, make_adapter
-from cd_dspy.usage import TARGET, TEACHER, PromptTokenCounter
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -199,10 +201,10 @@ class Benchmark:
         from cd_dspy import ConceptDistillation
 
         carrier = {"carrier": method.removeprefix("cd_")} if method.startswith("cd_") else {}  # else the default
-        cd = ConceptDistillation(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
+        cd = ConceptDistillation(**grouped(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
                                  target_lm=self.target, num_trials=self.args.trials, seed=self.args.seed,
                                  num_threads=self.args.threads, run_dir=self.out / f"{method}_run", progress=False,
-                                 resume=not self.args.fresh, **carrier)
+                                 resume=not self.args.fresh, **carrier))
         with dspy.context(max_errors=10**6, adapter=self.adapter()):
             compiled = cd.compile(program, trainset=self.train, valset=self.val)
         r = cd.result
@@ -231,10 +233,7 @@ class Benchmark:
             test_meter, tokens = BenchMeter(self.teacher, self.target), PromptTokenCounter(self.teacher_alone)
             lm = self.teacher_alone if method == "teacher" else self.target
             with self._context(lm, test_meter, tokens):
-                evaluate = dspy.Evaluate(devset=self.test, metric=self.task.metric, num_threads=self.args.threads,
-                                         display_progress=False, display_table=False, failure_score=0.0)
-                result = evaluate(program)
-            scores = [float(s) for _, _, s in result.results]
+                scores = score_examples(program, self.test, self.task.metric, self.args.threads).scores
             rec["test"] = held_out_record(scores, None)  # the paired comparison is added when saving
             rec["usage"] = {"compile": compile_usage, "test": usage_dict(test_meter.snapshot())}
             rec["prompt_tokens_per_call"] = tokens.per_call(TEACHER if method == "teacher" else TARGET)

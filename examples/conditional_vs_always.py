@@ -19,11 +19,11 @@ from pathlib import Path
 import dspy
 from bench_lib import split_arguments, write_report
 
-from cd_dspy.cli import per_example_scores
-from cd_dspy.integrate import with_rules
+from cd_dspy.core.result import ConceptDistillationResult
+from cd_dspy.core.scoring import per_example_scores
+from cd_dspy.core.stats import comparison_cell, paired_difference, score_interval
+from cd_dspy.phases.integrate import with_rules
 from cd_dspy.programs import get_task
-from cd_dspy.result import ConceptDistillationResult
-from cd_dspy.stats import comparison_cell, paired_difference, score_interval
 
 
 def main(argv: list[str] | None = None) -> dict:

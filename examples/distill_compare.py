@@ -26,14 +26,14 @@ from pathlib import Path
 import dspy
 from bench_lib import load_task, split_arguments, write_report
 
-from cd_dspy.cli import adapter_context
-from cd_dspy.cli_distill import resolve_teacher
+from cd_dspy.config import grouped
+from cd_dspy.core.loading import adapter_context, resolve_lm
+from cd_dspy.core.priming import PRIMING_STRATEGIES
+from cd_dspy.core.stats import comparison_cell, min_detectable_gain, paired_difference
 from cd_dspy.distill import LoraSettings, LoraTrainer, TrainSettings, load_student, with_student_view
 from cd_dspy.distill import pipeline as pl
 from cd_dspy.distill.student import model_file
-from cd_dspy.priming import PRIMING_STRATEGIES
 from cd_dspy.programs import ADAPTERS, TASKS
-from cd_dspy.stats import comparison_cell, min_detectable_gain, paired_difference
 
 METHODS = ("none", "rules", "sft", "kd", "rules+sft")
 # Rates for --estimate, measured on this project's 2-core machine: a 0.5B chain-of-thought call on math-basic
@@ -113,12 +113,12 @@ def estimate(args: argparse.Namespace) -> dict[str, float]:
 
 def rules_program(args: argparse.Namespace, task, target: str, teacher, notes: list[str]) -> dspy.Module | None:
     """CD's compiled program (from --rules, --rules-run-dir or compiled here), or None when none is given."""
-    from cd_dspy.integrate import load_program, with_rules
+    from cd_dspy.phases.integrate import load_program, with_rules
 
     if args.rules:
         return load_program(task.make_program(), args.rules, allow_unsafe_lm_state=True)
     if args.rules_run_dir:
-        from cd_dspy.result import ConceptDistillationResult
+        from cd_dspy.core.result import ConceptDistillationResult
 
         result = ConceptDistillationResult.from_dict(json.loads((Path(args.rules_run_dir) / "result.json").read_text()))
         if (result.n_train, result.n_val) != (args.train, args.val):
@@ -138,10 +138,10 @@ def rules_program(args: argparse.Namespace, task, target: str, teacher, notes: l
         return None
     from cd_dspy import ConceptDistillation
 
-    cd = ConceptDistillation(carrier="rules",  # this script measures rules
+    cd = ConceptDistillation(**grouped(carrier="rules",  # this script measures rules
                              metric=task.metric_with_feedback, teacher_lm=teacher, target_lm=pl.serve(target),
                              num_trials=args.trials, max_mistakes=args.max_mistakes, priming=args.priming,
-                             seed=args.seed, run_dir=args.cd_run_dir, num_threads=1, progress=False)
+                             seed=args.seed, run_dir=args.cd_run_dir, num_threads=1, progress=False))
     return cd.compile(task.make_program(), trainset=task.splits["train"], valset=task.splits["val"])
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         return phases
     task = load_task(args.task, args.seed, {"train": args.train, "val": args.val, "test": args.test})
     out, lm = Path(args.out), {k: v for k, v in (("max_tokens", args.max_tokens), ("grammar", args.grammar)) if v}
-    teacher = resolve_teacher(args.teacher, None)
+    teacher = resolve_lm(args.teacher, "teacher")
     program, metric = task.make_program(), task.metric
     with adapter_context(args.adapter or TASKS[args.task].adapter):
         notes: list[str] = []

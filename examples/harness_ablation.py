@@ -24,11 +24,11 @@ import dspy
 from bench_lib import tokens_since
 from dspy.utils.exceptions import AdapterParseError
 
+from cd_dspy.core.stats import paired_difference, score_interval
 from cd_dspy.lms import local_lm
 from cd_dspy.programs import get_task, make_adapter
 from cd_dspy.programs.humaneval import WriteFunction, extract_code, humaneval_metric_with_feedback
 from cd_dspy.programs.math_word import SolveWordProblem, numeric_match, parse_number
-from cd_dspy.stats import paired_difference, score_interval
 
 PLAIN_CODE = ("Complete the following Python function. Return the whole function in a ```python code block.\n\n"
               "{prompt}")

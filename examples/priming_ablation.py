@@ -1,6 +1,6 @@
 """CD with each teacher priming strategy on the same split and models: rules proposed, verified and selected,
 the confirmation decision, and the held-out score against the unchanged program (95% intervals, paired sign
-test). Strategies: cd_dspy.priming (none, teacher, confidence and ground_truth, the paper's wording with no
+test). Strategies: cd_dspy.core.priming (none, teacher, confidence and ground_truth, the paper's wording with no
 gold shown; gold, the gold answer shown and to be justified, which also lets the teacher see the metric's
 feedback).
 
@@ -22,8 +22,10 @@ from pathlib import Path
 from bench_lib import SIMULATED, held_out_record, load_task, make_lm, simulated_lms, split_arguments, write_report
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.cli import adapter_context, per_example_scores
-from cd_dspy.priming import PRIMING_STRATEGIES
+from cd_dspy.config import grouped
+from cd_dspy.core.loading import adapter_context
+from cd_dspy.core.priming import PRIMING_STRATEGIES
+from cd_dspy.core.scoring import per_example_scores
 from cd_dspy.programs import ADAPTERS, TASKS
 
 ORDER = ("none", "teacher", "confidence", "ground_truth", "gold")
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     split_arguments(parser, run_dir=False)
     parser.add_argument("--teacher", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--strategies", default=",".join(ORDER), help="comma-separated cd_dspy.priming names")
+    parser.add_argument("--strategies", default=",".join(ORDER), help="comma-separated cd_dspy.core.priming names")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--max-mistakes", type=int, default=6)
     parser.add_argument("--verify-correct", type=int, default=8, help="correct examples each rule is tried on")
@@ -63,12 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
         report["baseline"] = held_out_record(baseline, None) if test else None
         for strategy in strategies:
             started = time.perf_counter()
-            cd = ConceptDistillation(carrier="rules",  # this script measures rules
+            cd = ConceptDistillation(**grouped(carrier="rules",  # this script measures rules
                                      metric=metric, teacher_lm=teacher, target_lm=target, priming=strategy,
                                      num_trials=args.trials, max_mistakes=args.max_mistakes, seed=args.seed,
                                      verify_correct=args.verify_correct,
                                      conditional_rules=args.conditional_rules, num_threads=1, progress=False,
-                                     run_dir=Path(args.out) / "runs" / strategy)
+                                     run_dir=Path(args.out) / "runs" / strategy))
             compiled = cd.compile(task.make_program(), trainset=task.splits["train"], valset=task.splits["val"])
             result = cd.result
             row = {"rules_proposed": len(result.rules),

@@ -1,7 +1,7 @@
 """How far a target's answers move when its prompt gains a sentence that says nothing: the noise floor that
 every rule (CD's, InferRules', SIMBA's) must clear before verification or a paired test can credit it.
 
-Each placebo is a content-free instruction, added exactly as CD adds a rule (cd_dspy.integrate.with_rules,
+Each placebo is a content-free instruction, added exactly as CD adds a rule (cd_dspy.phases.integrate.with_rules,
 under the same "rules" header). On the same examples as the unchanged program, the table gives the answers
 it fixed and broke, the exact two-sided sign test, and the share of the examples the program got right that
 it broke. With --run-dir, the rules of a finished CD compile on the same split are set beside them: their
@@ -25,10 +25,11 @@ from typing import Any
 
 from bench_lib import SIMULATED, held_out_record, load_task, make_lm, simulated_lms, split_arguments, write_report
 
-from cd_dspy.cli import adapter_context, per_example_scores
-from cd_dspy.integrate import with_rules
+from cd_dspy.core.loading import adapter_context
+from cd_dspy.core.result import Rule
+from cd_dspy.core.scoring import per_example_scores
+from cd_dspy.phases.integrate import with_rules
 from cd_dspy.programs import ADAPTERS, TASKS
-from cd_dspy.result import Rule
 
 PLACEBOS = (
     "Read the task carefully before you answer.",

@@ -3,7 +3,7 @@
     python examples/reliability_figures.py            # writes examples/results/reliability.json
 
 Faults (timeouts, rate limits, empty and malformed replies, engine crashes) are injected by
-`cd_dspy.faults.FaultyEngine`; DSPy retries timeouts and rate limits (num_retries=3, backoff hint
+`cd_dspy.testing.faults.FaultyEngine`; DSPy retries timeouts and rate limits (num_retries=3, backoff hint
 1 ms * 2**attempt here), unparseable target replies score as failures, failed teacher calls are
 retried (teacher_retries=2) and then skipped.
 """
@@ -15,7 +15,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from cd_dspy.faults import simulated_faulty_compile
+from cd_dspy.testing.faults import simulated_faulty_compile
 
 RATES = (0.1, 0.2, 0.3)
 

@@ -22,15 +22,15 @@ from pathlib import Path
 import dspy
 from bench_lib import split_arguments, write_report
 
-from cd_dspy.collect import sample_mistakes
-from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
-from cd_dspy.induce import is_instance_specific
-from cd_dspy.integrate import with_rules
+from cd_dspy.core.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.core.result import Explanation, Mistake, Rule, Verification
+from cd_dspy.core.run_dir import RunDir
+from cd_dspy.core.usage import UsageMeter
+from cd_dspy.phases.collect import sample_mistakes
+from cd_dspy.phases.induce import is_instance_specific
+from cd_dspy.phases.integrate import with_rules
+from cd_dspy.phases.verify import correct_sample, verify_rules
 from cd_dspy.programs import get_task
-from cd_dspy.result import Explanation, Mistake, Rule, Verification
-from cd_dspy.run_dir import RunDir
-from cd_dspy.usage import UsageMeter
-from cd_dspy.verify import correct_sample, verify_rules
 
 LEGACY_COMMIT = "c56ebb4"  # main before verified induction
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def legacy_induce():
     """The induce module as it was at LEGACY_COMMIT."""
-    source = subprocess.run(["git", "show", f"{LEGACY_COMMIT}:cd_dspy/induce.py"], cwd=ROOT, check=True,
+    source = subprocess.run(["git", "show", f"{LEGACY_COMMIT}:cd_dspy/phases/induce.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = Path(__file__).with_name("_legacy_induce.py")
     path.write_text(source)

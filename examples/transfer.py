@@ -5,7 +5,7 @@
         --run-dir runs/transfer-math-basic --out examples/results/transfer_math_basic
 
 Each cell: the held-out score with the rules minus without (points) with its 95% interval, fixed/broken
-examples and McNemar's exact p (`cd_dspy.transfer.check_rulebook`). The rules applied are a rulebook's
+examples and McNemar's exact p (`cd_dspy.migration.transfer.check_rulebook`). The rules applied are a rulebook's
 pinned and free ones; `--include-dropped` applies its dropped ones too (a rulebook with none to apply is
 listed as skipped). Use the split sizes of the run that
 learned the rulebook, so its test split is the one neither its compile nor its selection saw. Writes
@@ -24,18 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lib import write_report  # noqa: E402
 
-from cd_dspy.cli import (  # noqa: E402
-    _data_arguments,
+from cd_dspy.core.loading import (  # noqa: E402
     adapter_context,
     chosen_adapter,
+    data_arguments,
     load_task_and_splits,
     make_program,
     resolve_lm,
+    split_size_arguments,
 )
-from cd_dspy.cli_migrate import _split_sizes  # noqa: E402
-from cd_dspy.rulebook import FREE, Rulebook  # noqa: E402
-from cd_dspy.stats import comparison_cell  # noqa: E402
-from cd_dspy.transfer import check_rulebook  # noqa: E402
+from cd_dspy.core.stats import comparison_cell  # noqa: E402
+from cd_dspy.migration.transfer import check_rulebook  # noqa: E402
+from cd_dspy.phases.rulebook import FREE, Rulebook  # noqa: E402
 
 
 def _cell(cell: dict) -> str:
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rulebooks", nargs="+", required=True, help="rulebook YAML files")
     parser.add_argument("--models", nargs="+", required=True,
                         help="catalog names, .gguf paths, litellm models, or simulated-target / simulated-teacher")
-    _data_arguments(parser)  # --task, --program, --metric, --data, --seed, --threads, --adapter
-    _split_sizes(parser, test=80)  # --train 24, --val 40: the defaults of cd-dspy migrate
+    data_arguments(parser)  # --task, --program, --metric, --data, --seed, --threads, --adapter
+    split_size_arguments(parser, test=80)  # --train 24, --val 40: the defaults of cd-dspy migrate
     parser.add_argument("--run-dir", required=True, help="per-example records (resume)")
     parser.add_argument("--out", required=True, help="folder for transfer.json and transfer.md")
     parser.add_argument("--include-dropped", action="store_true",

@@ -97,7 +97,7 @@ def _humaneval_loader(seed: int, sizes: dict[str, int], path: str | None) -> dic
 
 
 def _simulated_loader(seed: int, sizes: dict[str, int], path: str | None) -> dict[str, list]:
-    from cd_dspy.simulated import simulated_splits
+    from cd_dspy.programs.simulated_task import simulated_splits
 
     train, val, test = simulated_splits(sizes["train"], sizes["val"], sizes["test"], seed=seed)
     return {"train": train, "val": val, "test": test}
@@ -156,8 +156,9 @@ TASKS: dict[str, Task] = {
                        {"train": 100, "val": 50, "test": 150}, "MultiArith (hub or local JSONL via path)",
                        adapter=_MATH_ADAPTER),
     "simulated": Task("simulated", _simulated_program, _simulated_loader,
-                      _lazy("cd_dspy.simulated", "answer_match"), None, {"train": 16, "val": 16, "test": 16},
-                      "the simulated world of cd_dspy.simulated (use --target/--teacher simulated-*)"),
+                      _lazy("cd_dspy.programs.simulated_task", "answer_match"), None,
+                      {"train": 16, "val": 16, "test": 16},
+                      "the simulated world (cd_dspy.programs.simulated_task; its LMs: --target/--teacher simulated-*)"),
     "humaneval": Task("humaneval", _code_generator, _humaneval_loader,
                       _lazy("cd_dspy.programs.humaneval", "humaneval_metric"),
                       _lazy("cd_dspy.programs.humaneval", "humaneval_metric_with_feedback"),

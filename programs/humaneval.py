@@ -10,7 +10,7 @@ from importlib import resources
 
 import dspy
 
-from cd_dspy.sandbox import run_untrusted
+from cd_dspy.sandbox.run import run_untrusted
 
 __all__ = [
     "CodeGenerator", "CompleteFunction", "WriteFunction", "build_program", "entry_point_of", "extract_code",

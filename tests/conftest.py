@@ -10,7 +10,8 @@ import dspy
 import pytest
 from sandbox_harness import host_dir, shared_dir  # noqa: F401  (the sandbox tests' directory fixtures)
 
-from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
+from cd_dspy.config import grouped
+from cd_dspy.testing.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -46,7 +47,7 @@ class SimWorld:
         settings.setdefault("num_trials", 16)
         settings.setdefault("metric", self.metric)
         settings.setdefault("carrier", "rules")  # this world's helpful concepts are rules (tests of exemplars say so)
-        return ConceptDistillation(teacher_lm=self.teacher, target_lm=self.target, seed=0, **settings)
+        return ConceptDistillation(**grouped(teacher_lm=self.teacher, target_lm=self.target, seed=0, **settings))
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from pathlib import Path
 import dspy
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.faults import request_key
-from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
+from cd_dspy.testing.faults import request_key
+from cd_dspy.testing.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
 
 N_TRAIN, N_VAL, NUM_TRIALS = 12, 40, 6
 

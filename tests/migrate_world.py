@@ -1,6 +1,6 @@
 """A migration in the simulated world: the simulated teacher is the source (it solves every problem kind),
 the simulated target the cheaper model (blind spots that CD's rules remove). `SimulatedWeights` stands in for
-LoRA SFT (`cd_dspy.levers.WeightsBackend`): the "tuned" target has learnt the helpful rule of every problem kind
+LoRA SFT (`migration.levers.WeightsBackend`): the "tuned" target has learnt the helpful rule of every problem kind
 in its training records."""
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ import dspy
 import pytest
 from dspy.clients.provider import Provider, TrainingJob
 
-from cd_dspy.levers import WeightsBackend
-from cd_dspy.migration import MigrationReport, migrate
-from cd_dspy.simulated import HELPFUL_RULES, SimulatedTarget, SimulatedTeacher, answer_match, kind_of, simulated_splits
+from cd_dspy.migration.api import MigrationReport, migrate
+from cd_dspy.migration.levers import WeightsBackend
+from cd_dspy.testing.simulated import (
+    HELPFUL_RULES,
+    SimulatedTarget,
+    SimulatedTeacher,
+    answer_match,
+    kind_of,
+    simulated_splits,
+)
 
 PRICES = {"simulated/simulated-teacher": [10.0, 30.0], "simulated-target": [0.5, 1.5]}  # $/Mtok, made up for tests
 COT = "question -> answer: float"

@@ -16,7 +16,8 @@ import json
 
 import dspy
 
-from cd_dspy.simulated import TEMPLATES, ScriptedEngine, answer_match, kind_of, numbers_of, simulated_splits
+from cd_dspy.config import grouped
+from cd_dspy.testing.simulated import TEMPLATES, ScriptedEngine, answer_match, kind_of, numbers_of, simulated_splits
 
 NOISE_RULES = [
     "When a question has two numbers, write both down before you start.",
@@ -98,7 +99,7 @@ def noisy_compile(seed: int, *, helpful: bool, flip: float = 0.25, n_train: int 
     trainset, valset = simulated_splits(n_train, n_val, seed=seed)
     settings = {"num_trials": 10, "max_mistakes": 10, "max_rules": 6, "progress": False, "carrier": "rules",
                 **settings}
-    optimizer = ConceptDistillation(metric=answer_match, teacher_lm=teacher, target_lm=target, seed=seed,
-                                    **settings)
+    optimizer = ConceptDistillation(**grouped(metric=answer_match, teacher_lm=teacher, target_lm=target, seed=seed,
+                                    **settings))
     optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=trainset, valset=valset)
     return optimizer.result, target_engine

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 
-from cd_dspy.sandbox import TOKEN_VAR, SandboxResult, run_untrusted
+from cd_dspy.sandbox.run import TOKEN_VAR, SandboxResult, run_untrusted
 
 T = 1.5  # sandbox timeout used for hostile programs
 SLACK = 4.0  # allowed overhead on top of the timeout

@@ -11,8 +11,9 @@ import dspy
 import pytest
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.evaluation import MetricError
-from cd_dspy.run_dir import RunDirError
+from cd_dspy.config import grouped
+from cd_dspy.core.evaluation import MetricError
+from cd_dspy.core.run_dir import RunDirError
 
 COT = "question -> answer: float"
 
@@ -22,9 +23,9 @@ def program():
 
 
 def compile_with(sim, metric=None, **settings):
-    cd = ConceptDistillation(metric=metric or sim.metric, teacher_lm=sim.teacher, target_lm=sim.target,
+    cd = ConceptDistillation(**grouped(metric=metric or sim.metric, teacher_lm=sim.teacher, target_lm=sim.target,
                              run_dir=settings.pop("run_dir", sim.tmp_path / "run"), progress=False,
-                             num_trials=settings.pop("num_trials", 4), **settings)
+                             num_trials=settings.pop("num_trials", 4), **settings))
     return cd
 
 
@@ -188,7 +189,7 @@ def test_unknown_local_model():
 ])
 def test_bad_settings(sim, settings, error, pattern):
     with pytest.raises(error, match=pattern):
-        ConceptDistillation(metric=sim.metric, teacher_lm=sim.teacher, **settings)
+        ConceptDistillation(**grouped(metric=sim.metric, teacher_lm=sim.teacher, **settings))
 
 
 # -- run directories -------------------------------------------------------------------------------

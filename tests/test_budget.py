@@ -8,7 +8,7 @@ import dspy
 import dspy.clients.costs
 import pytest
 
-from cd_dspy.integrate import RULES_HEADER
+from cd_dspy.phases.integrate import RULES_HEADER
 
 COT = "question -> answer: float"
 N_TRAIN, N_VAL = 12, 40

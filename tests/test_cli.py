@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cd_dspy.cli import main
+from cd_dspy.cli.main import main
 
 SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher",
        "--carrier", "rules"]  # this world's helpful concepts are rules
@@ -74,14 +74,24 @@ def test_bad_arguments_give_one_line_errors(argv, message, capsys):
 
 
 def test_per_example_scores_count_every_unparseable_reply_as_zero():
-    """A tuned model that breaks the format on many examples scores 0 there; the evaluation is not cancelled."""
+    """A tuned model that breaks the format on many examples scores 0 there; the evaluation is not cancelled
+    (DSPy's default stops after 10 errors). Every example failing is an outage, an error (the failure model)."""
     import dspy
 
-    from cd_dspy.cli import per_example_scores
+    from cd_dspy.core.failures import LMUnavailableError
+    from cd_dspy.core.scoring import per_example_scores
 
     class Broken(dspy.Module):
+        def __init__(self, working: str | None):
+            super().__init__()
+            self.working = working
+
         def forward(self, question):
-            raise ValueError("unparseable reply")
+            if question != self.working:
+                raise ValueError("unparseable reply")
+            return dspy.Prediction(answer=question)
 
     examples = [dspy.Example(question=str(i), answer=str(i)).with_inputs("question") for i in range(15)]
-    assert per_example_scores(Broken(), examples, lambda e, p, t=None: 1.0, 1) == [0.0] * 15
+    assert per_example_scores(Broken("14"), examples, lambda e, p, t=None: 1.0, 1) == [0.0] * 14 + [1.0]
+    with pytest.raises(LMUnavailableError, match="every one of 15 examples failed"):
+        per_example_scores(Broken(None), examples, lambda e, p, t=None: 1.0, 1)

@@ -7,9 +7,9 @@ import logging
 import dspy
 import pytest
 
-from cd_dspy import faults, simulated
-from cd_dspy.cli import main
-from cd_dspy.simulated import SimulatedTarget
+from cd_dspy.cli.main import main
+from cd_dspy.testing import faults, simulated
+from cd_dspy.testing.simulated import SimulatedTarget
 
 SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher"]
 RAMBLE = "RAMBLING-REPLY "
@@ -77,10 +77,10 @@ def test_the_library_logs_the_warning_once_and_notes_it_nowhere_else(sim, caplog
 
 def test_a_warning_quoting_a_reply_stays_one_line_unless_verbose(capfd):
     """A cd-dspy warning that quotes an LM error (whose text holds the whole reply) is one line on the console."""
-    from cd_dspy.cli_common import console_logging
+    from cd_dspy.cli.common import console_logging
 
     def warn() -> None:
-        logging.getLogger("cd_dspy.induce").warning("Teacher call failed (attempt 1 of 3): %s",
+        logging.getLogger("cd_dspy.phases.induce").warning("Teacher call failed (attempt 1 of 3): %s",
                                                     "Adapter ChatAdapter failed to parse the LM response.\n\n"
                                                     f"LM Response: {RAMBLE * 400}")
 

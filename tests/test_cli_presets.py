@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.cli import build_parser, main
-from cd_dspy.cli_common import CD_FLAGS, cd_settings
-from cd_dspy.settings import AUTO_PRESETS
+from cd_dspy.cli.common import CD_FLAGS, cd_settings
+from cd_dspy.cli.main import build_parser, main
+from cd_dspy.config import AUTO_PRESETS
 
 SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher"]
 MIGRATE = ["migrate", "--task", "simulated", "--source", "simulated-teacher", "--target", "simulated-target"]
@@ -60,7 +60,7 @@ def test_migrate_auto_heavy_runs_the_heavy_preset(built, tmp_path):
 
 def test_the_main_job_runs_its_preset(built, monkeypatch):
     """Plain `cd-dspy compile` (only the models swapped for simulated ones, nothing loaded) runs `light`."""
-    from cd_dspy import cli
+    from cd_dspy.cli import main as cli
 
     real = cli.resolve_lm
     monkeypatch.setattr(cli, "resolve_lm", lambda spec, role, api_base=None: real(
@@ -79,12 +79,12 @@ def test_compile_and_migrate_share_the_flags_and_their_defaults():
     given = ["--auto", "medium", "--trials", "7", "--max-mistakes", "5", "--max-rules", "3", "--minibatch", "4",
              "--priming", "none", "--samples-per-mistake", "2", "--verify-correct", "3", "--confirm-fraction", "0.4",
              "--max-target-calls", "100", "--max-teacher-calls", "9", "--no-verify", "--conditional-rules",
-             "--carrier", "both"]
+             "--carrier", "both", "--rounds", "1"]
     assert {flag for flag, *_ in CD_FLAGS} - {"--rulebook"} <= set(given)  # every shared size and switch
     compiled = cd_settings(parser.parse_args(["compile", *given]))
     assert compiled == cd_settings(parser.parse_args([*MIGRATE, "--run-dir", "x", *given]))
     assert compiled["num_trials"] == 7 and compiled["verify"] is False and compiled["minibatch_size"] == 4
-    assert compiled["carrier"] == "both"
+    assert compiled["carrier"] == "both" and compiled["rounds"] == 1
 
 
 def test_an_unknown_preset_is_refused_naming_the_choices(capsys):

@@ -1,4 +1,4 @@
-"""Solutions before explanations, concepts as rules and/or worked exemplars (cd_dspy.solve, cd_dspy.concepts).
+"""Solutions before explanations, concepts as rules and/or worked exemplars (phases.solve, phases.concepts).
 
 The simulated target fixes a blind spot when its rule is in the instructions or, for "percent" and "vans"
 problems, when a worked demonstration of the same kind is in its prompt; "units" problems yield to their rule only.
@@ -11,12 +11,12 @@ import json
 import dspy
 import pytest
 
-from cd_dspy.concepts import EXEMPLAR_ORIGIN, build_concepts, concept_id, screen_examples
-from cd_dspy.evaluation import ScoredMetric
-from cd_dspy.integrate import with_rules
-from cd_dspy.result import Mistake, Rule, Solution
-from cd_dspy.simulated import HELPFUL_RULES, SimulatedTeacher, kind_of
-from cd_dspy.solve import exemplar_demos, quotes_given_answer, solve_mistakes
+from cd_dspy.core.evaluation import ScoredMetric
+from cd_dspy.core.result import Mistake, Rule, Solution
+from cd_dspy.phases.concepts import EXEMPLAR_ORIGIN, build_concepts, concept_id, screen_examples
+from cd_dspy.phases.integrate import with_rules
+from cd_dspy.phases.solve import exemplar_demos, quotes_given_answer, solve_mistakes
+from cd_dspy.testing.simulated import HELPFUL_RULES, SimulatedTeacher, kind_of
 
 COT = "question -> answer: float"
 

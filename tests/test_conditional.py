@@ -6,9 +6,9 @@ import dspy
 import pytest
 from noisy_world import HELPFUL_RULE, noisy_compile
 
-from cd_dspy.integrate import RULES_HEADER, RulePredict, applies, load_program, triggers, with_rules
-from cd_dspy.result import Rule
-from cd_dspy.simulated import HELPFUL_RULES
+from cd_dspy.core.result import Rule
+from cd_dspy.phases.integrate import RULES_HEADER, RulePredict, applies, load_program, triggers, with_rules
+from cd_dspy.testing.simulated import HELPFUL_RULES
 
 CARS = "When asked for the number of cars needed, use ceiling division."
 PERCENT = "A coat costs 60 dollars and is 25 percent off. What does the coat cost now?"

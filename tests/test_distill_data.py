@@ -14,7 +14,9 @@ import pytest
 from conftest import load_example
 from dspy.clients.utils_finetune import TrainDataFormat, validate_data_format
 
-from cd_dspy import cli
+from cd_dspy.cli import main as cli
+from cd_dspy.core.priming import PRIMING_STRATEGIES
+from cd_dspy.core.result import Rule
 from cd_dspy.distill import (
     AlignmentError,
     DistillDataError,
@@ -26,13 +28,11 @@ from cd_dspy.distill import (
     with_student_view,
     write_jsonl,
 )
-from cd_dspy.distill.simulated import solving_teacher_lm
-from cd_dspy.integrate import with_rules
 from cd_dspy.lms import llama_engine
-from cd_dspy.priming import PRIMING_STRATEGIES
+from cd_dspy.phases.integrate import with_rules
 from cd_dspy.programs.pipelines import PlanThenSolve
-from cd_dspy.result import Rule
-from cd_dspy.simulated import HELPFUL_RULES, answer_match, simulated_splits
+from cd_dspy.testing.simulated import HELPFUL_RULES, answer_match, simulated_splits
+from cd_dspy.testing.solving_teacher import solving_teacher_lm
 
 
 def generate(priming="gold", program=None, **kwargs):
@@ -296,7 +296,7 @@ def test_priming_ablation_table_says_unchanged_when_no_rule_was_kept():
 
 
 def test_distill_compare_takes_the_rules_of_a_finished_compile_on_the_same_split(tmp_path):
-    from cd_dspy.result import ConceptDistillationResult
+    from cd_dspy.core.result import ConceptDistillationResult
 
     module = load_example("distill_compare")
     rules = [Rule(id="R1", text=HELPFUL_RULES["units"], predictor="predict"),

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import load_example
 
-from cd_dspy import cli
+from cd_dspy.cli import main as cli
 from cd_dspy.distill import (
     LlamaScorer,
     LoraTrainer,
@@ -35,9 +35,9 @@ from cd_dspy.distill import (
     merge_adapter,
     validate_jsonl,
 )
-from cd_dspy.distill.simulated import solving_teacher_lm
 from cd_dspy.distill.train import encode_records
-from cd_dspy.simulated import HELPFUL_RULES, answer_match, simulated_splits
+from cd_dspy.testing.simulated import HELPFUL_RULES, answer_match, simulated_splits
+from cd_dspy.testing.solving_teacher import solving_teacher_lm
 
 SOURCE = "qwen2.5-coder-0.5b"  # only its tokenizer is used
 
@@ -188,8 +188,8 @@ def test_cd_dspy_distill_runs_the_whole_path_with_kd(tiny, tmp_path, capsys):
 
 
 def test_distill_compare_example_on_the_tiny_model(tiny, tmp_path):
-    from cd_dspy.integrate import with_rules
-    from cd_dspy.result import Rule
+    from cd_dspy.core.result import Rule
+    from cd_dspy.phases.integrate import with_rules
 
     rules = tmp_path / "program.json"
     program = dspy.ChainOfThought("question -> answer: float")

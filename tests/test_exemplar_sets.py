@@ -12,10 +12,11 @@ import optuna
 import pytest
 from noisy_world import BLIND_KIND, noisy_compile
 
-from cd_dspy.confirm import unused_training_examples
-from cd_dspy.result import Rule
-from cd_dspy.select import RuleSelector, cost_units
-from cd_dspy.simulated import kind_of
+from cd_dspy.config import grouped
+from cd_dspy.core.result import Rule
+from cd_dspy.phases.confirm import unused_training_examples
+from cd_dspy.phases.search import RuleSelector, cost_units
+from cd_dspy.testing.simulated import kind_of
 
 SEEDS = range(20)
 WORLD = {"flip": 0.15, "n_train": 24, "n_val": 80, "carrier": "exemplars", "set_size": 2}
@@ -91,4 +92,4 @@ def test_max_exemplars_must_be_a_positive_int():
     from cd_dspy import ConceptDistillation
 
     with pytest.raises(ValueError, match="max_exemplars must be an int of at least 1"):
-        ConceptDistillation(metric=lambda *a: 1.0, teacher_lm=dspy.LM("openai/x"), max_exemplars=0)
+        ConceptDistillation(**grouped(metric=lambda *a: 1.0, teacher_lm=dspy.LM("openai/x"), max_exemplars=0))

@@ -9,11 +9,11 @@ import time
 import dspy
 import pytest
 
-from cd_dspy.failures import LMUnavailableError, failure_kind, is_fatal
-from cd_dspy.faults import FaultyEngine
-from cd_dspy.integrate import with_rules
-from cd_dspy.result import Rule
-from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher
+from cd_dspy.core.failures import LMUnavailableError, failure_kind, is_fatal
+from cd_dspy.core.result import Rule
+from cd_dspy.phases.integrate import with_rules
+from cd_dspy.testing.faults import FaultyEngine
+from cd_dspy.testing.simulated import SimulatedTarget, SimulatedTeacher
 
 COT = "question -> answer: float"
 
@@ -214,7 +214,7 @@ def test_failed_explanations_are_retried_on_the_next_run(sim):
 
 
 def test_a_new_valset_of_the_same_size_never_inherits_scores(sim):
-    from cd_dspy.simulated import simulated_splits
+    from cd_dspy.testing.simulated import simulated_splits
 
     program = dspy.ChainOfThought(COT)
     sim.optimizer().compile(program, trainset=sim.trainset, valset=sim.valset)

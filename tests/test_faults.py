@@ -9,12 +9,12 @@ import dspy
 import pytest
 from dspy.utils.exceptions import LMTimeoutError
 
-from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
-from cd_dspy.failures import LMUnavailableError
-from cd_dspy.faults import FAULT_KINDS, FaultyEngine, simulated_faulty_compile
-from cd_dspy.run_dir import RunDir
-from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
-from cd_dspy.usage import UsageMeter
+from cd_dspy.core.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.core.failures import LMUnavailableError
+from cd_dspy.core.run_dir import RunDir
+from cd_dspy.core.usage import UsageMeter
+from cd_dspy.testing.faults import FAULT_KINDS, FaultyEngine, simulated_faulty_compile
+from cd_dspy.testing.simulated import SimulatedTarget, SimulatedTeacher, answer_match, simulated_splits
 
 QUESTION = "A coat costs 50 dollars and is 10 percent off. What does the coat cost now?"
 
@@ -99,7 +99,7 @@ def test_failed_examples_score_zero_now_and_are_retried_on_the_next_run(tmp_path
     assert meter.usage["target"].failures["failed_example"] == len(failed)
     assert meter.usage["target"].failures["error"] >= len(failed)  # each failed call, counted by kind
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "failed" in r.getMessage()]
-    assert len([w for w in warnings if w.name == "cd_dspy.evaluation"]) == len(failed)
+    assert len([w for w in warnings if w.name == "cd_dspy.core.evaluation"]) == len(failed)
     assert all("\n" not in w.getMessage() for w in warnings)  # one line each, no LM reply dump
     # a rerun with a healthy LM calls the target only for the examples that failed
     healthy = FaultyEngine(SimulatedTarget(), rate=0.0)

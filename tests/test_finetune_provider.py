@@ -19,8 +19,8 @@ from test_distill_tiny import tiny  # noqa: F401  (module-scoped fixture: the ti
 from cd_dspy.distill import LocalLoraProvider, finetunable_lm, validate_jsonl
 from cd_dspy.distill.pipeline import serve
 from cd_dspy.distill.provider import LoraTrainingJob, split_train_kwargs, with_adapter
-from cd_dspy.distill.simulated import solving_teacher_lm
-from cd_dspy.simulated import answer_match, simulated_splits
+from cd_dspy.testing.simulated import answer_match, simulated_splits
+from cd_dspy.testing.solving_teacher import solving_teacher_lm
 
 SIGNATURE = "question -> answer: float"
 SERVING = {"max_tokens": 12, "grammar": "never", "n_threads": 1, "n_ctx": 1024}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dspy
 
-from cd_dspy.induce import build_rules, clean_rule, dedupe, is_instance_specific, rule_id
-from cd_dspy.result import Explanation, Mistake
-from cd_dspy.simulated import ScriptedEngine
+from cd_dspy.core.result import Explanation, Mistake
+from cd_dspy.phases.induce import build_rules, clean_rule, dedupe, is_instance_specific, rule_id
+from cd_dspy.testing.simulated import ScriptedEngine
 
 
 class Consolidator(ScriptedEngine):

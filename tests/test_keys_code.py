@@ -14,11 +14,11 @@ import textwrap
 import dspy
 import pytest
 
-from cd_dspy import keys
-from cd_dspy.collect import MISTAKES_FILE
-from cd_dspy.evaluation import ScoredMetric
-from cd_dspy.integrate import with_rules
-from cd_dspy.simulated import answer_match
+from cd_dspy.core import keys
+from cd_dspy.core.evaluation import ScoredMetric
+from cd_dspy.phases.collect import MISTAKES_FILE
+from cd_dspy.phases.integrate import with_rules
+from cd_dspy.testing.simulated import answer_match
 
 PIPELINE = '''
 import dspy
@@ -209,7 +209,7 @@ class Pipeline(dspy.Module):
         return self.step(question=question)
 '''
 
-PRINT_KEYS = ("import importlib.util, sys; from cd_dspy import keys; "
+PRINT_KEYS = ("import importlib.util, sys; from cd_dspy.core import keys; "
               "spec = importlib.util.spec_from_file_location('user_stable', sys.argv[1]); "
               "m = importlib.util.module_from_spec(spec); sys.modules['user_stable'] = m; spec.loader.exec_module(m); "
               "print(keys.metric_key(m.metric), keys.program_key(m.Pipeline()))")

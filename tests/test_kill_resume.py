@@ -162,7 +162,7 @@ def test_a_program_key_holds_what_changes_answers_and_no_secret():
     or token never is."""
     import dspy
 
-    from cd_dspy.keys import lm_state, program_key
+    from cd_dspy.core.keys import lm_state, program_key
 
     def bound(**kwargs):
         program = dspy.Predict("question -> answer")

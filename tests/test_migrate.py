@@ -9,9 +9,9 @@ import dspy
 import pytest
 from migrate_world import COT, PRICES, Migration, raises_naming
 
-from cd_dspy.heldout import HELDOUT_LOG, HeldOutRunner
-from cd_dspy.run_dir import RunDir
-from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, SimulatedTarget, answer_match
+from cd_dspy.core.heldout import HELDOUT_LOG, HeldOutRunner
+from cd_dspy.core.run_dir import RunDir
+from cd_dspy.testing.simulated import HARMFUL_RULE, HELPFUL_RULES, SimulatedTarget, answer_match
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def test_costs_in_seconds_when_no_price_is_known(tmp_path):
 ])
 def test_bad_inputs_are_clear_errors(tmp_path, change, words):
     world = Migration(n_test=8)
-    from cd_dspy.migration import migrate
-    from cd_dspy.simulated import answer_match as metric
+    from cd_dspy.migration.api import migrate
+    from cd_dspy.testing.simulated import answer_match as metric
 
     kwargs = {"source_lm": world.source, "target_lm": world.target, "metric": metric, "trainset": world.trainset,
               "valset": world.valset, "testset": world.testset, "run_dir": tmp_path / "run", "progress": False}
@@ -148,7 +148,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, change, words):
 
 
 def test_cli_migrate_and_rulebooks(tmp_path, capsys):
-    from cd_dspy.cli import main
+    from cd_dspy.cli.main import main
 
     sim = ["--task", "simulated", "--train", "16", "--val", "40", "--seed", "1"]
     run_dir = tmp_path / "mig"
@@ -173,7 +173,7 @@ def test_cli_migrate_and_rulebooks(tmp_path, capsys):
 def test_a_compile_that_keeps_no_rule_says_the_program_is_unchanged(tmp_path):
     """Every rule the teacher knows is dropped by the rulebook: target after CD is target before by construction,
     and the verdict says so instead of presenting a [0, 0] interval as a measured effect."""
-    from cd_dspy.rulebook import DROPPED, Rulebook, RulebookRule
+    from cd_dspy.phases.rulebook import DROPPED, Rulebook, RulebookRule
 
     book = Rulebook([RulebookRule(text, "predict", DROPPED) for text in [*HELPFUL_RULES.values(), HARMFUL_RULE]])
     report = Migration(n_test=8).run(tmp_path / "run", num_trials=4, rulebook=str(book.save(tmp_path / "book.yaml")))
@@ -189,7 +189,7 @@ def test_the_cli_runs_the_source_with_the_targets_settings_and_teaches_with_the_
     teacher is the same model with the teacher-role settings; where the role changes nothing, one object serves."""
     import argparse
 
-    from cd_dspy import cli_migrate
+    from cd_dspy.cli import migrate as cli_migrate
 
     def fake_resolve(spec, role, api_base=None):
         tokens = 1024 if role == "teacher" and spec.startswith("local") else 512

@@ -14,13 +14,13 @@ import pytest
 from conftest import load_example
 from migrate_world import PRICES, Migration, SimulatedWeights, raises_naming
 
-from cd_dspy.costs import migration_costs
-from cd_dspy.heldout import ExampleRecord, RunSummary
-from cd_dspy.integrate import load_program
-from cd_dspy.levers import FAILED, FINISHED, NOT_APPLICABLE, Lever, parse_levers
-from cd_dspy.migration import build_report
-from cd_dspy.run_dir import MANIFEST
-from cd_dspy.stats import holm_adjusted
+from cd_dspy.core.heldout import ExampleRecord, RunSummary
+from cd_dspy.core.run_dir import MANIFEST
+from cd_dspy.core.stats import holm_adjusted
+from cd_dspy.migration.api import build_report
+from cd_dspy.migration.costs import migration_costs
+from cd_dspy.migration.levers import FAILED, FINISHED, NOT_APPLICABLE, Lever, parse_levers
+from cd_dspy.phases.integrate import load_program
 
 ALL = ["target", "cd", "demos", "sft", "combined"]
 
@@ -183,7 +183,7 @@ def test_levers_are_parsed_and_unknown_names_refused():
 
 
 def test_cli_levers_flag(tmp_path, capsys):
-    from cd_dspy.cli import build_parser, main
+    from cd_dspy.cli.main import build_parser, main
 
     sim = ["migrate", "--task", "simulated", "--source", "simulated-teacher", "--target", "simulated-target"]
     assert build_parser().parse_args([*sim, "--run-dir", "x", "--levers", "demos, sft"]).levers == \

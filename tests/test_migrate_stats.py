@@ -8,10 +8,9 @@ import pytest
 from migrate_world import raises_naming
 from scipy import stats as scipy_stats
 
-from cd_dspy.costs import PriceTableError, load_prices, migration_costs, price_of
-from cd_dspy.heldout import ExampleRecord, RunSummary
-from cd_dspy.result import RoleUsage
-from cd_dspy.stats import (
+from cd_dspy.core.heldout import ExampleRecord, RunSummary
+from cd_dspy.core.result import RoleUsage
+from cd_dspy.core.stats import (
     break_even,
     comparison_cell,
     holm_adjusted,
@@ -20,6 +19,7 @@ from cd_dspy.stats import (
     score_interval,
     score_summary,
 )
+from cd_dspy.migration.costs import PriceTableError, load_prices, migration_costs, price_of
 
 
 def pairs(fixed: int, broken: int, same: int = 0) -> tuple[list[float], list[float]]:

@@ -9,9 +9,9 @@ import dspy
 import pytest
 
 from cd_dspy import ConceptDistillation, ConceptDistillationResult
-from cd_dspy.integrate import RULES_HEADER
-from cd_dspy.select import RuleSelector
-from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE, answer_match
+from cd_dspy.phases.integrate import RULES_HEADER
+from cd_dspy.phases.search import RuleSelector
+from cd_dspy.testing.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE, answer_match
 
 
 def rules_by_text(result: ConceptDistillationResult) -> dict[str, object]:

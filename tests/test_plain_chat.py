@@ -7,11 +7,11 @@ import pytest
 from dspy.lm15 import Message, Response, TextPart, Usage
 from dspy.utils.exceptions import AdapterParseError
 
-from cd_dspy.integrate import with_rules
+from cd_dspy.core.result import Rule
+from cd_dspy.phases.integrate import with_rules
 from cd_dspy.programs import get_task, make_adapter
 from cd_dspy.programs.humaneval import CompleteFunction, entry_point_of, humaneval_metric, load_humaneval
 from cd_dspy.programs.plain_chat import PlainChatAdapter
-from cd_dspy.result import Rule
 
 
 class ReplyEngine:

@@ -1,4 +1,4 @@
-"""The priming set (cd_dspy.priming): each strategy's text, the gold shown only by `gold`, custom text and
+"""The priming set (cd_dspy.core.priming): each strategy's text, the gold shown only by `gold`, custom text and
 callables, bad input; CD's explanation step shows the gold and the metric's feedback only under `gold`; the
 phase key follows the strategy."""
 
@@ -9,8 +9,7 @@ import json
 import dspy
 import pytest
 
-from cd_dspy.induce import GOLD_HIDDEN, explain_mistakes
-from cd_dspy.priming import (
+from cd_dspy.core.priming import (
     DEFAULT_PRIMING,
     PRIMING_STRATEGIES,
     check_priming,
@@ -21,7 +20,8 @@ from cd_dspy.priming import (
     priming_text,
     shows_gold,
 )
-from cd_dspy.result import Mistake, Solution
+from cd_dspy.core.result import Mistake, Solution
+from cd_dspy.phases.induce import GOLD_HIDDEN, explain_mistakes
 
 INPUTS, GOLD = {"question": "What is 6 * 7?"}, {"answer": 42.0}
 

@@ -8,7 +8,7 @@ import dspy
 from conftest import load_example
 from noisy_world import NoisyTarget
 
-from cd_dspy.simulated import answer_match, simulated_splits
+from cd_dspy.testing.simulated import answer_match, simulated_splits
 
 sensitivity = load_example("prompt_sensitivity")
 

@@ -16,13 +16,13 @@ import pytest
 from dspy.teleprompt import bootstrap_trace
 from optuna.trial import TrialState
 
-from cd_dspy.collect import COLLECT_METADATA, NoProgressBar, collect_mistakes
-from cd_dspy.evaluation import ScoredMetric
-from cd_dspy.result import Rule
-from cd_dspy.settings import default_threads, in_process
-from cd_dspy.simulated import answer_match
-from cd_dspy.validation import check_examples
-from cd_dspy.workers import PLANNED, SLOT, DistributedSelector, Workers
+from cd_dspy.config import default_threads, in_process
+from cd_dspy.core.evaluation import ScoredMetric
+from cd_dspy.core.result import Rule
+from cd_dspy.core.validation import check_examples
+from cd_dspy.phases.collect import COLLECT_METADATA, NoProgressBar, collect_mistakes
+from cd_dspy.scale.workers import PLANNED, SLOT, DistributedSelector, Workers
+from cd_dspy.testing.simulated import answer_match
 
 ROOT = Path(__file__).resolve().parent.parent
 COT = "question -> answer: float"

@@ -6,9 +6,9 @@ import dspy
 import pytest
 from migrate_world import raises_naming
 
-from cd_dspy.integrate import RULES_HEADER
-from cd_dspy.rulebook import DROPPED, FREE, PINNED, Rulebook, RulebookError, RulebookRule, export_rulebook
-from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE
+from cd_dspy.phases.integrate import RULES_HEADER
+from cd_dspy.phases.rulebook import DROPPED, FREE, PINNED, Rulebook, RulebookError, RulebookRule, export_rulebook
+from cd_dspy.testing.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE
 
 COT = "question -> answer: float"
 

@@ -13,10 +13,10 @@ import dspy
 import pytest
 from migrate_world import COT, Migration
 
-from cd_dspy.cli import main
-from cd_dspy.rulebook import PINNED, Rulebook, RulebookRule
-from cd_dspy.run_dir import MANIFEST, RunDir, RunDirError, write_file
-from cd_dspy.simulated import HELPFUL_RULES
+from cd_dspy.cli.main import main
+from cd_dspy.core.run_dir import MANIFEST, RunDir, RunDirError, write_file
+from cd_dspy.phases.rulebook import PINNED, Rulebook, RulebookRule
+from cd_dspy.testing.simulated import HELPFUL_RULES
 
 SIM = ["--task", "simulated", "--target", "simulated-target", "--teacher", "simulated-teacher"]
 USER_FILES = {"thesis.txt": b"Chapter 1\n\xe2\x80\x94 my own words\n", "data.csv": b"a,b\n1,2\n",
@@ -211,7 +211,7 @@ def test_migrate_refuses_a_folder_of_user_files_and_keeps_notes_in_its_own(tmp_p
 
 
 def test_rulebook_check_refuses_a_folder_of_user_files(sim, tmp_path):
-    from cd_dspy.transfer import check_rulebook
+    from cd_dspy.migration.transfer import check_rulebook
 
     book = Rulebook([RulebookRule(HELPFUL_RULES["units"], "predict", PINNED)]).save(tmp_path / "book.yaml")
     folder = tmp_path / "notes"
@@ -233,7 +233,7 @@ def test_distill_out_refuses_a_folder_of_user_files(tmp_path, capsys):
 def test_distill_out_names_every_output_in_its_manifest(tmp_path):
     from argparse import Namespace
 
-    from cd_dspy.cli_distill import claim_out
+    from cd_dspy.cli.distill import claim_out
 
     out = tmp_path / "out"
     claim_out(out, Namespace(mode="kd", select_on="loss"), [(0.5, 1.0), (0.9, 2.0)])
@@ -249,7 +249,7 @@ def test_distill_out_names_every_output_in_its_manifest(tmp_path):
 
 
 def test_worker_output_never_replaces_a_file(tmp_path):
-    from cd_dspy.worker import _new_file
+    from cd_dspy.testing.local_workers import _new_file
 
     mine = put(tmp_path, {"worker0.out": b"my log"})
     path, handle = _new_file(tmp_path, "worker0", ".out")

@@ -1,4 +1,4 @@
-"""Hostile programs must be contained by cd_dspy.sandbox: host unharmed, failure in bounded time."""
+"""Hostile programs must be contained by cd_dspy.sandbox.run: host unharmed, failure in bounded time."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 import pytest
 from sandbox_harness import PRINT_TOKEN, SLACK, T, alive_with_token, run, token_of
 
-from cd_dspy import sandbox_isolation
-from cd_dspy.sandbox import isolation_info
+from cd_dspy.sandbox import isolation as sandbox_isolation
+from cd_dspy.sandbox.run import isolation_info
 
 # ----------------------------------------------------------------------------- positive
 
@@ -57,7 +57,7 @@ def test_degraded_isolation_is_loud(missing, monkeypatch, caplog):
         expected, named = {"mountns"}, ["mountns", "/tmp", "/dev/shm"]
     isolation_info.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="cd_dspy.sandbox"):
+        with caplog.at_level(logging.WARNING, logger="cd_dspy.sandbox.run"):
             first, second = run("print('ok')\n"), run("pass\n")
     finally:
         monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Hostile programs must not escape cd_dspy.sandbox: host files, secrets, network, /tmp and processes stay
+"""Hostile programs must not escape cd_dspy.sandbox.run: host files, secrets, network, /tmp and processes stay
 out of reach."""
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import logging
 import dspy
 
 from cd_dspy import ConceptDistillation
-from cd_dspy.keys import lm_state
-from cd_dspy.simulated import SimulatedTarget, SimulatedTeacher
+from cd_dspy.core.keys import lm_state
+from cd_dspy.testing.simulated import SimulatedTarget, SimulatedTeacher
 
 KEY = "sk-SECRET-123"
 TOKEN = "hf-SECRET-456"
@@ -87,7 +87,7 @@ def test_api_key_never_written_or_logged(sim, tmp_path, monkeypatch, caplog, cap
 def test_a_saved_program_holds_no_lm_secret(tmp_path):
     """DSPy's `LM.dump_state` drops `api_key` only: run_dir/program.json (written by `save_program`) drops every
     kwarg named like a secret, and the LM in use keeps them."""
-    from cd_dspy.integrate import load_program, save_program
+    from cd_dspy.phases.integrate import load_program, save_program
 
     lm = dspy.LM("openai/gpt-4o-mini", api_key=KEY, hf_token=TOKEN, aws_secret_access_key=TOKEN, max_tokens=64)
     program = dspy.ChainOfThought("question -> answer: float")

@@ -10,9 +10,9 @@ import pytest
 from conftest import load_example
 from migrate_world import COT, Migration
 
-from cd_dspy.rulebook import DROPPED, FREE, PINNED, Rulebook, RulebookRule
-from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, answer_match
-from cd_dspy.transfer import check_rulebook
+from cd_dspy.migration.transfer import check_rulebook
+from cd_dspy.phases.rulebook import DROPPED, FREE, PINNED, Rulebook, RulebookRule
+from cd_dspy.testing.simulated import HARMFUL_RULE, HELPFUL_RULES, answer_match
 
 
 def helpful_book(tmp_path: Path) -> Path:

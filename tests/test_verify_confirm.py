@@ -5,10 +5,10 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from cd_dspy.confirm import small_sample_warning
-from cd_dspy.induce import delexicalise, is_instance_specific
-from cd_dspy.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE, ScriptedEngine, SimulatedTeacher
-from cd_dspy.stats import min_detectable_gain, min_wins_for_significance, paired_difference, sign_test
+from cd_dspy.core.stats import min_detectable_gain, min_wins_for_significance, paired_difference, sign_test
+from cd_dspy.phases.confirm import small_sample_warning
+from cd_dspy.phases.induce import delexicalise, is_instance_specific
+from cd_dspy.testing.simulated import HARMFUL_RULE, HELPFUL_RULES, NEUTRAL_RULE, ScriptedEngine, SimulatedTeacher
 
 STICKERS = "Mia has 125 stickers. She packs them into bags of 10. How many full bags does she fill?"
 REMAINDER = "What is the remainder when 86 is divided by 7?"
@@ -72,7 +72,7 @@ def test_verification_records_fixes_and_breaks_and_keeps_only_rules_that_help(si
     # verification is part of the provenance on disk and in the report
     saved = (sim.tmp_path / "run" / "rules.json").read_text()
     assert '"verification"' in saved and '"fixed"' in saved
-    from cd_dspy.report import render_report
+    from cd_dspy.core.report import render_report
 
     report = render_report(sim.tmp_path / "run")
     assert "fixed" in report and "broke" in report
@@ -160,14 +160,14 @@ def test_paired_statistics_on_known_inputs():
 
 # -- mistake sampling -------------------------------------------------------------------------------
 def _mistake(index: int, question: str, parse_failed: bool = False):
-    from cd_dspy.result import Mistake
+    from cd_dspy.core.result import Mistake
 
     return Mistake(id=f"m{index}", example_index=index, inputs={"question": question}, gold={"answer": 1},
                    outputs={}, score=0.0, feedback=None, steps=[], parse_failed=parse_failed)
 
 
 def test_sampled_mistakes_cover_each_kind_of_question_before_repeating_one():
-    from cd_dspy.collect import sample_mistakes
+    from cd_dspy.phases.collect import sample_mistakes
 
     templates = ["How many apples does {n} have after buying {m}?", "Round {n}.{m} to the nearest whole number.",
                  "What time is it {n} minutes after {m}:00?"]

@@ -1,4 +1,4 @@
-"""Scale-out: worker processes evaluate one rule search through Optuna's RDB storage (cd_dspy.workers).
+"""Scale-out: worker processes evaluate one rule search through Optuna's RDB storage (cd_dspy.scale.workers).
 
 "Equal to a single-process run" means: the main process plans every trial (first trials, TPE rounds of
 a fixed size from the finished trials in planned order, backward elimination), so the same trials are
@@ -28,13 +28,14 @@ import pytest
 from conftest import SimWorld
 from kill_child import logged_calls
 
-from cd_dspy.evaluation import CachedEvaluator, ScoredMetric
-from cd_dspy.run_dir import RunDir
-from cd_dspy.shared_store import ScoreStore
-from cd_dspy.simulated import answer_match
-from cd_dspy.usage import UsageMeter
-from cd_dspy.worker import run_worker, start_local_workers
-from cd_dspy.workers import SLOT, WorkerError, Workers, guarded, rdb_storage, run_one
+from cd_dspy.core.evaluation import CachedEvaluator, ScoredMetric
+from cd_dspy.core.run_dir import RunDir
+from cd_dspy.core.usage import UsageMeter
+from cd_dspy.scale.shared_store import ScoreStore
+from cd_dspy.scale.worker import run_worker
+from cd_dspy.scale.workers import SLOT, WorkerError, Workers, guarded, rdb_storage, run_one
+from cd_dspy.testing.local_workers import start_local_workers
+from cd_dspy.testing.simulated import answer_match
 
 TESTS = Path(__file__).parent
 POSTGRES_ENV = "CD_DSPY_TEST_POSTGRES_URL"
@@ -133,7 +134,7 @@ def postgres_url() -> str:
 
 
 def test_reference_finds_the_helpful_rules(reference):
-    from cd_dspy.simulated import HELPFUL_RULES
+    from cd_dspy.testing.simulated import HELPFUL_RULES
 
     assert reference.improved and reference.best_score == 100.0
     assert sorted(r.text for r in reference.rules if r.selected) == sorted(HELPFUL_RULES.values())
@@ -278,14 +279,14 @@ def test_bad_worker_settings_are_named(sim, tmp_path):
 
 
 def test_worker_command_reports_a_missing_study(tmp_path, capsys):
-    from cd_dspy.cli import main
+    from cd_dspy.cli.main import main
 
     assert main(["worker", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--study", "none", "--wait", "0.2"]) == 2
     assert "no study named 'none'" in capsys.readouterr().err
 
 
 def test_a_worker_with_another_program_refuses(tmp_path):
-    from cd_dspy.worker import _check_rebuild
+    from cd_dspy.scale.worker import _check_rebuild
 
     evaluator = CachedEvaluator(SimWorld(tmp_path).valset, ScoredMetric(answer_match), run_dir=RunDir(None),
                                 meter=UsageMeter(), num_threads=1)
@@ -297,7 +298,7 @@ def test_a_worker_with_another_program_refuses(tmp_path):
 
 def test_cli_compile_with_workers_and_a_worker_process(tmp_path, capsys):
     """`cd-dspy compile --workers` publishes the built-in task's setup; `cd-dspy worker` rebuilds it and works."""
-    from cd_dspy.cli import main
+    from cd_dspy.cli.main import main
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     procs = start_local_workers(storage, "concept-distillation", 1, tmp_path, wait=60)
@@ -347,7 +348,7 @@ def kill_when_marked(tmp: Path, proc, killed: dict) -> threading.Thread:
 
 @pytest.mark.parametrize("n, kill", [(3, False), (2, True)], ids=["three-workers", "a-worker-killed"])
 def test_postgres_workers_verify_as_one_process(reference_verify, postgres_url, tmp_path, n, kill):
-    """Verification on workers (cd_dspy.verify_workers): the same verdicts, trials and selected rules as one
+    """Verification on workers (cd_dspy.scale.verify_workers): the same verdicts, trials and selected rules as one
     process, each (prompt, example) pair paid once; a worker killed inside a verify trial loses nothing."""
     sim, study, log = fresh_world(tmp_path)
     procs = start_workers(tmp_path, postgres_url, study, n, log, hang=5 if kill else None)

@@ -14,7 +14,7 @@ from pathlib import Path
 import dspy
 from kill_child import LoggedEngine
 
-from cd_dspy.simulated import SimulatedTarget, answer_match
+from cd_dspy.testing.simulated import SimulatedTarget, answer_match
 
 
 class BrokenEngine:

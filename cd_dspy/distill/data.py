@@ -26,11 +26,11 @@ from typing import Any
 import dspy
 from dspy.utils.parallelizer import ParallelExecutor
 
-from cd_dspy.collect import jsonable
-from cd_dspy.evaluation import ScoredMetric
-from cd_dspy.integrate import RulePredict, render_instructions
-from cd_dspy.priming import Priming, priming_name
-from cd_dspy.solve import teacher_trace
+from cd_dspy.core.evaluation import ScoredMetric
+from cd_dspy.core.priming import Priming, priming_name
+from cd_dspy.core.run_dir import jsonable
+from cd_dspy.phases.integrate import RulePredict, render_instructions
+from cd_dspy.phases.solve import teacher_trace
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def generate_distillation_data(program: dspy.Module, trainset: Sequence[dspy.Exa
     """Run the primed teacher on every training example and keep the calls of the traces `metric` accepts.
 
     program: the DSPy program to distil (every predictor gets records).
-    teacher_lm: the LM that writes the demonstrations, under `priming` (`cd_dspy.priming`).
+    teacher_lm: the LM that writes the demonstrations, under `priming` (`cd_dspy.core.priming`).
     metric: `metric(example, prediction, trace)`; a trace is kept when its score is >= `threshold`.
     student_program: the program whose instructions the student is trained with, e.g. CD's compiled
         program (its rules then sit in the system prompt); default `program`.

@@ -14,12 +14,12 @@ from typing import Any
 
 import dspy
 
+from cd_dspy.core.stats import comparison_cell, holm_adjusted, paired_difference, score_interval
 from cd_dspy.distill.convert import convert_lora
 from cd_dspy.distill.data import DistillRecord, generate_distillation_data, write_jsonl
 from cd_dspy.distill.logprobs import LlamaScorer, add_teacher_logprobs
 from cd_dspy.distill.train import LoraTrainer, TrainReport, TrainSettings, encode_records
 from cd_dspy.distill.validate import validate_jsonl
-from cd_dspy.stats import comparison_cell, holm_adjusted, paired_difference, score_interval
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def train_adapter(trainer: LoraTrainer, records: Sequence[DistillRecord], settin
 
 def scores_on(program: dspy.Module, lm: Any, examples: Sequence[dspy.Example], metric: Callable) -> list[float]:
     """The metric's per-example scores of a copy of `program` running on `lm` (a failure scores 0)."""
-    from cd_dspy.cli import per_example_scores
+    from cd_dspy.core.scoring import per_example_scores
 
     program = program.deepcopy()
     program.set_lm(lm)

@@ -1,0 +1,158 @@
+"""Phase 3b: decide on data the search never saw, in a fixed sequence of tests.
+
+1. The primary subset, fixed before any validation score was seen (every concept the search got, the exemplars
+   up to `max_exemplars`: the search's first "all" trial), is tested first on every validation example (search
+   and confirmation parts) and the fresh training examples below: its choice did not depend on them, so all of
+   them count, and a set of exemplars, whose effect is large but spread thin, gets the power it needs. If it
+   fails, nothing else is tested and the program comes back unchanged.
+2. When it passed, the `top_k` best subsets the search ranks above it that beat the baseline on the search part
+   (the best of many there is optimistic: the winner's curse) are tested on the confirmation part and the fresh
+   training examples only, Bonferroni-corrected over those subsets; the first accepted in the search's order
+   replaces the primary subset. A fixed sequence (a later step runs only when the earlier one rejected its null) keeps
+   the chance of accepting anything under pure noise at `alpha`.
+
+A subset is accepted when it beats the baseline by more than `min_improvement` points and a one-sided exact sign
+test (McNemar's exact test for 0/1 scores) is below `alpha`. Per-rule effects are designed comparisons on the
+fresh examples: the chosen subset against the chosen subset without that rule (exemplar-only concepts work as a
+set and get no effect of their own).
+
+The fresh examples may also hold training examples no phase chose from (`unused_training_examples`): the
+target's answers there were seen by collect only, no concept came from them and no screen or search scored
+them, so a paired comparison on them is as fresh as on the confirmation part, and more of them buys power.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from cd_dspy.core.evaluation import CachedEvaluator
+from cd_dspy.core.result import ConceptDistillationResult, Rule
+from cd_dspy.core.stats import Comparison, min_detectable_gain, min_wins_for_significance, paired_difference
+from cd_dspy.phases.search import Selection
+
+logger = logging.getLogger(__name__)
+
+DETECTABLE_GAIN_WARNING = 10.0  # points: warn when the confirmation data cannot resolve smaller gains
+
+
+@dataclass
+class Decision:
+    """The confirmed choice (empty when no subset was confirmed) and the evidence behind it."""
+
+    chosen: list[str]
+    baseline_score: float | None
+    chosen_score: float | None
+    comparison: Comparison | None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    effects: dict[str, Comparison] = field(default_factory=dict)
+
+
+def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvaluator, indices: Sequence[int], *,
+            program_with: Callable[[Sequence[Rule]], dspy.Module], top_k: int, alpha: float | None,
+            min_improvement: float, extra: Sequence[tuple[CachedEvaluator, Sequence[int]]] = (),
+            search: Sequence[int] = ()) -> Decision:
+    """Decide in a fixed sequence (see the module doc): the primary subset on `search` + `indices` + `extra`, then,
+    when it passed, the search's best subsets on `indices` + `extra`."""
+    by_id = {r.id: r for r in rules}
+    fresh = [(evaluator, list(indices)), *((e, list(i)) for e, i in extra if i)]
+    everywhere = [(evaluator, list(search) + list(indices)), *fresh[1:]]
+
+    def scores_of(ids: Sequence[str], data=fresh) -> list[float]:
+        program = program_with([by_id[i] for i in ids])
+        return [score for scorer, where in data for score in scorer(program, where)]
+
+    def tested(ids, search_score, scores, before, n_tests, step) -> tuple[bool, Comparison, dict]:
+        result = paired_difference(scores, before)
+        p_adjusted = min(1.0, result.p_greater * n_tests)
+        accepted = result.difference > min_improvement and (alpha is None or p_adjusted < alpha)
+        logger.info("Confirm (%s): %s search %s -> %s (p adjusted %.3g)%s", step, ids, search_score,
+                    result.describe(), p_adjusted, " accepted" if accepted else "")
+        return accepted, result, {"rule_ids": list(ids), "step": step, "search_score": search_score, "n": result.n,
+                                  "score": result.after, "difference": result.difference,
+                                  "interval": [result.low, result.high], "p_value": result.p_greater,
+                                  "p_adjusted": p_adjusted, "accepted": accepted}
+
+    baseline = scores_of([])
+    candidates, chosen, comparison = [], [], None
+    primary = selection.primary if search else []
+    if primary:  # fixed before any validation score was seen: tested first, on every example
+        accepted, comparison, record = tested(primary, selection.score_of(primary), scores_of(primary, everywhere),
+                                              scores_of([], everywhere), 1, "primary")
+        candidates.append(record)
+        if not accepted:  # the sequence stops here: nothing else is tested
+            return Decision([], comparison.before, comparison.before, None, candidates, {})
+        chosen = list(primary)
+    ahead = selection.ranked_above(primary) if primary else None  # only what the search prefers may replace it
+    shortlist = [(ids, score) for ids, score in selection.better_than_baseline(top_k)
+                 if ahead is None or ids in ahead]
+    confirmed = None  # the first shortlisted subset accepted, in the search's order
+    for ids, search_score in shortlist:
+        accepted, result, record = tested(ids, search_score, scores_of(ids), baseline, len(shortlist), "search")
+        candidates.append(record)
+        if accepted and confirmed is None:
+            confirmed = list(ids), result
+    if confirmed is not None:
+        chosen, comparison = confirmed
+    effects = {}
+    if chosen:  # designed comparisons on the fresh examples: the chosen subset without each rule
+        chosen_scores = scores_of(chosen)
+        for rule_id in (i for i in chosen if i not in selection.exemplar_ids):
+            without = scores_of([i for i in chosen if i != rule_id]) if len(chosen) > 1 else baseline
+            effects[rule_id] = paired_difference(chosen_scores, without)
+    before = comparison.before if comparison else 100.0 * sum(baseline) / max(1, len(baseline))
+    return Decision(chosen, before, comparison.after if comparison else before, comparison, candidates, effects)
+
+
+def unused_training_examples(n_train: int, used_mistakes: Sequence[int], rules: Sequence[Rule]) -> list[int]:
+    """Training indices no phase chose from: not a mistake the teacher saw and not scored by the screen."""
+    screened = {i for r in rules for key in ("checked_mistakes", "checked_correct")
+                for i in (r.verification or {}).get(key, [])}
+    return sorted(set(range(n_train)) - set(used_mistakes) - screened)
+
+
+def split_sizes(n_val: int, confirm_fraction: float) -> tuple[int, int]:
+    """(search, confirmation) sizes of a valset of `n_val` examples; each part gets at least one."""
+    n_confirm = min(n_val - 1, max(1, round(n_val * confirm_fraction)))
+    return n_val - n_confirm, n_confirm
+
+
+def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, confirm_fraction: float,
+                 alpha: float | None, top_k: int) -> tuple[list[int], list[int]]:
+    """Seeded disjoint (search, confirmation) index lists over a valset of `n_val` examples; their sizes,
+    the smallest detectable gain and a warning when the confirmation part is too small go into `result`."""
+    order = random.Random(seed + 1).sample(range(n_val), n_val)
+    _, n_confirm = split_sizes(n_val, confirm_fraction)
+    confirmation, search = sorted(order[:n_confirm]), sorted(order[n_confirm:])
+    result.n_search, result.n_confirm = len(search), len(confirmation)
+    result.min_detectable_gain, warning = small_sample_warning(len(confirmation), alpha, top_k, confirm_fraction)
+    if warning:  # it concerns the search's picks; the primary subset is tested on the whole valset (and more)
+        primary = min_detectable_gain(n_val, alpha if alpha is not None else 0.05, 1)
+        shown = "no gain" if primary > 100 else f"gains of at least {primary:.0f} points"
+        result.warnings.append(f"{warning} (The subset fixed before any score is tested first on all {n_val} "
+                               f"validation examples and the unused training examples: there {shown} can be told "
+                               "from noise.)")
+    return search, confirmation
+
+
+def small_sample_warning(n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,
+                         threshold: float = DETECTABLE_GAIN_WARNING) -> tuple[float, str | None]:
+    """(the smallest detectable gain in points, a warning when it exceeds `threshold`)."""
+    level = alpha if alpha is not None else 0.05
+    gain = min_detectable_gain(n_confirm, level, top_k)
+    if gain <= threshold:
+        return gain, None
+    wins = min_wins_for_significance(level, top_k)
+    needed = math.ceil(100.0 * wins / threshold)
+    valset = math.ceil(needed / confirm_fraction)
+    shown = "no gain" if gain > 100 else f"only gains of at least {gain:.0f} points"
+    return gain, (f"With {n_confirm} confirmation examples {shown} can be told from noise "
+                  f"({wins} more examples right and none broken, sign test at {level:g} over {top_k} "
+                  f"candidates). For gains of {threshold:.0f} points use about {needed} confirmation "
+                  f"examples (a valset of about {valset} with confirm_fraction={confirm_fraction:g}).")
