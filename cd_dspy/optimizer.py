@@ -168,7 +168,7 @@ class ConceptDistillation(Teleprompter):
         self.threads = self.num_threads or default_threads(target, self.teacher_lm)
         started = time.perf_counter()
         run = RunDir(self.run_dir)
-        phase_keys = keys.phase_keys(self, self._bind(student), trainset, valset)
+        phase_keys = keys.phase_keys(self, self.program_with(student), trainset, valset)
         run.refresh(phase_keys, PHASE_ARTIFACTS,
                     resume=self.resume)
         meter = UsageMeter(self.teacher_lm, self.budget)
@@ -211,7 +211,7 @@ class ConceptDistillation(Teleprompter):
             if not mistakes:
                 result.message = (f"The target made no mistakes on the {len(trainset)} training examples "
                                   f"(threshold {self.mistake_threshold}); the program is returned unchanged.")
-                return self._bind(base)
+                return self.program_with(base)
             with self._phase("induce", result, progress):
                 rules = self._induce(base, mistakes, trainset, metric, run, result, progress)
                 rules = self.rulebook.merge(rules) if self.rulebook is not None else rules
@@ -221,7 +221,7 @@ class ConceptDistillation(Teleprompter):
             if not rules:
                 result.message = (f"The teacher solved {result.n_solved} of the {result.n_mistakes_used} sampled "
                                   "mistakes and no usable concept came of them; the program is returned unchanged.")
-                return self._bind(base)
+                return self.program_with(base)
             result.rules = rules
             if self.verify:
                 with self._phase("verify", result, progress):
@@ -235,14 +235,15 @@ class ConceptDistillation(Teleprompter):
             if not candidates:
                 result.message = ("No candidate rule fixed the mistakes it came from without breaking as many "
                                   "correct training examples; the program is returned unchanged.")
-                return self._bind(base)
+                return self.program_with(base)
             with self._phase("select", result, progress):
                 evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
                 selection = self._select(base, candidates, evaluator, search, run, select_key, result, progress,
                                          checkpoint)
             with self._phase("confirm", result, progress):
                 decision = confirm(selection, candidates, evaluator, confirmation,
-                                   program_with=lambda chosen: self._bind(base, chosen), top_k=self.confirm_top_k,
+                                   program_with=lambda chosen: self.program_with(base, chosen),
+                                   top_k=self.confirm_top_k,
                                    alpha=self.require_significance, min_improvement=self.min_improvement,
                                    extra=self._fresh_training(mistakes, rules, trainset, metric, run, meter, result),
                                    search=search)
@@ -250,8 +251,8 @@ class ConceptDistillation(Teleprompter):
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "
                               "returned unchanged.")
-            return self._bind(base)
-        return self._bind(base, record_decision(result, rules, selection, decision))
+            return self.program_with(base)
+        return self.program_with(base, record_decision(result, rules, selection, decision))
 
     def _fresh_training(self, mistakes, rules, trainset, metric, run: RunDir, meter, result) -> list:
         """[(training-set evaluator, unused training indices)] for the confirmation; [] with confirm_on_train off."""
@@ -287,7 +288,7 @@ class ConceptDistillation(Teleprompter):
         else:
             bar = progress.bar("collect mistakes", total=len(trainset))
             mistakes, result.train_score, correct, failed = collect_resumable(
-                lambda: self._bind(base), trainset, metric, run, meter, num_threads=self.threads,
+                lambda: self.program_with(base), trainset, metric, run, meter, num_threads=self.threads,
                 threshold=self.mistake_threshold, on_chunk=bar.update)
             bar.close()
             if not failed:  # with failed examples collect is not finished: a rerun retries just those
@@ -319,7 +320,7 @@ class ConceptDistillation(Teleprompter):
                               self.storage or run.sqlite_url("study.db"), progress)
         bar = progress.bar("verify rules", total=len(own))
         screen = functools.partial(verify_rules, mistakes=mistakes, correct=sample, evaluator=evaluator,
-                                   program_with=lambda chosen: self._bind(base, chosen),
+                                   program_with=lambda chosen: self.program_with(base, chosen),
                                    threshold=self.mistake_threshold, max_sources=self.verify_max_sources,
                                    on_rule=lambda rule: bar.update(1))
         screen(own)
@@ -359,7 +360,7 @@ class ConceptDistillation(Teleprompter):
                                             study_name=study_name, on_trial=on_trial, progress=progress,
                                             max_exemplars=self.max_exemplars)
         else:
-            selector = RuleSelector(lambda chosen: self._bind(base, chosen), rules, evaluator, indices=search,
+            selector = RuleSelector(lambda chosen: self.program_with(base, chosen), rules, evaluator, indices=search,
                                     num_trials=self.num_trials, seed=self.seed, storage=storage,
                                     study_name=study_name, minibatch_size=self.minibatch_size, on_trial=on_trial,
                                     max_exemplars=self.max_exemplars)
@@ -370,7 +371,7 @@ class ConceptDistillation(Teleprompter):
         return selection
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _bind(self, base: dspy.Module, rules: Sequence[Rule] = ()) -> dspy.Module:
+    def program_with(self, base: dspy.Module, rules: Sequence[Rule] = ()) -> dspy.Module:
         """A copy of `base` with `rules` integrated and the target LM (if one was given) bound."""
         return with_rules(base, rules, lm=self.target_lm, conditional=self.conditional_rules)
 

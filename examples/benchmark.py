@@ -233,6 +233,7 @@ class Benchmark:
             test_meter, tokens = BenchMeter(self.teacher, self.target), PromptTokenCounter(self.teacher_alone)
             lm = self.teacher_alone if method == "teacher" else self.target
             with self._context(lm, test_meter, tokens):
+                # every call made (no stored record skips one): the test's usage and prompt tokens are measured
                 scores = score_examples(program, self.test, self.task.metric, self.args.threads).scores
             rec["test"] = held_out_record(scores, None)  # the paired comparison is added when saving
             rec["usage"] = {"compile": compile_usage, "test": usage_dict(test_meter.snapshot())}

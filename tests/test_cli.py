@@ -95,3 +95,12 @@ def test_per_example_scores_count_every_unparseable_reply_as_zero():
     assert per_example_scores(Broken("14"), examples, lambda e, p, t=None: 1.0, 1) == [0.0] * 14 + [1.0]
     with pytest.raises(LMUnavailableError, match="every one of 15 examples failed"):
         per_example_scores(Broken(None), examples, lambda e, p, t=None: 1.0, 1)
+
+    class AdapterParseError(ValueError):  # named as DSPy's: a reply out of format (failures.KINDS)
+        pass
+
+    class Rambling(dspy.Module):  # answers, but never in the format: a poor model scored 0, not an outage
+        def forward(self, question):
+            raise AdapterParseError("no [[ ## answer ## ]] field in the reply")
+
+    assert per_example_scores(Rambling(), examples, lambda e, p, t=None: 1.0, 1) == [0.0] * 15

@@ -190,7 +190,9 @@ class HeldOutRunner:
         for index, record in zip(todo, fresh, strict=True):
             records[index] = record or ExampleRecord(index=index, score=0.0, outputs={}, failed="error")
         failed = [r for r in records if r.failed]  # type: ignore[union-attr]
-        if len(todo) > 1 and len(failed) == len(todo):
+        # every run failed, and not only by replies out of format (a model that answers, never in the format, is
+        # a poor model, scored 0; one that does not answer at all is down)
+        if len(todo) > 1 and len(failed) == len(todo) and any(r.failed != "unparseable" for r in failed):
             raise LMUnavailableError(role, program_lm(program), f"every one of {len(todo)} examples failed "
                                      "(see the WARNING and DEBUG log for the LM's errors)")
         return records  # type: ignore[return-value]

@@ -378,13 +378,13 @@ def distributed_selector(cd: Any, base: dspy.Module, rules: list[Rule], evaluato
         "seed": cd.seed, "num_trials": cd.num_trials, "num_threads": cd.threads,
         "heartbeat": [workers.heartbeat_interval, workers.grace_period, workers.max_retry],
         "poll_seconds": workers.poll_seconds,
-        "keys": {"program": program_key(cd._bind(base)), "metric": evaluator.metric_key,
+        "keys": {"program": program_key(cd.program_with(base)), "metric": evaluator.metric_key,
                  "examples": evaluator.examples_key}, **(extra or {})})
     study.set_user_attr("cd_dspy.rules", {r.id: r.text for r in rules})  # for the dashboard
     study.set_user_attr(STATE, {"state": "search", "published": time.time()})
     command = f"cd-dspy worker --storage '{public_url(storage)}' --study {study_name}"
     progress.note(f"select: search published for workers; start them with: {command}")
-    return kind(lambda chosen: cd._bind(base, chosen), rules, evaluator, indices=search,
+    return kind(lambda chosen: cd.program_with(base, chosen), rules, evaluator, indices=search,
                                num_trials=cd.num_trials, seed=cd.seed, storage=None, study_name=study_name,
                                minibatch_size=None, on_trial=on_trial, study=study, workers=workers,
                                worker_command=command, **more)
