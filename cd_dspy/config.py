@@ -40,6 +40,22 @@ def in_process(lm: Any) -> bool:
     return engine is not None and not isinstance(engine, str)
 
 
+@dataclass
+class Budget:
+    """Caps on what a compile may spend; None means no cap. Calls count cache misses only."""
+
+    max_target_calls: int | None = None
+    max_teacher_calls: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"Budget {name} must be a non-negative number or None, got {value!r}.")
+
+
 # --- grouped settings of `ConceptDistillation` ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -142,8 +158,6 @@ def grouped(**flat: Any) -> dict[str, Any]:
     goes into its group object, anything else stays a top-level keyword. Unknown names pass through (the
     constructor rejects them). The caps `max_target_calls`, `max_teacher_calls`, `max_tokens`, `max_cost_usd`
     become one `Budget`."""
-    from cd_dspy.core.usage import Budget
-
     caps = {k: flat.pop(k) for k in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd")
             if k in flat}
     if any(v is not None for v in caps.values()):

@@ -12,11 +12,11 @@ optimizer can stop loudly (`cd_dspy.core.failures`).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from dspy.utils.callback import BaseCallback
 
+from cd_dspy.config import Budget
 from cd_dspy.core.failures import LMUnavailableError, failure_kind, is_fatal
 from cd_dspy.core.result import RoleUsage
 
@@ -30,22 +30,6 @@ class BudgetExhausted(BaseException):
     callbacks, and its adapters retry a failed call with another format; neither may turn a refused
     call into a spent one. The optimizer catches it at each phase and stops with the best program so far.
     """
-
-
-@dataclass
-class Budget:
-    """Caps on what a compile may spend; None means no cap. Calls count cache misses only."""
-
-    max_target_calls: int | None = None
-    max_teacher_calls: int | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or value < 0):
-                raise ValueError(f"Budget {name} must be a non-negative number or None, got {value!r}.")
 
 
 class UsageMeter(BaseCallback):
