@@ -179,12 +179,16 @@ def check_html(path: str | Path, binary: str | None = None, timeout: float = 60.
 
 def expected_plots(html: Path) -> tuple[str, ...]:
     """The plots a migration report must draw: scores always, the search's when it ran, rule effects when the
-    compile proposed rules (from report.json beside the page; all three when there is none)."""
+    compile proposed rules, quality against cost when it compared levers beyond CD (from report.json beside the
+    page; the first three when there is none)."""
     data = html.with_name("report.json")
     if not data.exists():
         return ("scores", "search", "rules")
     report = json.loads(data.read_text())
-    return ("scores", *(("search",) if report.get("trials") else ()), *(("rules",) if report.get("rules") else ()))
+    names = [row.get("name") for row in report.get("levers") or []]
+    compared = bool(names) and names != ["target", "cd"]
+    return ("scores", *(("search",) if report.get("trials") else ()), *(("rules",) if report.get("rules") else ()),
+            *(("levers",) if compared else ()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, load_example
-from migrate_world import PRICES, Migration
+from migrate_world import PRICES, Migration, SimulatedWeights
 
 COMMITTED = sorted((EXAMPLES / "results").glob("migrate*/report.html"))
 
@@ -40,6 +40,16 @@ def test_the_report_renders_without_errors_with_its_plots(chromium, report_page)
     assert set(check.plots) == {"scores", "search", "rules"}
     assert all(plot["marks"] > 20 and plot["width"] > 300 for plot in check.plots.values())
     assert check.details >= 4 and check.title.startswith("Migration: ")
+
+
+def test_the_lever_report_renders_its_table_and_quality_cost_plot(chromium, tmp_path):
+    run_dir = tmp_path / "levers"
+    Migration(n_test=16).run(run_dir, prices=PRICES, levers="all", sft_backend=SimulatedWeights())
+    page = run_dir / "report.html"
+    assert checker.expected_plots(page)[-1] == "levers"
+    check = checker.check_html(page, chromium)
+    assert check.problems(checker.expected_plots(page), (*checker.SECTIONS, "levers")) == []
+    assert check.plots["levers"]["marks"] > 5 and check.plots["levers"]["width"] > 300
 
 
 def test_the_checker_sees_console_errors_failed_loads_and_missing_plots(chromium, tmp_path):
