@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import dspy
@@ -145,7 +145,8 @@ def flat_settings(**groups: Any) -> dict[str, Any]:
     """{flat attribute: value} of the given group objects (a group left None: its defaults)."""
     out: dict[str, Any] = {}
     for group, cls in GROUPS.items():
-        value = groups.get(group) or cls()
+        value = groups.get(group)
+        value = cls() if value is None else value
         if not isinstance(value, cls):
             raise TypeError(f"{group}= takes a cd_dspy.config.{cls.__name__}, got {type(value).__name__}; build one "
                             f"with the fields you change, e.g. {group}={cls.__name__}(...).")
@@ -161,6 +162,8 @@ def grouped(**flat: Any) -> dict[str, Any]:
     caps = {k: flat.pop(k) for k in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd")
             if k in flat}
     if any(v is not None for v in caps.values()):
+        if flat.get("budget") is not None:
+            raise TypeError(f"pass the caps either as budget= or as {', '.join(caps)}, not both.")
         flat["budget"] = Budget(**caps)
     by_flat = {flat_name(g, f.name): (g, f.name) for g, cls in GROUPS.items() for f in fields(cls)}
     groups: dict[str, dict[str, Any]] = {}
@@ -171,4 +174,7 @@ def grouped(**flat: Any) -> dict[str, Any]:
             groups.setdefault(group, {})[name] = value
         else:
             top[key] = value
-    return {**top, **{g: GROUPS[g](**values) for g, values in groups.items()}}
+    for group, values in groups.items():  # flat names change the group object passed with them, if any
+        given = top.get(group)
+        top[group] = replace(given, **values) if isinstance(given, GROUPS[group]) else GROUPS[group](**values)
+    return top

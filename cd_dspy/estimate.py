@@ -26,7 +26,9 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     if optimizer.confirm_on_train:  # at most every training example the teacher did not see
         n_confirm += max(0, len(trainset) - n_mistakes)
     collect = len(trainset) * n_pred
-    verify = n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred if optimizer.verify else 0
+    rounds = optimizer.rounds if optimizer.verify else 0  # each round revises (and screens) at most every rule
+    verify = (1 + rounds) * n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred \
+        if optimizer.verify else 0
     trials = optimizer.num_trials + max(2, optimizer.num_trials // 2)  # the study, then its refinement trials
     search = trials * n_search * n_pred
     # baseline, the primary subset, the shortlist, leave-one-out effects
@@ -36,7 +38,8 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     explained = optimizer.carrier != "exemplars"
     explain = n_mistakes * optimizer.samples_per_mistake if explained else 0
     consolidate = n_pred if optimizer.consolidate and explained else 0
-    target_calls, teacher_calls = collect + select, solve + explain + consolidate
+    refine = rounds * n_screened  # one revision per failed rule and round (cd_dspy.phases.refine)
+    target_calls, teacher_calls = collect + select, solve + explain + consolidate + refine
     prompt_tokens = _prompt_tokens(program, trainset[0])
     rules_tokens = optimizer.max_rules * 25  # at most max_rules short rules per predictor in a trial's prompt
     teacher_prompt = 4 * prompt_tokens + 300  # program description, the attempt, the metric's feedback
@@ -45,7 +48,7 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
         "target_calls": target_calls, "collect_calls": collect, "select_calls": select,
         "verify_calls": verify, "search_calls": search, "confirm_calls": confirm,
         "teacher_calls": teacher_calls, "solve_calls": solve, "explain_calls": explain,
-        "consolidate_calls": consolidate,
+        "consolidate_calls": consolidate, "refine_calls": refine,
         "max_target_calls": 2 * target_calls,
         "max_teacher_calls": 2 * (optimizer.teacher_retries + 1) * teacher_calls,
         "target_tokens": collect * (prompt_tokens + 100) + select * (prompt_tokens + rules_tokens + 100),

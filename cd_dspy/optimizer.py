@@ -59,7 +59,8 @@ logger = logging.getLogger("cd_dspy")
 __all__ = ["AUTO_PRESETS", "PHASE_ARTIFACTS", "ConceptDistillation", "Preset", "default_threads"]
 
 
-PHASE_ARTIFACTS = {"collect": COLLECT_ARTIFACTS, "induce": INDUCE_ARTIFACTS, "concepts": (RULES_FILE,)}
+PHASE_ARTIFACTS = {"collect": COLLECT_ARTIFACTS, "induce": (*INDUCE_ARTIFACTS, REFINEMENTS_LOG),
+                   "concepts": (RULES_FILE,)}
 
 
 class ConceptDistillation(Teleprompter):
@@ -214,6 +215,7 @@ class ConceptDistillation(Teleprompter):
                 return self.program_with(base)
             with self._phase("induce", result, progress):
                 rules = self._induce(base, mistakes, trainset, metric, run, result, progress)
+                rules = [r for r in rules if r.origin != REFINED]  # a resumed run's revisions: verify redoes them
                 rules = self.rulebook.merge(rules) if self.rulebook is not None else rules
             progress.note(f"induce: {len(rules)} concepts ({self.carrier}) from the {result.n_solved} of "
                           f"{result.n_mistakes_used} sampled mistakes the teacher solved")
@@ -311,7 +313,6 @@ class ConceptDistillation(Teleprompter):
         """Fill in each rule's verification, refine the failed ones for `rounds` rounds, and return the rules with
         the revisions (resumable: every score and revision is logged as it comes)."""
         evaluator = self._train_evaluator(trainset, metric, run, meter)
-        rules = [r for r in rules if r.origin != REFINED]  # a resumed run's revisions: derived again below, free
         # a rulebook's free rules and exemplar-only concepts (they work as sets) go to the search unscreened
         own = [r for r in rules if r.origin != RULEBOOK_ORIGIN and not is_exemplar_only(r)]
         sample = correct_sample(correct, self.verify_correct, self.seed)

@@ -55,8 +55,16 @@ def test_grouped_builds_the_groups_and_one_budget_from_flat_names(sim):
     assert (cd.verify, cd.confirm_fraction, cd.max_mistakes, cd.budget.max_target_calls) == (False, 0.3, 4, 10)
 
 
+def test_grouped_changes_a_group_passed_with_flat_names_and_refuses_two_budgets():
+    assert grouped(concepts=ConceptSettings(max_rules=3), priming="none")["concepts"] == ConceptSettings(
+        max_rules=3, priming="none")
+    with pytest.raises(TypeError, match="either as budget= or as max_teacher_calls"):
+        grouped(budget=Budget(max_target_calls=3), max_teacher_calls=4)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"verification": {"enabled": False}}, "verification= takes a cd_dspy.config.VerificationSettings"),
+    ({"verification": False}, "verification= takes a cd_dspy.config.VerificationSettings"),
     ({"budget": {"max_target_calls": 3}}, "budget= takes a cd_dspy.Budget"),
     ({"verify": False}, "unexpected keyword argument 'verify'"),  # flat names go through grouped()
 ])
@@ -83,6 +91,14 @@ def test_the_returned_program_carries_its_compile_record_saved_with_it(sim, tmp_
     second.compile(dspy.ChainOfThought("question -> answer: float"), trainset=sim.trainset[:4],
                    valset=sim.valset[:8])
     assert compiled.detailed_results is cd.result  # a later compile does not overwrite the first program's
+
+
+def test_a_predict_with_conditional_rules_as_the_whole_program_loads(sim, tmp_path):
+    rules = [Rule(id="p", text=HELPFUL_RULES["percent"], predictor="self")]
+    compiled = with_rules(dspy.Predict("question -> answer: float"), rules, lm=sim.target, conditional=True)
+    compiled.save(str(tmp_path / "p.json"))
+    loaded = load_program(dspy.Predict("question -> answer: float"), tmp_path / "p.json", allow_unsafe_lm_state=True)
+    assert isinstance(loaded, RulePredict) and loaded.conditional_rules == compiled.conditional_rules
 
 
 def test_a_plain_load_of_conditional_rules_raises_and_load_program_restores_them(sim, tmp_path):

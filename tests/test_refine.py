@@ -94,6 +94,26 @@ def test_a_revision_that_copies_its_examples_or_repeats_its_parent_is_dropped(ne
     assert question in describe_examples([1], trainset) and describe_examples([], trainset) == "(none)"
 
 
+def test_a_teacher_outage_during_a_round_stops_the_compile(near_miss):
+    from cd_dspy.core.failures import LMUnavailableError
+
+    class DownOnRevision(NearMissTeacher):
+        def respond(self, instructions, inputs, outputs):
+            if "not_fixed" in inputs:
+                raise ConnectionRefusedError("the teacher's server is gone")
+            return super().respond(instructions, inputs, outputs)
+
+    near_miss.teacher_engine = DownOnRevision()
+    near_miss.teacher = dspy.LM("simulated/teacher", engine=near_miss.teacher_engine, cache=False)
+    with pytest.raises(LMUnavailableError, match="teacher"):
+        _compile(near_miss, rounds=1)
+
+
+def test_the_gold_is_shown_only_when_the_priming_shows_it(near_miss):
+    assert "expected" in describe_examples([0], near_miss.trainset, gold_shown=True)
+    assert "expected" not in describe_examples([0], near_miss.trainset, gold_shown=False)
+
+
 def test_rounds_must_be_a_non_negative_int(sim):
     with pytest.raises(ValueError, match="rounds must be an int of at least 0"):
         sim.optimizer(rounds=-1)

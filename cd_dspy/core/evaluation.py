@@ -45,7 +45,8 @@ class ScoredMetric:
 
     def __call__(self, example: dspy.Example, prediction: Any, trace: Any = None) -> float:
         try:
-            raw = self.metric(example, prediction, trace)
+            # as dspy.Evaluate calls it: two arguments unless there is a trace (a two-argument metric works too)
+            raw = self.metric(example, prediction) if trace is None else self.metric(example, prediction, trace)
         except Exception as exc:  # the user's metric is broken: remember it and stop after Evaluate
             self._fail(f"metric {metric_name(self.metric)!r} raised {type(exc).__name__}: {exc}. "
                        "Fix the metric so it returns a score for every prediction (also failed ones).")

@@ -32,7 +32,8 @@ SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
 COMPILE_FILES = frozenset({
     "fingerprint.json", "progress.json", "result.json", "program.json", "mistakes.json", "rules.json",
     "collect.jsonl", "explanations.jsonl", "verification.jsonl", "evaluations.jsonl", "report.md",
-    "test_scores.json", "study.db", *(f"study.db{s}" for s in SQLITE_SIDECARS)})
+    "test_scores.json", "solutions.jsonl", "refinements.jsonl", "heldout.jsonl",
+    "study.db", *(f"study.db{s}" for s in SQLITE_SIDECARS)})
 MIGRATE_FILES = frozenset({"compile", "compile_calls.jsonl", "heldout.jsonl", "report.md", "report.html",
                            "report.json", "rulebook.yaml", "plots", "plots/scores.png", "plots/search.png",
                            "plots/rules.png"})

@@ -27,6 +27,7 @@ import dspy
 
 from cd_dspy.core.keys import lm_without_secrets
 from cd_dspy.core.result import ConceptDistillationResult, Rule, format_score
+from cd_dspy.core.run_dir import write_file
 
 if TYPE_CHECKING:
     from cd_dspy.phases.confirm import Decision
@@ -195,12 +196,16 @@ def load_program(program: dspy.Module, path: str | Path, **kwargs) -> dspy.Modul
     returns the loaded program (a new object when `program` is itself a Predict)."""
     state = json.loads(Path(path).read_text())
     for name, pred in program.named_predictors():
-        saved = state.get(name, {}).get("conditional_rules")
+        saved = (state if name == "self" else state.get(name, {})).get("conditional_rules")  # a Predict root: flat
         if saved and not isinstance(pred, RulePredict):
             program = _replace(program, name, RulePredict.from_predict(pred, []))
     program.load(str(path), **kwargs)
     if RECORD_KEY in state:
-        program.detailed_results = ConceptDistillationResult.from_dict(state[RECORD_KEY])
+        try:
+            program.detailed_results = ConceptDistillationResult.from_dict(state[RECORD_KEY])
+        except (TypeError, ValueError, KeyError) as exc:  # a record of another version: the program still loads
+            logger.warning("The compile record in %s could not be read (%s); the program is loaded without it.",
+                           path, exc)
     return program
 
 
@@ -224,7 +229,7 @@ def save_program(compiled: dspy.Module, path: str | Path | None) -> None:
     record = getattr(compiled, "detailed_results", None)
     if isinstance(record, ConceptDistillationResult):  # beside the predictors' states: `program.load` skips it
         state = json.loads(Path(path).read_text())
-        Path(path).write_text(json.dumps({**state, RECORD_KEY: record.to_dict()}, indent=2))
+        write_file(path, json.dumps({**state, RECORD_KEY: record.to_dict()}, indent=2, default=str), overwrite=True)
 
 
 def record_decision(result: ConceptDistillationResult, rules: list[Rule], selection: Selection,

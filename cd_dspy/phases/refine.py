@@ -17,8 +17,8 @@ import dspy
 from dspy.utils.parallelizer import ParallelExecutor
 
 from cd_dspy.core.failures import LMUnavailableError
-from cd_dspy.core.keys import digest
-from cd_dspy.core.priming import primed
+from cd_dspy.core.keys import digest, lm_state
+from cd_dspy.core.priming import primed, priming_key, shows_gold
 from cd_dspy.core.result import Rule
 from cd_dspy.core.usage import BudgetExhausted
 from cd_dspy.phases.induce import clean_rule, delexicalise, describe_program, rule_id, teacher_call
@@ -33,8 +33,9 @@ REFINED = "refined"  # a revised rule's origin
 class ReviseRule(dspy.Signature):
     """You wrote `rule` for a small student language model running the program described in `task`. It was
     tested: with the rule, the student still got the questions in `not_fixed` wrong, and it got the questions
-    in `broken` wrong that it answered correctly without the rule. Write one revised rule that would fix the
-    `not_fixed` questions without breaking the `broken` ones: one short sentence addressed to the student,
+    in `broken` wrong that it answered correctly without the rule (with the expected output, when shown).
+    Write one revised rule that would fix the `not_fixed` questions without breaking the `broken` ones: one
+    short sentence addressed to the student,
     "When <the kind of question or situation>, <what to do>". It must never mention the specific numbers,
     names, objects or answers of these questions."""
 
@@ -47,10 +48,12 @@ class ReviseRule(dspy.Signature):
     revised_rule: str = dspy.OutputField(desc="one general rule, 'When ..., ...'")
 
 
-def describe_examples(indices: Sequence[int], trainset: Sequence[dspy.Example]) -> str:
-    """One line per training example: its inputs and the expected output ("(none)" when there are none)."""
-    lines = [f"- inputs {json.dumps(dict(trainset[i].inputs()), ensure_ascii=False)}; expected "
-             f"{json.dumps(dict(trainset[i].labels()), ensure_ascii=False)}" for i in indices]
+def describe_examples(indices: Sequence[int], trainset: Sequence[dspy.Example], gold_shown: bool = True) -> str:
+    """One line per training example: its inputs and, when the priming shows the gold (`core.priming.shows_gold`),
+    the expected output ("(none)" when there are no examples)."""
+    lines = [f"- inputs {json.dumps(dict(trainset[i].inputs()), ensure_ascii=False)}" + (
+             f"; expected {json.dumps(dict(trainset[i].labels()), ensure_ascii=False)}" if gold_shown else "")
+             for i in indices]
     return "\n".join(lines) or "(none)"
 
 
@@ -61,14 +64,16 @@ def revise_rules(failed: Sequence[Rule], *, program: dspy.Module, trainset: Sequ
     not fix and what it broke. `stored` holds earlier revisions by key (reused, not asked again); each new
     one is handed to `on_done`. Raises `LMUnavailableError` on a fatal teacher failure."""
     task = describe_program(program)
-    fatal: list[LMUnavailableError] = []
+    stop: list[BaseException] = []  # an outage or a budget cap, raised after the other revisions
+    gold_shown = shows_gold(priming)
+    teacher_key = [lm_state(teacher_lm), priming_key(priming)]
 
     def run(rule: Rule) -> Rule | None:
         check = rule.verification or {}
         not_fixed = [i for i in check.get("checked_mistakes", []) if i not in check.get("fixed", [])]
-        shown = {"task": task, "rule": rule.text, "not_fixed": describe_examples(not_fixed, trainset),
-                 "broken": describe_examples(check.get("broken", []), trainset)}
-        key = digest([rule.id, shown])
+        shown = {"task": task, "rule": rule.text, "not_fixed": describe_examples(not_fixed, trainset, gold_shown),
+                 "broken": describe_examples(check.get("broken", []), trainset, gold_shown)}
+        key = digest([rule.id, shown, *teacher_key])
         if key in stored:
             text = stored[key]["text"]
         else:
@@ -76,11 +81,11 @@ def revise_rules(failed: Sequence[Rule], *, program: dspy.Module, trainset: Sequ
             revise.set_lm(teacher_lm)
             try:
                 text = clean_rule(teacher_call(revise, retries, **shown).revised_rule or "")
-            except (BudgetExhausted, RuntimeError) as exc:  # a cap, or a teacher that failed every retry
-                logger.warning("Refine: no revision of %s (%s).", rule.id, exc)
+            except (LMUnavailableError, BudgetExhausted) as exc:  # an outage or a cap: the compile stops
+                stop.append(exc)
                 return None
-            except LMUnavailableError as exc:
-                fatal.append(exc)
+            except RuntimeError as exc:  # a teacher that failed every retry: no revision of this rule
+                logger.warning("Refine: no revision of %s (%s).", rule.id, exc)
                 return None
             on_done({"key": key, "parent": rule.id, "text": text})
         sources = [shown["not_fixed"], shown["broken"]]
@@ -94,7 +99,7 @@ def revise_rules(failed: Sequence[Rule], *, program: dspy.Module, trainset: Sequ
     executor = ParallelExecutor(num_threads=num_threads, disable_progress_bar=True, timeout=24 * 3600,
                                 max_errors=len(failed) + 1)
     revised = [r for r in executor.execute(run, list(failed)) if r is not None]
-    if fatal:
-        raise fatal[0]
+    if stop:
+        raise stop[0]
     known = {r.id for r in failed}
     return [r for r in dict((r.id, r) for r in revised).values() if r.id not in known]

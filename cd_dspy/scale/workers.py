@@ -38,11 +38,11 @@ from cd_dspy.scale.shared_store import ScoreStore, retrying
 
 logger = logging.getLogger(__name__)
 
-STATE = "cd_dspy.scale.workers"  # study user attribute: {"state": "search" | "done", "published": time}
+STATE = "cd_dspy.workers"  # study user attribute: {"state": "search" | "done", "published": time}
 SLOT = "cd_dspy.slot"  # trial user attribute: the position the main process planned it at (kept by retries)
 ERROR = "cd_dspy.error"  # trial user attribute: why a worker's objective raised
 REFUSED = "cd_dspy.refused."  # study user attribute prefix: why the worker host:pid would not join
-USAGE = "cd_dspy.core.usage"  # trial user attribute: [target calls, prompt tokens, completion tokens] of a worker
+USAGE = "cd_dspy.usage"  # trial user attribute: [target calls, prompt tokens, completion tokens] of a worker
 PLANNED = "cd_dspy.params"  # trial user attribute: the parameters the main process planned (kept by retries)
 
 
@@ -279,7 +279,7 @@ class DistributedSelector(RuleSelector):
             seconds = round(t.duration.total_seconds(), 3) if t.duration else 0.0
             record = Trial(t.number, subset_of(t.params, self.rules), t.value, "complete", len(self.order), seconds)
             logger.info("Select: trial %d complete rules=%s score=%.1f (%s)", t.number, record.rule_ids, t.value,
-                        t.user_attrs.get("cd_dspy.scale.worker", "?"))
+                        t.user_attrs.get("cd_dspy.worker", "?"))
             if self.on_trial:
                 self.on_trial(record, self.best)
 
@@ -334,7 +334,7 @@ def guarded(objective: Callable[[optuna.Trial], float], meter: UsageMeter | None
         if SLOT not in trial.user_attrs:
             # `ask` found no waiting trial (another process took the last one) and made an empty one
             raise optuna.TrialPruned("not a planned trial")
-        trial.set_user_attr("cd_dspy.scale.worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("cd_dspy.worker", f"{socket.gethostname()}:{os.getpid()}")
         before = meter.snapshot()[TARGET] if meter else None
         try:
             value = objective(trial)
