@@ -50,7 +50,7 @@ class Budget:
     max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd"):
+        for name in (f.name for f in fields(self)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or value < 0):
                 raise ValueError(f"Budget {name} must be a non-negative number or None, got {value!r}.")
@@ -159,8 +159,7 @@ def grouped(**flat: Any) -> dict[str, Any]:
     goes into its group object, anything else stays a top-level keyword. Unknown names pass through (the
     constructor rejects them). The caps `max_target_calls`, `max_teacher_calls`, `max_tokens`, `max_cost_usd`
     become one `Budget`."""
-    caps = {k: flat.pop(k) for k in ("max_target_calls", "max_teacher_calls", "max_tokens", "max_cost_usd")
-            if k in flat}
+    caps = {f.name: flat.pop(f.name) for f in fields(Budget) if f.name in flat}
     if any(v is not None for v in caps.values()):
         if flat.get("budget") is not None:
             raise TypeError(f"pass the caps either as budget= or as {', '.join(caps)}, not both.")

@@ -116,9 +116,6 @@ class ConceptDistillation(Teleprompter):
         self.target_lm = target_lm
         self.auto = auto
         self.carrier = carrier
-        self.groups = {"concepts": concepts or ConceptSettings(),
-                       "verification": verification or VerificationSettings(),
-                       "search": search or SearchSettings(), "confirmation": confirmation or ConfirmationSettings()}
         # The phases read the resolved settings as flat attributes (presets applied).
         vars(self).update(flat)
         self.num_trials = num_trials if num_trials is not None else preset.num_trials
@@ -332,7 +329,8 @@ class ConceptDistillation(Teleprompter):
                                    priming=self.priming, retries=self.teacher_retries, num_threads=self.threads,
                                    stored={r["key"]: r for r in run.read_jsonl(REFINEMENTS_LOG)},
                                    on_done=lambda record: run.append_jsonl(REFINEMENTS_LOG, record))
-            own = [r for r in revised if r.id not in {x.id for x in rules}]
+            known = {r.id for r in rules}
+            own = [r for r in revised if r.id not in known]
             bar.total += len(own)
             screen(own)
             rules += own

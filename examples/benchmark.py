@@ -45,7 +45,6 @@ from pathlib import Path
 
 import dspy
 
-from cd_dspy.config import grouped
 from cd_dspy.core.scoring import score_examples
 from cd_dspy.core.usage import TARGET, TEACHER, PromptTokenCounter
 from cd_dspy.programs import ADAPTERS, get_task, make_adapter
@@ -201,10 +200,10 @@ class Benchmark:
         from cd_dspy import ConceptDistillation
 
         carrier = {"carrier": method.removeprefix("cd_")} if method.startswith("cd_") else {}  # else the default
-        cd = ConceptDistillation(**grouped(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
+        cd = ConceptDistillation(metric=self.task.metric_with_feedback, teacher_lm=self.teacher,
                                  target_lm=self.target, num_trials=self.args.trials, seed=self.args.seed,
                                  num_threads=self.args.threads, run_dir=self.out / f"{method}_run", progress=False,
-                                 resume=not self.args.fresh, **carrier))
+                                 resume=not self.args.fresh, **carrier)
         with dspy.context(max_errors=10**6, adapter=self.adapter()):
             compiled = cd.compile(program, trainset=self.train, valset=self.val)
         r = cd.result

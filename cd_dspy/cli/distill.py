@@ -67,15 +67,14 @@ def add_parser(sub: Any) -> None:
 
 def student_programs(args: Any, task: Any) -> tuple[Any, Any]:
     """(the program the teacher runs, the program the student is trained and scored with: + CD's rules)."""
-    from cd_dspy.core.loading import InputError as CLIError
-    from cd_dspy.core.loading import make_program
+    from cd_dspy.core.loading import InputError, make_program
     from cd_dspy.phases.integrate import load_program
 
     program = make_program(args, task)
     if not args.rules:
         return program, program
     if not Path(args.rules).is_file():
-        raise CLIError(f"--rules {args.rules}: no such file; pass run_dir/program.json of `cd-dspy compile`.")
+        raise InputError(f"--rules {args.rules}: no such file; pass run_dir/program.json of `cd-dspy compile`.")
     return program, load_program(make_program(args, task), args.rules, allow_unsafe_lm_state=True)
 
 
@@ -107,17 +106,16 @@ def claim_out(out: str | Path, args: Any, grid: list | None) -> RunDir:
 
 def run(args: Any) -> int:
     """The whole path; prints the held-out comparison and writes distill_result.json and report.md."""
-    from cd_dspy.core.loading import InputError as CLIError
+    from cd_dspy.core.loading import InputError
 
     try:
         return _run(args)
     except FileNotFoundError as exc:  # a missing model, adapter or program: one line, not a traceback
-        raise CLIError(str(exc)) from exc
+        raise InputError(str(exc)) from exc
 
 
 def _run(args: Any) -> int:
-    from cd_dspy.core.loading import InputError as CLIError
-    from cd_dspy.core.loading import load_task_and_splits, resolve_lm
+    from cd_dspy.core.loading import InputError, load_task_and_splits, resolve_lm
     from cd_dspy.core.priming import check_priming
     from cd_dspy.distill import LoraSettings, LoraTrainer, TrainSettings, load_student
     from cd_dspy.distill import pipeline as pl
@@ -125,10 +123,10 @@ def _run(args: Any) -> int:
     check_priming(args.priming)
     task, splits, metric = load_task_and_splits(args)
     if not splits["train"]:
-        raise CLIError("--train is 0: distillation needs training examples.")
+        raise InputError("--train is 0: distillation needs training examples.")
     grid = pl.parse_grid(args.kd_grid) if args.kd_grid else None
     if grid and args.mode != "kd":
-        raise CLIError("--kd-grid needs --mode kd.")
+        raise InputError("--kd-grid needs --mode kd.")
     settings = TrainSettings(mode=args.mode, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                              grad_accum=args.grad_accum, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                              seed=args.seed, max_length=args.max_length, threads=args.train_threads)
@@ -177,7 +175,7 @@ def _run(args: Any) -> int:
 
 def _records(args: Any, program: Any, examples: list, common: dict[str, Any]) -> tuple[list, dict[str, Any]]:
     """The teacher's records on `examples`, scored for KD by the teacher's GGUF in --mode kd."""
-    from cd_dspy.core.loading import InputError as CLIError
+    from cd_dspy.core.loading import InputError
     from cd_dspy.distill.pipeline import teacher_records
     from cd_dspy.distill.student import model_file
 
@@ -186,7 +184,7 @@ def _records(args: Any, program: Any, examples: list, common: dict[str, Any]) ->
         try:
             gguf = model_file(args.kd_teacher or args.teacher)
         except FileNotFoundError as exc:
-            raise CLIError(f"{exc} KD scores the teacher's replies with a local GGUF: pass --kd-teacher PATH or a "
+            raise InputError(f"{exc} KD scores the teacher's replies with a local GGUF: pass --kd-teacher PATH or a "
                            "catalog name.") from exc
     return teacher_records(program, examples, kd_gguf=gguf, kd_top_k=args.kd_top_k, kd_n_ctx=args.kd_n_ctx, **common)
 

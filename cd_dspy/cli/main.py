@@ -32,9 +32,6 @@ from cd_dspy.core.loading import (
 )
 from cd_dspy.core.scoring import score_examples
 
-CLIError = InputError  # a user error the CLI reports in one line (exit code 2)
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_compile(args) -> int:
@@ -123,7 +120,7 @@ def cmd_evaluate(args) -> int:
     program = make_program(args, task)
     if args.load:
         if not Path(args.load).exists():
-            raise CLIError(f"no saved program at {args.load}")
+            raise InputError(f"no saved program at {args.load}")
         from cd_dspy.phases.integrate import load_program
 
         load_program(program, args.load, allow_unsafe_lm_state=True)
@@ -234,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console_logging(args.verbose), adapter_context(chosen_adapter(args)):
             return args.func(args)
-    except CLIError as exc:
+    except InputError as exc:
         print(f"cd-dspy: error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:

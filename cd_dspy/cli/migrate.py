@@ -16,8 +16,14 @@ from pathlib import Path
 
 from cd_dspy.cli.common import add_cd_arguments, cd_settings
 from cd_dspy.core.keys import lm_state
-from cd_dspy.core.loading import InputError as CLIError
-from cd_dspy.core.loading import data_arguments, load_task_and_splits, make_program, resolve_lm, split_size_arguments
+from cd_dspy.core.loading import (
+    InputError,
+    data_arguments,
+    load_task_and_splits,
+    make_program,
+    resolve_lm,
+    split_size_arguments,
+)
 from cd_dspy.migration.levers import LEVERS, parse_levers
 
 
@@ -93,9 +99,9 @@ def run(args) -> int:
     from cd_dspy.migration.api import migrate
 
     if args.source == args.target and args.source_api_base == args.target_api_base:
-        raise CLIError(f"--source and --target are both {args.source}: name the cheaper model as --target.")
+        raise InputError(f"--source and --target are both {args.source}: name the cheaper model as --target.")
     if args.test < 1:
-        raise CLIError("--test must be at least 1: the migration is judged on held-out examples (80 or more give "
+        raise InputError("--test must be at least 1: the migration is judged on held-out examples (80 or more give "
                        "intervals narrow enough to act on).")
     task, splits, metric = load_task_and_splits(args)
     source, target, teacher = _lms(args)
@@ -134,7 +140,7 @@ def run_check(args) -> int:
 
     task, splits, metric = load_task_and_splits(args)
     if not splits["test"]:
-        raise CLIError("--test must be at least 1: the check scores held-out examples with and without the rules.")
+        raise InputError("--test must be at least 1: the check scores held-out examples with and without the rules.")
     lm = resolve_lm(args.lm, "target", args.api_base)
     check = check_rulebook(make_program(args, task), args.rulebook, lm, metric, splits["test"], run_dir=args.run_dir,
                            num_threads=args.threads, conditional=args.conditional_rules, progress=not args.quiet)

@@ -216,9 +216,9 @@ class HeldOutRunner:
             if is_fatal(exc):
                 fatal.append(exc)
             score, outputs, failed = 0.0, {"error": f"{type(exc).__name__}: {exc}"[:500]}, failure_kind(exc)
-            (logger if self.warn_each else dump_logger).log(
-                logging.WARNING if self.warn_each else logging.DEBUG, "Held-out example %d failed (%s): %s; it "
-                "scores 0 in this report and is retried on the next run.", index, failed, exc)
+            to, level = (logger, logging.WARNING) if self.warn_each else (dump_logger, logging.DEBUG)
+            to.log(level, "Held-out example %d failed (%s): %s; it scores 0 in this report and is retried on the "
+                   "next run.", index, failed, exc)
         log.record.index, log.record.score, log.record.outputs = index, float(score), outputs
         log.record.seconds, log.record.failed = round(time.perf_counter() - started, 4), failed
         return log.record

@@ -62,7 +62,8 @@ def revise_rules(failed: Sequence[Rule], *, program: dspy.Module, trainset: Sequ
                  stored: dict[str, dict], on_done: Callable[[dict], None]) -> list[Rule]:
     """One revised rule per rule in `failed` (each has a `verification`), the teacher shown what its parent did
     not fix and what it broke. `stored` holds earlier revisions by key (reused, not asked again); each new
-    one is handed to `on_done`. Raises `LMUnavailableError` on a fatal teacher failure."""
+    one is handed to `on_done`. Raises `LMUnavailableError` on a fatal teacher failure and `BudgetExhausted` at a
+    cap."""
     task = describe_program(program)
     stop: list[BaseException] = []  # an outage or a budget cap, raised after the other revisions
     gold_shown = shows_gold(priming)
@@ -101,5 +102,4 @@ def revise_rules(failed: Sequence[Rule], *, program: dspy.Module, trainset: Sequ
     revised = [r for r in executor.execute(run, list(failed)) if r is not None]
     if stop:
         raise stop[0]
-    known = {r.id for r in failed}
-    return [r for r in dict((r.id, r) for r in revised).values() if r.id not in known]
+    return list({r.id: r for r in revised}.values())  # two parents may be revised into the same rule
