@@ -258,3 +258,21 @@ def test_the_lever_report_renders_in_chromium(levered):
     check = checker.check_html(run_dir / "report.html", binary)
     assert check.problems(("scores", "search", "rules", "levers"), (*checker.SECTIONS, "levers", "provenance")) == []
     assert check.plots["levers"]["marks"] > 20 and check.plots["levers"]["width"] > 300
+
+
+def test_prompt_tokens_of_cached_requests_are_counted_but_their_cost_stays_unmeasured(tmp_path):
+    from cd_dspy.core.run_dir import RunDir
+    from cd_dspy.migration.costs import PromptCounts
+    from cd_dspy.migration.lever_report import _tokens
+
+    counts = PromptCounts(RunDir(tmp_path))
+    counts.data["demos"] = {"tokens": 4 * 1037, "calls": 4}
+    cached = RunSummary.of([ExampleRecord(index=i, score=1.0, outputs={}, cached_calls=1) for i in range(4)])
+    assert cached.measured == 0 and cached.prompt_tokens_per_request is None
+    counted = counts.per_request("demos", cached)
+    assert counted.prompt_tokens_per_request == pytest.approx(1037) and counted.measured == 0
+    assert counts.per_request("unknown", cached) == cached
+    per = {"prompt_tokens": counted.prompt_tokens_per_request, "completion_tokens": None, "measured": 0}
+    assert _tokens(per) == "1,037 (counted) / not measured"
+    assert _tokens({**per, "prompt_tokens": None}) == "not measured"
+    assert _tokens({"prompt_tokens": 250.0, "completion_tokens": 170.0, "measured": 4}) == "250 / 170"

@@ -224,9 +224,10 @@ class PromptCounts:
 
     def per_request(self, key: str, summary: RunSummary) -> RunSummary:
         """`summary` with its prompt tokens per request counted on the requests (per call × calls per request),
-        where they were counted; unchanged otherwise."""
+        where they were counted, DSPy's cache hits included (the requests' cost stays unmeasured then); unchanged
+        otherwise."""
         entry = self.data.get(key)
-        if not entry or not entry["calls"] or not summary.n or summary.prompt_tokens_per_request is None:
+        if not entry or not entry["calls"] or not summary.n:
             return summary
         calls = (summary.calls + summary.cached_calls) / summary.n
         return replace(summary, prompt_tokens_per_request=entry["tokens"] / entry["calls"] * calls)

@@ -33,8 +33,11 @@ def _ratio(r: dict[str, Any] | None) -> str:
 
 
 def _tokens(per: dict[str, Any]) -> str:
-    if not per["measured"] or per["prompt_tokens"] is None:
+    """Prompt / output tokens per request; prompt tokens counted on cached requests too (their output is not)."""
+    if per["prompt_tokens"] is None:
         return "not measured"
+    if not per["measured"]:
+        return f"{per['prompt_tokens']:,.0f} (counted) / not measured"
     return f"{per['prompt_tokens']:,.0f} / {per['completion_tokens']:,.0f}"
 
 
