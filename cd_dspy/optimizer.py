@@ -171,8 +171,10 @@ class ConceptDistillation(Teleprompter):
                     resume=self.resume)
         meter = UsageMeter(self.teacher_lm, self.budget)
         result = ConceptDistillationResult(n_train=len(trainset), n_val=len(valset), settings=self.settings())
-        if run.exists("progress.json"):
-            meter.restore(ConceptDistillationResult.from_dict(run.read_json("progress.json")).usage)
+        if run.exists("progress.json"):  # calls and phase times add up over the invocations of one run
+            saved = ConceptDistillationResult.from_dict(run.read_json("progress.json"))
+            meter.restore(saved.usage)
+            result.phase_seconds = dict(saved.phase_seconds)
         base = student.deepcopy()  # the LM is bound only on the copies made from it (with_rules)
         progress = Progress(enabled=self.progress)
         with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), meter], usage_tracker=meter), \
@@ -184,7 +186,8 @@ class ConceptDistillation(Teleprompter):
                 meter.close()  # no call of this compile is still running when it returns or raises
                 progress.close()
         result.usage = meter.snapshot()
-        result.phase_seconds["total"] = round(time.perf_counter() - started, 3)
+        result.phase_seconds["total"] = round(result.phase_seconds.get("total", 0.0) + time.perf_counter() - started, 3)
+        run.write_json("progress.json", result.to_dict())  # the last checkpoint: a rerun restores every call
         run.write_json("result.json", result.to_dict())
         compiled.detailed_results = result  # the compile record travels with the program (as GEPA's does)
         save_program(compiled, run.own("program.json"))

@@ -91,6 +91,7 @@ def test_a_rerun_repeats_no_call(migrated):
     second = again.run(run_dir, prices=PRICES)
     assert again.target_engine.calls == 0 and again.source_engine.calls == 0
     assert second.scores == report.scores and second.after_vs_before == report.after_vs_before
+    assert second.costs["compile"] == report.costs["compile"]  # the compile's calls, confirmation's included
 
 
 def test_failed_examples_are_not_stored_as_finished(tmp_path):

@@ -185,11 +185,22 @@ def lever_verdict(rows: Sequence[dict[str, Any]], choice: dict[str, Any], costs:
             f"{sc['high']:.1f}] vs {_source_score(r):.1f} on {n} test examples; {reading}, {holm}McNemar exact p = "
             f"{p_of(vs_s):.3g}), better than the target as is by {vs_t['difference']:+.1f} points [95% CI "
             f"{vs_t['low']:+.1f}, {vs_t['high']:+.1f}] ({holm}p = {p_of(vs_t):.3g}), {_cost_phrase(r, source, costs)}")
-    others = [by_name[c]["label"] for c in choice["contenders"] if c != r["name"]]
-    if others:
-        text += (f" {', '.join(others)} {'keeps' if len(others) == 1 else 'keep'} as much quality (by the paired "
-                 "test) at less quality per unit of cost.")
+    others = [by_name[c] for c in choice["contenders"] if c != r["name"]]
+    for other in others:
+        text += (f" {other['label']} keeps as much quality (by the paired test) at less quality per unit of cost "
+                 f"({_costs_against(other, r, costs['unit'])}).")
     return text, details
+
+
+def _costs_against(other: dict[str, Any], chosen: dict[str, Any], unit: str) -> str:
+    """'X per request and Y once (break-even after N requests), against A and B (M)': a contender's costs beside the
+    chosen lever's, so a reader sees what a choice between equals trades."""
+    def costs(r: dict[str, Any]) -> str:
+        once = "nothing" if r["name"] == "target" else money(r["one_time"]["total"], unit)
+        after = "no break-even" if r["break_even"] is None else f"break-even after {r['break_even']:,} requests"
+        return f"{money(r['per_request']['cost'], unit)} per request and {once} once ({after})"
+
+    return f"{costs(other)}, against {costs(chosen)}"
 
 
 def _source_score(row: dict[str, Any]) -> float:
