@@ -15,8 +15,9 @@ from cd_dspy.core.evaluation import ScoredMetric
 from cd_dspy.core.result import Mistake, Rule, Solution
 from cd_dspy.phases.concepts import EXEMPLAR_ORIGIN, build_concepts, concept_id, screen_examples
 from cd_dspy.phases.integrate import with_rules
-from cd_dspy.phases.solve import exemplar_demos, quotes_given_answer, solve_mistakes
-from cd_dspy.testing.simulated import HELPFUL_RULES, SimulatedTeacher, kind_of
+from cd_dspy.phases.solve import exemplar_demos, quotes_given_answer, reaches_its_outputs, solve_mistakes
+from cd_dspy.testing.simulated import HELPFUL_RULES, kind_of
+from cd_dspy.testing.solving_teacher import SolvingTeacher
 
 COT = "question -> answer: float"
 
@@ -27,33 +28,68 @@ def _mistakes(sim, n: int = 8) -> list[Mistake]:
             for i, e in enumerate(sim.trainset[:n])]
 
 
-class QuotingTeacher(SimulatedTeacher):
-    """Solves every problem, but under a priming that shows the answer it says it was given it."""
+class QuotingSolver(SolvingTeacher):
+    """Solves unit problems only when shown the answer, and then says it was given it."""
 
     def respond(self, instructions, inputs, outputs):
         reply = super().respond(instructions, inputs, outputs)
-        if "question" in inputs and "You are given the correct answer" in instructions:
-            reply["reasoning"] = "The given answer is right, so I write it."
+        if "You are given the correct answer" in instructions and "reasoning" in reply:
+            reply["reasoning"] = f"The given answer is {reply['answer']}, so I write it down here."
         return reply
 
 
-def test_only_solutions_the_metric_accepts_are_kept_and_quoting_the_given_answer_is_refused(sim):
-    program = dspy.ChainOfThought(COT)
-    wrong_on_vans = lambda e, p, trace=None: kind_of(e.question) != "vans" and abs(float(p.answer) - e.answer) < 1e-6  # noqa: E731
+class SkippingSolver(SolvingTeacher):
+    """Reasons at length unprimed, but its reasoning stops before the answer; primed, it derives it."""
+
+    def respond(self, instructions, inputs, outputs):
+        reply = super().respond(instructions, inputs, outputs)
+        if "You are given the correct answer" not in instructions and "reasoning" in reply:
+            reply["reasoning"] = ("Read the question carefully, convert the quantities first, then combine them "
+                                  "as the question asks.")
+        return reply
+
+
+def _solve(sim, teacher, metric, n: int = 8):
     with dspy.context(adapter=dspy.ChatAdapter()):
-        solutions = solve_mistakes(program, _mistakes(sim), sim.trainset, teacher_lm=sim.teacher,
-                                   metric=ScoredMetric(wrong_on_vans), priming="gold", threshold=1.0)
+        return solve_mistakes(dspy.ChainOfThought(COT), _mistakes(sim, n), sim.trainset, teacher_lm=teacher,
+                              metric=ScoredMetric(metric), priming="gold", threshold=1.0)
+
+
+def test_the_teacher_solves_alone_first_and_only_solutions_the_metric_accepts_are_kept(sim):
+    wrong_on_vans = lambda e, p, trace=None: kind_of(e.question) != "vans" and abs(float(p.answer) - e.answer) < 1e-6  # noqa: E731
+    solutions = _solve(sim, sim.teacher, wrong_on_vans)
     for solution, example in zip(solutions, sim.trainset, strict=False):
         assert solution.ok == (kind_of(example.question) != "vans")
-        assert [t["priming"] for t in solution.tried] == (["gold"] if solution.ok else ["gold", "none"])
+        assert [t["priming"] for t in solution.tried] == (["none"] if solution.ok else ["none", "gold"])
     assert all(s.steps and s.steps[0]["predictor"] == "predict" for s in solutions if s.ok)
-    quoting = dspy.LM("simulated/quoting", engine=QuotingTeacher(), cache=False)
-    with dspy.context(adapter=dspy.ChatAdapter()):
-        solutions = solve_mistakes(program, _mistakes(sim, 2), sim.trainset, teacher_lm=quoting,
-                                   metric=ScoredMetric(sim.metric), priming="gold", threshold=1.0)
-    for solution in solutions:  # the gold-primed reply quoted its answer: the unprimed one is kept instead
-        assert solution.ok and solution.priming == "none" and solution.tried[0]["quoted_given_answer"]
-        assert not quotes_given_answer([("predict", None, {}, solution.steps[0]["outputs"])])
+
+
+def test_priming_is_the_way_in_for_what_the_teacher_cannot_solve_alone_and_a_quoted_answer_is_refused(sim):
+    kinds = [kind_of(e.question) for e in sim.trainset[:8]]
+    assert "units" in kinds and len(set(kinds)) > 1
+    solutions = _solve(sim, dspy.LM("simulated/solver", engine=SolvingTeacher(), cache=False), sim.metric)
+    for solution, kind in zip(solutions, kinds, strict=True):  # it knows every rule but the unit conversion
+        assert solution.ok and solution.priming == ("gold" if kind == "units" else "none")
+    quoting = _solve(sim, dspy.LM("simulated/quoting", engine=QuotingSolver(), cache=False), sim.metric)
+    for solution, kind in zip(quoting, kinds, strict=True):  # primed, it quoted its answer: refused
+        assert solution.ok == (kind != "units")
+        if kind == "units":
+            assert solution.tried[-1]["quoted_given_answer"] and solution.tried[-1]["score"] == 1.0
+    assert all(not quotes_given_answer([("predict", None, {}, s.steps[0]["outputs"])]) for s in quoting if s.ok)
+
+
+def test_a_solution_whose_reasoning_never_reaches_its_answer_is_no_exemplar(sim):
+    solutions = _solve(sim, dspy.LM("simulated/skipping", engine=SkippingSolver(), cache=False), sim.metric)
+    for solution, kind in zip(solutions, (kind_of(e.question) for e in sim.trainset), strict=False):
+        assert solution.ok and solution.priming == "gold"  # no derivation unprimed: the primed one is kept
+        if kind != "units":  # right unprimed, but its reasoning never reaches the answer
+            assert solution.tried[0]["score"] == 1.0 and not solution.tried[0]["reasoning_reaches_answer"]
+    call = lambda outputs: [("predict", None, {}, outputs)]  # noqa: E731
+    long = "Three hours are 3 * 60 = 180 minutes; with the 35 more minutes that makes {} minutes."
+    assert reaches_its_outputs(call({"reasoning": long.format("1,215"), "answer": 1215.0}))
+    assert not reaches_its_outputs(call({"reasoning": long.format("some"), "answer": 215.0}))
+    assert reaches_its_outputs(call({"reasoning": "Short.", "answer": 215.0}))  # no long text: nothing to check
+    assert reaches_its_outputs(call({"reasoning": long.format(7), "code": "def f(x):\n" + "    x += 1\n" * 9}))
 
 
 def _solution(mistake_id: str, question: str, answer: float) -> Solution:

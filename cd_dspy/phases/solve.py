@@ -2,11 +2,15 @@
 the user's metric checks every solution; only a passing one is kept.
 
 A solution is the teacher's run of the whole program on the mistake's example: every predictor's inputs and
-outputs, in the program's own format. It is first tried under CD's priming (by default `gold`: the teacher is
-shown the gold answer and must derive it) and, when that fails the metric or quotes the answer it was given,
-once unprimed. A kept solution is a worked exemplar: a DSPy demonstration for each predictor it ran through
-(`exemplar_demos`), and the teacher's explanation is written from the contrast between the target's failed
-trace and it (`cd_dspy.phases.induce`), never from an explanation whose solution failed.
+outputs, in the program's own format. The teacher first solves alone, as BootstrapFewShot's teacher does, and
+only when that fails the metric is it primed (by default `gold`: shown the gold answer, it must derive it).
+Measured on math-basic, a primed 1.5B teacher failed problems it solved alone and once stated an answer its
+reasoning never computed, while unprimed traces made the better demonstrations and adapters
+(docs/benchmarks.md, docs/distillation.md); the priming is the way in for mistakes beyond the teacher alone.
+A solution is kept only when the metric accepts it, it does not quote an answer it was shown, and its reasoning
+reaches its answer (`reaches_its_outputs`). A kept solution is a worked exemplar: a DSPy demonstration for each
+predictor it ran through (`exemplar_demos`), and the teacher's explanation is written from the contrast between
+the target's failed trace and it (`cd_dspy.phases.induce`), never from an explanation whose solution failed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from cd_dspy.core.usage import BudgetExhausted
 
 logger = logging.getLogger(__name__)
 
+SHORT_OUTPUT = 40  # characters: an output this short is an answer the reasoning should reach
+REASONING = 80  # characters: an output this long is a reasoning (or code) that can show its work
+_DIGIT_GROUPS = re.compile(r"(?<=\d),(?=\d{3})")  # 1,215 is written 1215 before values are looked up
 SOLUTIONS_LOG = "solutions.jsonl"
 # a primed solution that quotes what it was given teaches the target to quote an answer it does not have
 _QUOTES_GIVEN = re.compile(r"\b(?:(?:given|correct|expected|reference|provided) (?:final )?answer|"
@@ -71,6 +78,34 @@ def teacher_trace(program: dspy.Module, example: dspy.Example, *, teacher_lm: An
     return prediction, trace, calls
 
 
+def _spellings(value: Any) -> list[str]:
+    """How a short output value can be written in a text: 215.0 also as 215."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return []
+    text = str(value).strip()
+    if isinstance(value, float) and value.is_integer():
+        return [text, str(int(value))]
+    return [text] if 0 < len(text) <= SHORT_OUTPUT else []
+
+
+def reaches_its_outputs(calls: Sequence[TeacherCall]) -> bool:
+    """True unless a call that wrote a long text (its reasoning) never wrote one of its short outputs in it.
+
+    A worked exemplar whose reasoning stops before the answer ("multiply 3 by 60, add 35", answer 215) shows
+    the target how to state an answer, not how to compute it. Calls with no long text, and long outputs such
+    as code, are not checked."""
+    for _, _, _, outputs in calls:
+        texts = [_DIGIT_GROUPS.sub("", v).lower() for v in outputs.values()
+                 if isinstance(v, str) and len(v) > REASONING]
+        if not texts:
+            continue
+        for value in outputs.values():
+            spellings = _spellings(value)
+            if spellings and not any(s.lower() in text for s in spellings for text in texts):
+                return False
+    return True
+
+
 def quotes_given_answer(calls: Sequence[TeacherCall]) -> bool:
     """True when a primed solution's outputs say it was handed the answer ("the given answer is ...")."""
     return any(_QUOTES_GIVEN.search(str(value)) for _, _, _, outputs in calls for value in outputs.values())
@@ -81,10 +116,11 @@ def solve_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], trainset: 
                    on_done: Callable[[Solution], None] = lambda s: None) -> list[Solution]:
     """A checked teacher solution (or the reason there is none) for each mistake, in the mistakes' order.
 
-    Attempts: `priming`, then, if it failed the metric or quoted the answer it was shown, no priming. A teacher
+    Attempts: no priming, then, if that failed (the metric, or a reasoning that never reaches its answer),
+    `priming`; a primed solution that quotes the answer it was shown is refused. A teacher
     call that failed is a solution with `error` set (not finished work: a rerun tries it again); a budget stop
     raises `BudgetExhausted`, a fatal LM error (or every call failing) `LMUnavailableError`."""
-    attempts = [priming] + (["none"] if priming_name(priming) != "none" else [])
+    attempts = ["none"] + ([priming] if priming_name(priming) != "none" else [])
     fatal: list[BaseException] = []
 
     def solve(mistake: Mistake) -> Solution:
@@ -105,8 +141,10 @@ def solve_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], trainset: 
                                 error=f"{type(exc).__name__}: {exc}", tried=tried)
             score = metric(example, prediction, trace)
             leaked = shows_gold(attempt) and quotes_given_answer(calls)
-            tried.append({"priming": priming_name(attempt), "score": score, "quoted_given_answer": leaked})
-            if score >= threshold and not leaked:
+            reached = reaches_its_outputs(calls)
+            tried.append({"priming": priming_name(attempt), "score": score, "quoted_given_answer": leaked,
+                          "reasoning_reaches_answer": reached})
+            if score >= threshold and not leaked and reached:
                 steps = [Step(predictor=name, inputs=jsonable(inputs), outputs=jsonable(outputs)).to_dict()
                          for name, _, inputs, outputs in calls]
                 return Solution(mistake.id, ok=True, score=score, steps=steps, priming=priming_name(attempt),
