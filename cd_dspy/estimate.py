@@ -23,8 +23,9 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     n_mistakes = min(optimizer.max_mistakes, len(trainset))
     n_screened = 0 if optimizer.carrier == "exemplars" else optimizer.max_rules * n_pred  # exemplars: unscreened
     n_search, n_confirm = split_sizes(len(valset), optimizer.confirm_fraction)
-    if optimizer.confirm_on_train:  # at most every training example the teacher did not see
-        n_confirm += max(0, len(trainset) - n_mistakes)
+    if optimizer.confirm_on_train:  # the training examples no tested concept came from (confirm.py), at most
+        left_out = n_mistakes if optimizer.carrier == "rules" else min(n_mistakes, optimizer.max_exemplars)
+        n_confirm += max(0, len(trainset) - left_out)
     collect = len(trainset) * n_pred
     rounds = optimizer.rounds if optimizer.verify else 0  # each round revises (and screens) at most every rule
     verify = (1 + rounds) * n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred \

@@ -3,7 +3,7 @@
     trainset ─► collect (target) ─► mistakes ─► induce (teacher solves, explains) ─► candidate concepts
              ─► verify (target, each rule alone on its mistakes and on correct examples) ─► concepts
              ─► select (Optuna + target, search part of the valset) ─► best subsets
-             ─► confirm (target, confirmation part + unused training examples) ─► chosen concepts
+             ─► confirm (target, confirmation part + fresh training examples) ─► chosen concepts
              ─► integrate ─► compiled program
 
 Every phase writes its output to `run_dir` as soon as it has it; a rerun with the same run_dir
@@ -43,7 +43,7 @@ from cd_dspy.estimate import estimate_spend
 from cd_dspy.phases.collect import ARTIFACTS as COLLECT_ARTIFACTS
 from cd_dspy.phases.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
 from cd_dspy.phases.concepts import is_exemplar_only
-from cd_dspy.phases.confirm import confirm, small_sample_warning, split_valset, unused_training_examples
+from cd_dspy.phases.confirm import FreshTraining, confirm, fresh_training_examples, small_sample_warning, split_valset
 from cd_dspy.phases.induce import ARTIFACTS as INDUCE_ARTIFACTS
 from cd_dspy.phases.induce import RULES_FILE
 from cd_dspy.phases.induce_concepts import InduceSettings, induce_concepts
@@ -247,7 +247,8 @@ class ConceptDistillation(Teleprompter):
                                    program_with=lambda chosen: self.program_with(base, chosen),
                                    top_k=self.confirm_top_k,
                                    alpha=self.require_significance, min_improvement=self.min_improvement,
-                                   extra=self._fresh_training(mistakes, rules, trainset, metric, run, meter, result),
+                                   training=self._fresh_training(mistakes, rules, selection, trainset, metric, run,
+                                                                 meter, result),
                                    search=search)
         except BudgetExhausted as exc:
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
@@ -256,16 +257,20 @@ class ConceptDistillation(Teleprompter):
             return self.program_with(base)
         return self.program_with(base, record_decision(result, rules, selection, decision))
 
-    def _fresh_training(self, mistakes, rules, trainset, metric, run: RunDir, meter, result) -> list:
-        """[(training-set evaluator, unused training indices)] for the confirmation; [] with confirm_on_train off."""
+    def _fresh_training(self, mistakes, rules, selection, trainset, metric, run: RunDir, meter,
+                        result) -> FreshTraining | None:
+        """The training examples the confirmation may add per tested subset; None with confirm_on_train off."""
         if not self.confirm_on_train:
-            return []
-        used = [m.example_index for m in self._sampled(mistakes)]
-        fresh = unused_training_examples(len(trainset), used, rules)
-        result.n_confirm_train = len(fresh)
-        result.min_detectable_gain, _ = small_sample_warning(result.n_confirm + len(fresh), self.require_significance,
-                                                            self.confirm_top_k, self.confirm_fraction)
-        return [(self._train_evaluator(trainset, metric, run, meter), fresh)]
+            return None
+        sampled = {m.id: m.example_index for m in self._sampled(mistakes)}
+        training = FreshTraining(self._train_evaluator(trainset, metric, run, meter),
+                                 lambda tested: fresh_training_examples(len(trainset), sampled, rules, tested))
+        by_id = {r.id: r for r in rules}
+        result.n_confirm_train = len(training.indices_for([by_id[i] for i in selection.primary]))
+        result.min_detectable_gain, _ = small_sample_warning(result.n_confirm + result.n_confirm_train,
+                                                            self.require_significance, self.confirm_top_k,
+                                                            self.confirm_fraction)
+        return training
 
     def _sampled(self, mistakes: Sequence[Mistake]) -> list[Mistake]:
         """The mistakes the teacher sees (induce) and the confirmation therefore leaves out: one seeded sample."""

@@ -40,7 +40,7 @@ def test_small_valset_warning_is_printed(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "warning: With 4 confirmation examples no gain can be told from noise" in out
-    # the search's picks would be tested on those 4; the primary subset is tested on all 8 and the unused training
+    # the search's picks would be tested on those 4; the primary subset is tested on all 8 and the fresh training
     assert "primary subset" in out or "Not distinguishable from the baseline" in out
 
 

@@ -49,7 +49,7 @@ def test_the_helpful_concept_is_selected_in_80_percent_of_seeds(helpful_world):
     selected = [res for res in helpful_world if (c := _helpful(res)) is not None and c.selected]
     assert len(selected) >= 0.8 * len(SEEDS), [res.message for res in helpful_world if res not in selected]
     for res in selected:  # what the program got was confirmed on examples the search never saw
-        fresh = res.n_confirm + res.n_confirm_train  # the confirmation part and the unused training examples
+        fresh = res.n_confirm + res.n_confirm_train  # the confirmation part and the fresh training examples
         assert res.n_confirm == 40 and res.comparison["n"] in (res.n_search + fresh, fresh)  # primary, or a pick
         assert res.comparison["difference"] > 0
 

@@ -115,7 +115,7 @@ def test_confirmation_split_is_disjoint_and_decides(sim):
     assert result.n_search == result.n_confirm == len(sim.valset) // 2
     primary = result.candidates[0]  # the fixed sequence starts with the subset fixed before any score
     assert primary["step"] == "primary" and primary["accepted"] and result.improved
-    fresh = result.n_confirm + result.n_confirm_train  # the confirmation part and the unused training examples
+    fresh = result.n_confirm + result.n_confirm_train  # the confirmation part and the fresh training examples
     chosen = next(c for c in result.candidates if c["accepted"] and c["rule_ids"] == result.selected_rule_ids)
     assert result.comparison["n"] == (result.n_search + fresh if chosen["step"] == "primary" else fresh)
     assert result.best_score == result.comparison["after"] == 100.0

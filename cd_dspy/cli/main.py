@@ -65,7 +65,7 @@ def cmd_compile(args) -> int:
     from cd_dspy.core.result import format_score
 
     if result.baseline_score is not None:  # the confirmation step ran
-        fresh = f" + {result.n_confirm_train} unused training examples" if result.n_confirm_train else ""
+        fresh = f" + {result.n_confirm_train} fresh training examples" if result.n_confirm_train else ""
         tested = result.comparison["n"] if result.comparison else (result.candidates or [{}])[0].get("n")
         where = (f"{tested} examples, see below" if tested else
                  f"{result.n_confirm} validation examples the search never saw{fresh}")

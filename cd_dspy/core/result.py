@@ -154,7 +154,7 @@ class ConceptDistillationResult:
     search_best_score: float | None = None
     n_search: int = 0
     n_confirm: int = 0
-    n_confirm_train: int = 0  # training examples no phase chose from, also confirmed on (confirm_on_train)
+    n_confirm_train: int = 0  # training examples in the decisive comparison (confirm_on_train)
     comparison: dict[str, Any] | None = None  # stats.Comparison of the returned program vs the baseline
     candidates: list[dict[str, Any]] = field(default_factory=list)  # confirmed subsets: ids, scores, p
     min_detectable_gain: float | None = None

@@ -16,9 +16,13 @@ test (McNemar's exact test for 0/1 scores) is below `alpha`. Per-rule effects ar
 fresh examples: the chosen subset against the chosen subset without that rule (exemplar-only concepts work as a
 set and get no effect of their own).
 
-The fresh examples may also hold training examples no phase chose from (`unused_training_examples`): the
-target's answers there were seen by collect only, no concept came from them and no screen or search scored
-them, so a paired comparison on them is as fresh as on the confirmation part, and more of them buys power.
+The fresh examples may also hold training examples (`fresh_training_examples`) that no screen scored and none
+of the tested concepts came from. A subset of exemplars is tested on every training example but the mistakes its
+exemplars solve: the target's answers on the others were seen by collect only, and the other solutions are not in
+its prompt. A subset with a written rule is tested on the training examples the teacher never saw (a rule may draw
+on every mistake shown to it). The examples left out are all target mistakes, so what remains holds fewer mistakes
+than a random sample: under pure noise that only makes the sign test stricter (fixes are rarer than breaks), while
+each example kept buys power.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,19 +56,22 @@ class Decision:
     comparison: Comparison | None
     candidates: list[dict[str, Any]] = field(default_factory=list)
     effects: dict[str, Comparison] = field(default_factory=dict)
+    n_training: int = 0  # training examples in the decisive comparison (besides validation examples)
 
 
 def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvaluator, indices: Sequence[int], *,
             program_with: Callable[[Sequence[Rule]], dspy.Module], top_k: int, alpha: float | None,
-            min_improvement: float, extra: Sequence[tuple[CachedEvaluator, Sequence[int]]] = (),
-            search: Sequence[int] = ()) -> Decision:
-    """Decide in a fixed sequence (see the module doc): the primary subset on `search` + `indices` + `extra`, then,
-    when it passed, the search's best subsets on `indices` + `extra`."""
+            min_improvement: float, training: FreshTraining | None = None, search: Sequence[int] = ()) -> Decision:
+    """Decide in a fixed sequence (see the module doc): the primary subset on `search` + `indices` + the fresh
+    training examples, then, when it passed, the search's best subsets on `indices` + their fresh training examples."""
     by_id = {r.id: r for r in rules}
-    fresh = [(evaluator, list(indices)), *((e, list(i)) for e, i in extra if i)]
-    everywhere = [(evaluator, list(search) + list(indices)), *fresh[1:]]
 
-    def scores_of(ids: Sequence[str], data=fresh) -> list[float]:
+    def fresh(ids: Sequence[str], everywhere: bool = False) -> list[tuple[CachedEvaluator, list[int]]]:
+        data = [(evaluator, (list(search) if everywhere else []) + list(indices))]
+        more = training.indices_for([by_id[i] for i in ids]) if training else []
+        return data + [(training.evaluator, more)] if more else data
+
+    def scores_of(ids: Sequence[str], data) -> list[float]:
         program = program_with([by_id[i] for i in ids])
         return [score for scorer, where in data for score in scorer(program, where)]
 
@@ -79,42 +86,67 @@ def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvalua
                                   "interval": [result.low, result.high], "p_value": result.p_greater,
                                   "p_adjusted": p_adjusted, "accepted": accepted}
 
-    baseline = scores_of([])
     candidates, chosen, comparison = [], [], None
     primary = selection.primary if search else []
     if primary:  # fixed before any validation score was seen: tested first, on every example
-        accepted, comparison, record = tested(primary, selection.score_of(primary), scores_of(primary, everywhere),
-                                              scores_of([], everywhere), 1, "primary")
+        data = fresh(primary, everywhere=True)
+        accepted, comparison, record = tested(primary, selection.score_of(primary), scores_of(primary, data),
+                                              scores_of([], data), 1, "primary")
         candidates.append(record)
         if not accepted:  # the sequence stops here: nothing else is tested
-            return Decision([], comparison.before, comparison.before, None, candidates, {})
+            return Decision([], comparison.before, comparison.before, None, candidates, {}, n_training(data))
         chosen = list(primary)
     ahead = selection.ranked_above(primary) if primary else None  # only what the search prefers may replace it
     shortlist = [(ids, score) for ids, score in selection.better_than_baseline(top_k)
                  if ahead is None or ids in ahead]
     confirmed = None  # the first shortlisted subset accepted, in the search's order
     for ids, search_score in shortlist:
-        accepted, result, record = tested(ids, search_score, scores_of(ids), baseline, len(shortlist), "search")
+        data = fresh(ids)
+        accepted, result, record = tested(ids, search_score, scores_of(ids, data), scores_of([], data),
+                                          len(shortlist), "search")
         candidates.append(record)
         if accepted and confirmed is None:
             confirmed = list(ids), result
     if confirmed is not None:
         chosen, comparison = confirmed
-    effects = {}
+    effects, data = {}, fresh(chosen)
     if chosen:  # designed comparisons on the fresh examples: the chosen subset without each rule
-        chosen_scores = scores_of(chosen)
+        chosen_scores = scores_of(chosen, data)
         for rule_id in (i for i in chosen if i not in selection.exemplar_ids):
-            without = scores_of([i for i in chosen if i != rule_id]) if len(chosen) > 1 else baseline
-            effects[rule_id] = paired_difference(chosen_scores, without)
-    before = comparison.before if comparison else 100.0 * sum(baseline) / max(1, len(baseline))
-    return Decision(chosen, before, comparison.after if comparison else before, comparison, candidates, effects)
+            effects[rule_id] = paired_difference(chosen_scores, scores_of([i for i in chosen if i != rule_id], data))
+    if comparison:
+        return Decision(chosen, comparison.before, comparison.after, comparison, candidates, effects, n_training(
+            fresh(chosen, everywhere=chosen == primary)))
+    baseline = scores_of([], data)
+    before = 100.0 * sum(baseline) / max(1, len(baseline))
+    return Decision(chosen, before, before, None, candidates, effects, n_training(data))
 
 
-def unused_training_examples(n_train: int, used_mistakes: Sequence[int], rules: Sequence[Rule]) -> list[int]:
-    """Training indices no phase chose from: not a mistake the teacher saw and not scored by the screen."""
+def n_training(data: Sequence[tuple[CachedEvaluator, Sequence[int]]]) -> int:
+    """How many training examples a comparison on `data` holds (the parts after the validation part)."""
+    return sum(len(where) for _, where in data[1:])
+
+
+@dataclass
+class FreshTraining:
+    """The training examples a comparison may use besides the confirmation part: `indices_for(tested concepts)`."""
+
+    evaluator: CachedEvaluator
+    indices_for: Callable[[Sequence[Rule]], list[int]]
+
+
+def fresh_training_examples(n_train: int, sampled: Mapping[str, int], rules: Sequence[Rule],
+                            tested: Sequence[Rule]) -> list[int]:
+    """Training indices fresh for a comparison of the concepts `tested`: never scored by the screen (any rule's
+    verification), and not a mistake the teacher saw (`sampled`: mistake id -> training index); when every tested
+    concept is an exemplar, only the mistakes their exemplars solve are left out (see the module doc)."""
     screened = {i for r in rules for key in ("checked_mistakes", "checked_correct")
                 for i in (r.verification or {}).get(key, [])}
-    return sorted(set(range(n_train)) - set(used_mistakes) - screened)
+    if tested and all(not r.text for r in tested):  # exemplars only: each carries its own problem and nothing else
+        seen = {sampled[m] for r in tested for m in r.sources if m in sampled}
+    else:
+        seen = set(sampled.values())
+    return sorted(set(range(n_train)) - seen - screened)
 
 
 def split_sizes(n_val: int, confirm_fraction: float) -> tuple[int, int]:
@@ -136,7 +168,7 @@ def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, co
         primary = min_detectable_gain(n_val, alpha if alpha is not None else 0.05, 1)
         shown = "no gain" if primary > 100 else f"gains of at least {primary:.0f} points"
         result.warnings.append(f"{warning} (The subset fixed before any score is tested first on all {n_val} "
-                               f"validation examples and the unused training examples: there {shown} can be told "
+                               f"validation examples and the fresh training examples: there {shown} can be told "
                                "from noise.)")
     return search, confirmation
 

@@ -249,9 +249,10 @@ def record_decision(result: ConceptDistillationResult, rules: list[Rule], select
         rule.effect_interval = [effect.low, effect.high] if effect else None
     result.rules, result.selected_rule_ids = rules, list(decision.chosen)
     result.improved = bool(decision.chosen)
-    n = f"{result.n_confirm}" + (f" (+{result.n_confirm_train} unused training)" if result.n_confirm_train else "")
+    result.n_confirm_train = decision.n_training
+    n = f"{result.n_confirm}" + (f" (+{result.n_confirm_train} training)" if result.n_confirm_train else "")
     if decision.chosen:
-        where = ("every validation example and the unused training examples (the primary subset, fixed before "
+        where = ("every validation example and the fresh training examples (the primary subset, fixed before "
                  "any score was seen)" if decision.candidates and decision.candidates[0].get("step") == "primary"
                  and decision.chosen == decision.candidates[0]["rule_ids"] else
                  f"{n} confirmation examples the search never saw")
