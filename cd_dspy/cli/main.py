@@ -66,7 +66,7 @@ def cmd_compile(args) -> int:
 
     if result.baseline_score is not None:  # the confirmation step ran
         fresh = f" + {result.n_confirm_train} fresh training examples" if result.n_confirm_train else ""
-        tested = result.comparison["n"] if result.comparison else (result.candidates or [{}])[0].get("n")
+        tested = result.n_decided
         where = (f"{tested} examples, see below" if tested else
                  f"{result.n_confirm} validation examples the search never saw{fresh}")
         lines = [f"confirmation score ({where}): baseline "

@@ -37,15 +37,18 @@ def render_report(run_dir: str | Path) -> str:
     if (run / "mistakes.json").exists():
         mistakes = {m["id"]: m for m in json.loads((run / "mistakes.json").read_text())["mistakes"]}
     lines = [f"# Concept Distillation report: {run}", "", result.message, ""]
+    decided = result.n_decided or result.n_confirm
     lines += [f"> Warning: {warning}" for warning in result.warnings]
     lines += ["", "| | examples | score |", "|---|---|---|",
               f"| train (target, no rules) | {result.n_train} | {format_score(result.train_score)} |",
-              f"| confirmation: baseline | {result.n_confirm} | {format_score(result.baseline_score)} |",
-              f"| confirmation: returned program | {result.n_confirm} | {format_score(result.best_score)} |",
+              f"| confirmation: baseline | {decided} | {format_score(result.baseline_score)} |",
+              f"| confirmation: returned program | {decided} | {format_score(result.best_score)} |",
               f"| search: baseline | {result.n_search} | {format_score(result.search_baseline_score)} |",
               f"| search: best subset (optimistic) | {result.n_search} | {format_score(result.search_best_score)} |",
-              "", "The decision and the reported score come from the confirmation examples, which the search "
-              "never saw; the search's best is the maximum over many subsets and is optimistic.", ""]
+              "", "The decision and the reported score come from examples the tested subset's choice did not depend "
+              "on (the subset fixed before any score: every validation example and the fresh training examples; the "
+              "search's picks: the part it never saw and the fresh training examples); the search's best is the "
+              "maximum over many subsets and is optimistic.", ""]
     if result.candidates:
         lines += ["| confirmed subset | search score | confirmation score | difference [95% CI] | p (adjusted) | "
                   "accepted |", "|---|---|---|---|---|---|"]

@@ -180,6 +180,12 @@ class ConceptDistillationResult:
     def selected_rules(self) -> list[Rule]:
         return [r for r in self.rules if r.selected]
 
+    @property
+    def n_decided(self) -> int | None:
+        """How many examples `baseline_score` and `best_score` were measured on (the decisive comparison, or the
+        first candidate tested when none was accepted); None when no candidate was tested."""
+        return self.comparison["n"] if self.comparison else (self.candidates or [{}])[0].get("n")
+
     def to_dict(self) -> dict[str, Any]:
         data = {
             "format_version": RESULT_FORMAT_VERSION,
