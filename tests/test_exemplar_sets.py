@@ -121,8 +121,8 @@ def _decided(rng: random.Random, gain: float, exemplars_only: bool) -> bool:
     val_before, val_after = outcomes(40, 0.475)
     mistakes = [f"m{i}" for i, b in enumerate(train_before) if b == 0]
     sampled = {m: int(m[1:]) for m in rng.sample(mistakes, min(8, len(mistakes)))}
-    tested = [Rule(id=f"E{m}", text="" if exemplars_only else "When ..., do ...", predictor="p", sources=[m])
-              for m in list(sampled)[:4]]
+    tested = [Rule(id=f"E{m}", text="" if exemplars_only else "When ..., do ...", predictor="p", sources=[m],
+                   exemplar={"p": [{"question": m}]}) for m in list(sampled)[:4]]
     fresh = fresh_training_examples(24, sampled, tested, tested)
     result = paired_difference(val_after + [train_after[i] for i in fresh],
                                val_before + [train_before[i] for i in fresh])

@@ -39,6 +39,7 @@ import dspy
 from cd_dspy.core.evaluation import CachedEvaluator
 from cd_dspy.core.result import ConceptDistillationResult, Rule
 from cd_dspy.core.stats import Comparison, min_detectable_gain, min_wins_for_significance, paired_difference
+from cd_dspy.phases.concepts import exemplar_sources, is_exemplar_only
 from cd_dspy.phases.search import Selection
 
 logger = logging.getLogger(__name__)
@@ -115,11 +116,11 @@ def confirm(selection: Selection, rules: Sequence[Rule], evaluator: CachedEvalua
         for rule_id in (i for i in chosen if i not in selection.exemplar_ids):
             effects[rule_id] = paired_difference(chosen_scores, scores_of([i for i in chosen if i != rule_id], data))
     if comparison:
-        return Decision(chosen, comparison.before, comparison.after, comparison, candidates, effects, n_training(
-            fresh(chosen, everywhere=chosen == primary)))
-    baseline = scores_of([], data)
-    before = 100.0 * sum(baseline) / max(1, len(baseline))
-    return Decision(chosen, before, before, None, candidates, effects, n_training(data))
+        before, after = comparison.before, comparison.after
+    else:
+        baseline = scores_of([], data)
+        before = after = 100.0 * sum(baseline) / max(1, len(baseline))
+    return Decision(chosen, before, after, comparison, candidates, effects, n_training(data))
 
 
 def n_training(data: Sequence[tuple[CachedEvaluator, Sequence[int]]]) -> int:
@@ -142,8 +143,8 @@ def fresh_training_examples(n_train: int, sampled: Mapping[str, int], rules: Seq
     concept is an exemplar, only the mistakes their exemplars solve are left out (see the module doc)."""
     screened = {i for r in rules for key in ("checked_mistakes", "checked_correct")
                 for i in (r.verification or {}).get(key, [])}
-    if tested and all(not r.text for r in tested):  # exemplars only: each carries its own problem and nothing else
-        seen = {sampled[m] for r in tested for m in r.sources if m in sampled}
+    if tested and all(is_exemplar_only(r) for r in tested):  # each carries its own problem and nothing else
+        seen = {sampled[m] for r in tested for m in exemplar_sources(r) if m in sampled}
     else:
         seen = set(sampled.values())
     return sorted(set(range(n_train)) - seen - screened)
