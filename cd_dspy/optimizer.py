@@ -2,7 +2,8 @@
 
     trainset ─► collect (target) ─► mistakes ─► induce (teacher solves, explains) ─► candidate concepts
              ─► verify (target, each rule alone on its mistakes and on correct examples) ─► concepts
-             ─► select (Optuna + target, search part of the valset) ─► best subsets
+             ─► select (Optuna + target, search part of the valset; skipped on a valset too small to confirm
+                 its picks) ─► best subsets
              ─► confirm (target, confirmation part + fresh training examples) ─► chosen concepts
              ─► integrate ─► compiled program
 
@@ -43,14 +44,21 @@ from cd_dspy.estimate import estimate_spend
 from cd_dspy.phases.collect import ARTIFACTS as COLLECT_ARTIFACTS
 from cd_dspy.phases.collect import MISTAKES_FILE, collect_resumable, sample_mistakes
 from cd_dspy.phases.concepts import is_exemplar_only
-from cd_dspy.phases.confirm import FreshTraining, confirm, fresh_training_examples, small_sample_warning, split_valset
+from cd_dspy.phases.confirm import (
+    FreshTraining,
+    confirm,
+    fresh_training_examples,
+    skipped_search_warning,
+    small_sample_warning,
+    split_valset,
+)
 from cd_dspy.phases.induce import ARTIFACTS as INDUCE_ARTIFACTS
 from cd_dspy.phases.induce import RULES_FILE
 from cd_dspy.phases.induce_concepts import InduceSettings, induce_concepts
 from cd_dspy.phases.integrate import record_decision, save_program, with_rules
 from cd_dspy.phases.refine import REFINED, REFINEMENTS_LOG, revise_rules
 from cd_dspy.phases.rulebook import RULEBOOK_ORIGIN, load_rulebook
-from cd_dspy.phases.search import RuleSelector, Selection, delete_study
+from cd_dspy.phases.search import RuleSelector, Selection, delete_study, no_search
 from cd_dspy.phases.verify import VERIFICATION_LOG, checked, correct_sample, verify_rules
 from cd_dspy.scale.verify_workers import verify_on_workers
 from cd_dspy.scale.workers import check_workers, distributed_selector
@@ -201,6 +209,8 @@ class ConceptDistillation(Teleprompter):
             k: v.to_dict() for k, v in meter.snapshot().items()}})
         search, confirmation = split_valset(len(valset), result, seed=self.seed, confirm_fraction=self.confirm_fraction,
                                             alpha=self.require_significance, top_k=self.confirm_top_k)
+        skipped = skipped_search_warning(len(valset), len(confirmation), self.require_significance,
+                                         self.confirm_top_k, self.confirm_fraction)  # why there is no search
         for warning in result.warnings:  # up front when the confirmation part is too small
             log_result_warning(warning)  # logged once, never also a progress note (the CLI prints it at the end)
         try:
@@ -214,7 +224,7 @@ class ConceptDistillation(Teleprompter):
                                   f"(threshold {self.mistake_threshold}); the program is returned unchanged.")
                 return self.program_with(base)
             with self._phase("induce", result, progress):
-                rules = self._induce(base, mistakes, trainset, metric, run, result, progress)
+                rules = self._induce(base, mistakes, trainset, metric, run, result, progress, bool(skipped))
                 rules = [r for r in rules if r.origin != REFINED]  # a resumed run's revisions: verify redoes them
                 rules = self.rulebook.merge(rules) if self.rulebook is not None else rules
             progress.note(f"induce: {len(rules)} concepts ({self.carrier}) from the {result.n_solved} of "
@@ -232,16 +242,21 @@ class ConceptDistillation(Teleprompter):
                 checkpoint()
             candidates = [r for r in rules if r.verified or not self.verify]
             if self.verify:
-                progress.note(f"verify: {len(candidates)} of {len(rules)} concepts go to the search (screened rules "
-                              "that fixed a mistake and broke less; exemplars are searched as sets)")
+                progress.note(f"verify: {len(candidates)} of {len(rules)} concepts go on (screened rules that fixed a "
+                              "mistake and broke less; exemplars are tested as sets)")
             if not candidates:
                 result.message = ("No candidate rule fixed the mistakes it came from without breaking as many "
                                   "correct training examples; the program is returned unchanged.")
                 return self.program_with(base)
             with self._phase("select", result, progress):
                 evaluator = CachedEvaluator(valset, metric, run_dir=run, meter=meter, num_threads=self.threads)
-                selection = self._select(base, candidates, evaluator, search, run, select_key, result, progress,
-                                         checkpoint)
+                if skipped:
+                    result.warnings.append(skipped)
+                    log_result_warning(skipped)
+                    selection = no_search(candidates, self.max_exemplars)
+                else:
+                    selection = self._select(base, candidates, evaluator, search, run, select_key, result, progress,
+                                             checkpoint)
             with self._phase("confirm", result, progress):
                 decision = confirm(selection, candidates, evaluator, confirmation,
                                    program_with=lambda chosen: self.program_with(base, chosen),
@@ -304,14 +319,17 @@ class ConceptDistillation(Teleprompter):
         result.n_mistakes = len(mistakes)
         return mistakes, correct
 
-    def _induce(self, base, mistakes, trainset, metric, run: RunDir, result, progress) -> list[Rule]:
+    def _induce(self, base, mistakes, trainset, metric, run: RunDir, result, progress,
+                search_skipped: bool) -> list[Rule]:
         used = self._sampled(mistakes)
         result.n_mistakes_used = len(used)
+        # with no search only the first max_exemplars exemplars are ever tested: solve until they pass
+        enough = self.max_exemplars if search_skipped and self.carrier == "exemplars" else None
         settings = InduceSettings(
             teacher_lm=self.teacher_lm, priming=self.priming, carrier=self.carrier, max_rules=self.max_rules,
             consolidate=self.consolidate, filter_specific=self.filter_specific_rules,
             samples_per_mistake=self.samples_per_mistake, retries=self.teacher_retries,
-            threshold=self.mistake_threshold, threads=self.threads)
+            threshold=self.mistake_threshold, threads=self.threads, enough=enough)
         return induce_concepts(base, used, trainset, metric, settings, run, result, progress)
 
     def _verify(self, base, rules, mistakes, correct, trainset, metric, run: RunDir, meter, progress) -> list[Rule]:

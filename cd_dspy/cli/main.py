@@ -72,7 +72,8 @@ def cmd_compile(args) -> int:
         lines = [f"confirmation score ({where}): baseline "
                  f"{format_score(result.baseline_score)} -> compiled {format_score(result.best_score)}",
                  f"search score ({result.n_search} examples, the optimistic best of the search): baseline "
-                 f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}"]
+                 f"{format_score(result.search_baseline_score)} -> best {format_score(result.search_best_score)}"
+                 if result.trials else "search: skipped (too few confirmation examples for its picks, see below)"]
     else:
         lines = ["validation: not used (the compile ended before the search; see below)"]
     lines.append(f"concepts selected: {len(result.selected_rule_ids)} of {len(result.rules)}  ({result.message})")

@@ -43,8 +43,9 @@ def render_report(run_dir: str | Path) -> str:
               f"| train (target, no rules) | {result.n_train} | {format_score(result.train_score)} |",
               f"| confirmation: baseline | {decided} | {format_score(result.baseline_score)} |",
               f"| confirmation: returned program | {decided} | {format_score(result.best_score)} |",
-              f"| search: baseline | {result.n_search} | {format_score(result.search_baseline_score)} |",
-              f"| search: best subset (optimistic) | {result.n_search} | {format_score(result.search_best_score)} |",
+              *([f"| search: baseline | {result.n_search} | {format_score(result.search_baseline_score)} |",
+                 f"| search: best subset (optimistic) | {result.n_search} | {format_score(result.search_best_score)} |"]
+                if result.trials else ["| search | skipped | - |"]),
               "", "The decision and the reported score come from examples the tested subset's choice did not depend "
               "on (the subset fixed before any score: every validation example and the fresh training examples; the "
               "search's picks: the part it never saw and the fresh training examples); the search's best is the "
@@ -54,14 +55,15 @@ def render_report(run_dir: str | Path) -> str:
                   "accepted |", "|---|---|---|---|---|---|"]
         for c in result.candidates:
             low, high = c["interval"]
-            lines.append(f"| {', '.join(c['rule_ids'])} | {c['search_score']:.1f} | {c['score']:.1f} | "
+            lines.append(f"| {', '.join(c['rule_ids'])} | {format_score(c['search_score'])} | {c['score']:.1f} | "
                          f"{c['difference']:+.1f} [{low:+.1f}, {high:+.1f}] | {c['p_adjusted']:.3g} | "
                          f"{'yes' if c['accepted'] else 'no'} |")
         lines.append("")
     if result.stopped_early:
         lines += [f"Stopped early: {result.stopped_early}.", ""]
     lines += [f"Mistakes: {result.n_mistakes} on {result.n_train} training examples, "
-              f"{result.n_mistakes_used} explained by the teacher.", "", "## Rules", ""]
+              f"{result.n_mistakes_used} given to the teacher, {result.n_solved} of them solved (the solution passed "
+              "the metric).", "", "## Rules", ""]
     if not result.rules:
         lines.append("No rules were induced.")
     for rule in result.rules:

@@ -9,7 +9,9 @@
    (the best of many there is optimistic: the winner's curse) are tested on the confirmation part and the fresh
    training examples only, Bonferroni-corrected over those subsets; the first accepted in the search's order
    replaces the primary subset. A fixed sequence (a later step runs only when the earlier one rejected its null) keeps
-   the chance of accepting anything under pure noise at `alpha`.
+   the chance of accepting anything under pure noise at `alpha`. When the confirmation part is so small that a
+   search pick could pass only with a gain of `SEARCH_RESOLUTION_LIMIT` points or more, the search is skipped
+   (`skipped_search_warning`) and step 1 is the whole decision.
 
 A subset is accepted when it beats the baseline by more than `min_improvement` points and a one-sided exact sign
 test (McNemar's exact test for 0/1 scores) is below `alpha`. Per-rule effects are designed comparisons on the
@@ -45,6 +47,7 @@ from cd_dspy.phases.search import Selection
 logger = logging.getLogger(__name__)
 
 DETECTABLE_GAIN_WARNING = 10.0  # points: warn when the confirmation data cannot resolve smaller gains
+SEARCH_RESOLUTION_LIMIT = 50.0  # points: no search when its picks could be accepted only with larger gains
 
 
 @dataclass
@@ -172,6 +175,26 @@ def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, co
                                f"validation examples and the fresh training examples: there {shown} can be told "
                                "from noise.)")
     return search, confirmation
+
+
+def skipped_search_warning(n_val: int, n_confirm: int, alpha: float | None, top_k: int,
+                           confirm_fraction: float) -> str | None:
+    """Why the search is skipped, or None when it runs. The search only ranks subsets that may replace a passing
+    primary subset, and each must then pass on the `n_confirm` confirmation examples (Bonferroni over `top_k`);
+    when only gains of `SEARCH_RESOLUTION_LIMIT` points or more could pass there, its trials cannot change the
+    decision in practice and cost most of a compile's target calls. With `alpha` None (the point estimate
+    decides) the search always runs."""
+    if alpha is None:
+        return None
+    gain = min_detectable_gain(n_confirm, alpha, top_k)
+    if gain < SEARCH_RESOLUTION_LIMIT:
+        return None
+    needed = math.floor(min_wins_for_significance(alpha, top_k) * 100.0 / SEARCH_RESOLUTION_LIMIT) + 1
+    return (f"So the Optuna search was skipped: its picks could only be accepted with gains of at least "
+            f"{min(gain, 100.0):.0f} points. Only the subset fixed before any score (every concept, the exemplars up "
+            f"to max_exemplars) was tested, on all {n_val} validation examples and the fresh training examples. The "
+            f"search runs from {needed} confirmation examples on (a valset of about "
+            f"{math.ceil(needed / confirm_fraction)} with confirm_fraction={confirm_fraction:g}).")
 
 
 def small_sample_warning(n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,

@@ -41,6 +41,7 @@ class InduceSettings:
     retries: int
     threshold: float
     threads: int
+    enough: int | None = None  # stop solving once this many solutions passed (exemplars with no search); None: all
 
 
 def induce_concepts(program: dspy.Module, used: Sequence[Mistake], trainset: Sequence[dspy.Example],
@@ -48,8 +49,8 @@ def induce_concepts(program: dspy.Module, used: Sequence[Mistake], trainset: Seq
                     progress: Progress) -> list[Rule]:
     """The concepts for the sampled mistakes `used` (reused from `run` when every step of them is finished)."""
     solutions, solved_now = _solve(program, used, trainset, metric, settings, run, progress)
-    solved = [m for m in used if solutions[m.id].ok]
-    result.n_solved = len(solved)
+    solved = [m for m in used if m.id in solutions and solutions[m.id].ok]
+    result.n_solved, result.n_mistakes_used = len(solved), sum(m.id in solutions for m in used)
     explain = settings.carrier != "exemplars"
     done = {e["mistake_id"]: Explanation.from_dict(e) for e in run.read_jsonl(EXPLANATIONS_LOG)
             if e.get("ok", True)}  # a failed explanation is never finished work
@@ -71,8 +72,10 @@ def induce_concepts(program: dspy.Module, used: Sequence[Mistake], trainset: Seq
 
 def _solve(program, used, trainset, metric, settings: InduceSettings, run: RunDir,
            progress: Progress) -> tuple[dict[str, Solution], bool]:
-    """Every used mistake's solution (finished ones read back) and whether this run solved one anew."""
+    """The used mistakes' solutions (finished ones read back), in their order until `settings.enough` passed, and
+    whether this run solved one anew."""
     done = {s["mistake_id"]: Solution.from_dict(s) for s in run.read_jsonl(SOLUTIONS_LOG) if s.get("error") is None}
+    solutions = {m.id: done[m.id] for m in used if m.id in done}
     todo = [m for m in used if m.id not in done]
     bar = progress.bar("solve mistakes (teacher)", total=len(used), initial=len(used) - len(todo))
 
@@ -81,13 +84,20 @@ def _solve(program, used, trainset, metric, settings: InduceSettings, run: RunDi
             run.append_jsonl(SOLUTIONS_LOG, solution.to_dict())
         bar.update(1)
 
-    fresh = solve_mistakes(program, todo, trainset, teacher_lm=settings.teacher_lm, metric=metric,
-                           priming=settings.priming, threshold=settings.threshold, num_threads=settings.threads,
-                           on_done=on_done) if todo else []
+    fresh: list[Solution] = []
+    while todo:  # all at once, or in batches of as many as still missing
+        missing = len(todo) if settings.enough is None else settings.enough - sum(s.ok for s in solutions.values())
+        if missing <= 0:
+            break
+        batch, todo = todo[:missing], todo[missing:]
+        fresh += solve_mistakes(program, batch, trainset, teacher_lm=settings.teacher_lm, metric=metric,
+                                priming=settings.priming, threshold=settings.threshold, num_threads=settings.threads,
+                                on_done=on_done)
+        solutions.update({s.mistake_id: s for s in fresh})
     bar.close()
-    solutions = {**done, **{s.mistake_id: s for s in fresh}}
     progress.note(f"solve: the metric accepted the teacher's solution of {sum(s.ok for s in solutions.values())} "
-                  f"of {len(used)} mistakes")
+                  f"of {len(solutions)} mistakes" + (f" (enough for the {settings.enough} exemplars tested)"
+                                                     if len(solutions) < len(used) else ""))
     return solutions, any(s.ok for s in fresh)
 
 

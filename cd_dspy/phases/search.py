@@ -80,6 +80,19 @@ def preference(score: float, rule_ids: Sequence[str], rule_cost: float = 0.0,
     return score - rule_cost * cost_units(rule_ids, exemplar_ids), -len(rule_ids)
 
 
+def primary_subset(rules: Sequence[Rule], max_exemplars: int | None) -> list[str]:
+    """The subset fixed before any score: every concept, less the exemplar-only ones beyond the first
+    `max_exemplars` (None: no cap)."""
+    exemplars = [r.id for r in rules if is_exemplar_only(r)][:max_exemplars]
+    return [r.id for r in rules if not is_exemplar_only(r) or r.id in exemplars]
+
+
+def no_search(rules: Sequence[Rule], max_exemplars: int | None) -> Selection:
+    """The selection when the search is skipped: no trial, only the primary subset to test."""
+    return Selection([], exemplar_ids=frozenset(r.id for r in rules if is_exemplar_only(r)),
+                     primary=primary_subset(rules, max_exemplars))
+
+
 def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
     return [r.id for r in rules if params.get(r.id)]
 
@@ -216,11 +229,6 @@ class RuleSelector:
         """The subset holds more exemplar-only concepts than `max_exemplars`."""
         return self.max_exemplars is not None and len(self.exemplar_ids.intersection(rule_ids)) > self.max_exemplars
 
-    def capped(self, rule_ids: Sequence[str]) -> list[str]:
-        """`rule_ids` less the exemplar-only concepts beyond the first `max_exemplars`."""
-        exemplars = [i for i in rule_ids if i in self.exemplar_ids][:self.max_exemplars]
-        return [i for i in rule_ids if i not in self.exemplar_ids or i in exemplars]
-
     def _enqueue_first_trials(self) -> None:
         """Baseline, all concepts (the exemplars up to the cap), then leave-one-out subsets (they expose harmful
         concepts), then single concepts (they expose helpful ones), as far as the trial budget allows."""
@@ -228,7 +236,7 @@ class RuleSelector:
         self._enqueue({i: 0 for i in ids}, "baseline")
         if not ids:
             return
-        full = self.capped(ids)
+        full = primary_subset(self.rules, self.max_exemplars)
         self._enqueue({i: int(i in full) for i in ids}, "all rules")
         if len(full) < 2:
             return
@@ -309,4 +317,4 @@ class RuleSelector:
         ranked = sorted(best.items(), key=lambda item: preference(item[1], item[0], self.rule_cost, self.exemplar_ids),
                         reverse=True)
         return Selection(trials, [(list(ids), score) for ids, score in ranked], baseline, stopped, self.rule_cost,
-                         self.exemplar_ids, self.capped([r.id for r in self.rules]))
+                         self.exemplar_ids, primary_subset(self.rules, self.max_exemplars))

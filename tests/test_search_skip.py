@@ -1,0 +1,66 @@
+"""On a valset too small to confirm what the search picks, CD skips the Optuna search and tests only the subset
+fixed before any score: same guarantee under noise, no trials paid for.
+
+The main job's sizes (12 training, 16 validation examples: 8 to confirm a search pick, where only gains of 75
+points pass a Bonferroni test over 3 picks) in the noisy world of tests/test_exemplar_sets.py (15% of answers
+redrawn by any prompt change; the blind spot yields to two worked exemplars of its kind together).
+"""
+
+from __future__ import annotations
+
+import pytest
+from noisy_world import noisy_compile
+
+from cd_dspy.phases.confirm import SEARCH_RESOLUTION_LIMIT, skipped_search_warning
+
+SEEDS = range(20)
+MAIN_JOB = {"flip": 0.15, "n_train": 12, "n_val": 16, "carrier": "exemplars", "set_size": 2, "max_mistakes": 8}
+
+
+def test_the_search_runs_only_where_its_picks_could_pass():
+    assert skipped_search_warning(16, 8, 0.05, 3, 0.5) is not None  # 6 wins of 8 needed: 75 points
+    text = skipped_search_warning(24, 12, 0.05, 3, 0.5)  # 6 of 12: 50 points, still at the limit
+    assert text is not None and "from 13 confirmation examples on (a valset of about 26" in text
+    assert skipped_search_warning(26, 13, 0.05, 3, 0.5) is None  # 6 of 13: 46 points < SEARCH_RESOLUTION_LIMIT
+    assert SEARCH_RESOLUTION_LIMIT == 50.0
+    assert skipped_search_warning(16, 8, None, 3, 0.5) is None  # the point estimate decides: the search may matter
+
+
+@pytest.fixture(scope="module")
+def small_worlds():
+    return {helpful: [noisy_compile(seed, helpful=helpful, **MAIN_JOB) for seed in SEEDS]
+            for helpful in (True, False)}
+
+
+def test_a_small_valset_skips_the_search_and_tests_the_primary_subset_on_everything(small_worlds):
+    for result, engine in small_worlds[True] + small_worlds[False]:
+        assert result.trials == [] and result.search_best_score is None  # no Optuna trial was run
+        assert any("the Optuna search was skipped" in w for w in result.warnings), result.warnings
+        assert [c["step"] for c in result.candidates] == ["primary"]  # nothing else was tested
+        primary = result.candidates[0]
+        assert primary["n"] == result.n_val + result.n_confirm_train  # every validation example + fresh training
+        assert result.n_mistakes_used == min(4, result.n_mistakes)  # solved until the 4 exemplars tested passed
+        # target calls: collect, then the baseline and the primary subset on those examples, nothing more
+        assert engine.calls <= result.n_train + 2 * primary["n"], (engine.calls, primary["n"])
+
+
+def test_skipping_keeps_noise_out_and_lets_the_blind_spot_set_through(small_worlds):
+    added = [res for res, _ in small_worlds[False] if res.selected_rule_ids]
+    found = [res for res, _ in small_worlds[True] if res.improved]
+    print(f"\n[search skipped] under noise added in {len(added)} of {len(SEEDS)} seeds; with the blind spot "
+          f"a set confirmed in {len(found)} of {len(SEEDS)}")
+    assert len(added) <= 0.05 * len(SEEDS), [res.message for res in added]
+    assert found  # the skipped search costs no power the primary subset had
+
+
+def test_the_dry_run_counts_no_search_on_a_small_valset(sim):
+    small = sim.optimizer(carrier="exemplars").dry_run(_program(), sim.trainset, sim.valset[:16])
+    large = sim.optimizer(carrier="exemplars").dry_run(_program(), sim.trainset, sim.valset)
+    assert small["search_calls"] == 0 and small["confirm_calls"] == 2 * (16 + len(sim.trainset) - 4)
+    assert large["search_calls"] > 0
+
+
+def _program():
+    import dspy
+
+    return dspy.ChainOfThought("question -> answer: float")
