@@ -53,6 +53,27 @@ def test_skipping_keeps_noise_out_and_lets_the_blind_spot_set_through(small_worl
     assert found  # the skipped search costs no power the primary subset had
 
 
+def test_the_skipped_search_costs_no_power_and_half_the_target_calls(small_worlds, monkeypatch):
+    import cd_dspy.phases.confirm as confirm
+
+    monkeypatch.setattr(confirm, "SEARCH_RESOLUTION_LIMIT", 1000.0)  # the search runs whatever the valset
+    searched = {helpful: [noisy_compile(seed, helpful=helpful, **MAIN_JOB) for seed in SEEDS]
+                for helpful in (True, False)}
+    for helpful in (True, False):
+        skipped_calls = sum(engine.calls for _, engine in small_worlds[helpful])
+        searched_calls = sum(engine.calls for _, engine in searched[helpful])
+        print(f"\n[search skipped] {'blind spot' if helpful else 'pure noise'}: target calls {skipped_calls} "
+              f"skipped, {searched_calls} with the search")
+        assert all(res.trials for res, _ in searched[helpful])  # the comparison did run the search
+        assert skipped_calls < 0.6 * searched_calls
+    found = {name: sum(res.improved for res, _ in runs[True]) for name, runs in (("skipped", small_worlds),
+                                                                                 ("searched", searched))}
+    print(f"[search skipped] a fixing set confirmed in {found['skipped']} of {len(SEEDS)} seeds skipped, "
+          f"{found['searched']} with the search")
+    assert found["skipped"] >= found["searched"]
+    assert not any(res.selected_rule_ids for res, _ in searched[False])
+
+
 def test_the_dry_run_counts_no_search_on_a_small_valset(sim):
     small = sim.optimizer(carrier="exemplars").dry_run(_program(), sim.trainset, sim.valset[:16])
     large = sim.optimizer(carrier="exemplars").dry_run(_program(), sim.trainset, sim.valset)
