@@ -85,3 +85,14 @@ def _program():
     import dspy
 
     return dspy.ChainOfThought("question -> answer: float")
+
+
+def test_the_report_and_run_dir_show_the_skipped_search(tmp_path):
+    from cd_dspy.core.report import render_report
+
+    result, _ = noisy_compile(0, helpful=True, run_dir=tmp_path / "run", **MAIN_JOB)
+    assert result.trials == [] and not (tmp_path / "run" / "study.db").exists()  # no Optuna study was opened
+    text = render_report(tmp_path / "run")
+    assert "| search | skipped | - |" in text and "None: the search did not run" in text
+    assert "So the Optuna search was skipped" in text
+    assert f"{result.n_mistakes_used} given to the teacher, {result.n_solved} of them solved" in text

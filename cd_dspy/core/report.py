@@ -78,7 +78,9 @@ def render_report(run_dir: str | Path) -> str:
                 question = json.dumps(mistake["inputs"], ensure_ascii=False)[:160]
                 lines.append(f"  - from {source}: {question} (target said "
                              f"{json.dumps(mistake['outputs'], ensure_ascii=False)[:100]})")
-    lines += ["", "## Trials", "", "| # | rules | state | score | seconds |", "|---|---|---|---|---|"]
+    lines += ["", "## Trials", ""]
+    lines += ["| # | rules | state | score | seconds |", "|---|---|---|---|---|"] if result.trials else [
+        "None: the search did not run (the message and warnings above say why)."]
     for trial in result.trials:
         lines.append(f"| {trial.number} | {', '.join(trial.rule_ids) or '(none)'} | {trial.state} | "
                      f"{format_score(trial.score)} | {trial.seconds:.1f} |")
