@@ -29,11 +29,18 @@ SIMULATED = "simulated"
 
 
 # -- LMs -----------------------------------------------------------------------------------------
+def is_local_model(name: str) -> bool:
+    """A catalog name or a .gguf file: a model embedded through llama.cpp (`local_lm`)."""
+    from cd_dspy.lms import CATALOG
+
+    return name in CATALOG or name.endswith(".gguf") or Path(name).expanduser().is_file()
+
+
 def make_lm(name: str, role: str) -> dspy.LM:
     """A catalog name or .gguf path (embedded llama.cpp via `local_lm`), else a litellm model string (`dspy.LM`)."""
     from cd_dspy.lms import CATALOG, local_lm
 
-    if name in CATALOG or name.endswith(".gguf") or Path(name).expanduser().is_file():
+    if is_local_model(name):
         return local_lm(name, role=role)
     if "/" not in name:
         raise ValueError(f"{name!r} is neither a catalog model ({', '.join(sorted(CATALOG))}), a .gguf file, "
@@ -258,6 +265,10 @@ def measured_budget(methods: dict[str, dict]) -> int | None:
     return calls_made(rec, "compile", "target") if rec and rec.get("status") == "ok" else None
 
 
+# BootstrapFinetune's train_kwargs in the bettertogether row: the sft_lora row's LoRA settings
+# (examples/results/distill_compare_math_basic: 1 epoch, lr 1e-3, the project's default rank and targets).
+BETTERTOGETHER_TRAIN = {"epochs": 1, "lr": 1e-3}
+
 # Methods renamed when the demonstration rows came in: the old names were instruction-only runs.
 RENAMED = {"inferrules": "inferrules_instr", "miprov2": "miprov2_instr", "simba": "simba_instr"}
 
@@ -268,7 +279,7 @@ CARRIERS = {"baseline": "none", "teacher": "none (the teacher runs)", "cd": "exe
             "miprov2_instr": "instructions", "simba_instr": "instructions", "gepa": "instructions",
             "bootstrap_fewshot": "demos", "bootstrap_rs": "demos", "miprov2_demos": "instructions + demos",
             "simba_demos": "instructions + demos", "sft_lora": "weights",
-            "bfs_then_cd": "demos, then CD's concepts"}
+            "bfs_then_cd": "demos, then CD's concepts", "bettertogether": "demos + weights (LoRA)"}
 # Rows also compared with another row on the same problems (the recipe against its first step alone).
 REFERENCES = {"bfs_then_cd": "bootstrap_fewshot"}
 
@@ -315,6 +326,17 @@ def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int)
                         "changed": budgeted + "as simba_demos; max_demos 0 (instruction-only)"},
         "miprov2_instr": {"init": {**no_demos, **mipro_init}, "compile": mipro_compile, "budget": mipro_budget,
                           "changed": budgeted + "as miprov2_demos; demos off (instruction-only, zero-shot)"},
+        "bettertogether": {"init": {"p": {"max_bootstrapped_demos": 4, "max_labeled_demos": 16,
+                                          "num_candidate_programs": random_programs, "num_threads": threads},
+                                    "w": {"num_threads": threads, "train_kwargs": dict(BETTERTOGETHER_TRAIN)}},
+                           "compile": {"strategy": "p -> w -> p", "seed": seed, "num_threads": threads},
+                           "budget": f"2 prompt steps x (3 fixed + {random_programs} random candidates) x {n_val} "
+                                     f"val + 4 x {n_val} val (BetterTogether scores each step) target calls, the "
+                                     "teacher's traces on train, one LoRA training on the CPU",
+                           "changed": f"p = bootstrap_rs's setting (num_candidate_programs {random_programs}, "
+                                      "default 16), run twice; w = BootstrapFinetune through cd_dspy's "
+                                      "LocalLoraProvider (LoRA on the CPU, the sft_lora row's 1 epoch at lr 1e-3); "
+                                      "the teacher program is passed as BetterTogether's teacher"},
         "gepa": {"init": {"max_metric_calls": budget, "reflection_minibatch_size": 3, "num_threads": threads,
                           "seed": seed, "track_stats": False},
                  "budget": f"max_metric_calls = {budget}", "changed": budgeted + "max_metric_calls (instructions "

@@ -18,6 +18,10 @@ InferRules evaluates E rule candidates on val; SIMBA (train+val as its trainset,
 many steps as fit in B. A peer run before CD gets the planning estimate train + (trials + 3) * val.
 Actual calls are measured and reported.
 
+bettertogether: DSPy's BetterTogether, "p -> w -> p", with p = BootstrapFewShotWithRandomSearch at bootstrap_rs's
+setting and w = BootstrapFinetune, whose LoRA cd_dspy's LocalLoraProvider trains on the CPU and serves through
+llama.cpp (a local target only; its adapters go to <out>/bettertogether_run).
+
 Statistics: Wilson 95% intervals for held-out scores; each method is compared with the baseline on
 the same test problems (paired difference with its interval, exact sign test = McNemar for 0/1).
 All methods run under one adapter (--adapter) and see the same input fields of the same examples.
@@ -58,6 +62,7 @@ from bench_lib import (  # noqa: E402
     add_usage,
     gepa_metric,
     held_out_record,
+    is_local_model,
     load_task,
     make_lm,
     measured_budget,
@@ -72,7 +77,7 @@ from bench_report import save_all  # noqa: E402
 
 METHODS = ("baseline", "teacher", "cd", "cd_rules", "cd_exemplars", "cd_both", "bfs_then_cd", "bootstrap_fewshot",
            "bootstrap_rs", "miprov2_demos", "simba_demos", "sft_lora", "inferrules_instr", "miprov2_instr",
-           "simba_instr", "gepa")
+           "simba_instr", "gepa", "bettertogether")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,6 +131,7 @@ class Benchmark:
         self.adapter_name = args.adapter or ("chat" if args.task == SIMULATED else get_task(args.task).adapter)
         self.peer_budget = target_budget(len(self.train), len(self.val), args.trials)  # until CD has run
         self.baseline_scores: list[float] | None = None  # set by main(): the sft_lora row is checked against it
+        self.student_settings: dict = {}  # local_lm settings of the bettertogether row's trained target
 
     @property
     def peers(self) -> dict[str, dict]:
@@ -167,6 +173,9 @@ class Benchmark:
             return compiled, info
         if method == "sft_lora":
             return program, sft_row(self.args, self.test, self.baseline_scores)
+        if method == "bettertogether":
+            with self._context(self.target, meter):
+                return self._compile_bettertogether(program, init, comp)
         with self._context(self.target, meter):
             teacher_settings = {"lm": self.teacher}  # how DSPy's docs wire a teacher LM into bootstrapping
             if method == "bootstrap_fewshot":
@@ -195,6 +204,37 @@ class Benchmark:
                                 **init)
                 return opt.compile(program, trainset=self.train, valset=self.val), {}
         raise ValueError(method)
+
+    def _compile_bettertogether(self, program: dspy.Module, init: dict, comp: dict) -> tuple[dspy.Module, dict]:
+        """DSPy's BetterTogether (prompt -> weights -> prompt) on a target served by cd_dspy's LoRA provider. The
+        teacher reaches the prompt step as `teacher_settings` (as in the bootstrap_rs row) and the weight step as
+        the teacher program: BetterTogether hands its `teacher=` on as a list, which BootstrapFinetune takes and
+        BootstrapFewShotWithRandomSearch does not (DSPy 3.4.1: "'list' object has no attribute 'deepcopy'")."""
+        from cd_dspy.distill import finetunable_lm
+
+        if self.args.task == SIMULATED or not is_local_model(self.args.target):
+            raise ValueError("bettertogether trains LoRA weights: the target must be a local model (a catalog name "
+                             f"or a .gguf path), got {self.args.target!r}.")
+        student_lm = finetunable_lm(self.args.target, directory=self.out / "bettertogether_run",
+                                    **self.student_settings)  # make_lm's target, with a LoRA provider
+        program.set_lm(student_lm)  # BetterTogether and BootstrapFinetune need every predictor's LM set
+        teacher = self.task.make_program()
+        teacher.set_lm(self.teacher)
+        optimizer = dspy.BetterTogether(
+            metric=self.task.metric,
+            p=dspy.BootstrapFewShotWithRandomSearch(metric=self.task.metric, teacher_settings={"lm": self.teacher},
+                                                    **init["p"]),
+            w=dspy.BootstrapFinetune(metric=self.task.metric, **init["w"]))
+        compiled = optimizer.compile(program, trainset=self.train, valset=self.val,
+                                     optimizer_compile_args={"w": {"teacher": teacher}}, **comp)
+        if compiled.flag_compilation_error_occurred:  # BetterTogether logs a failed step and returns the best so far
+            raise RuntimeError("a BetterTogether step failed (see its log); not recorded as a result")
+        steps = [{"strategy": c["strategy"] or "(unoptimized)", "val_score": c["score"],
+                  "lora": getattr(c["program"].predictors()[0].lm.engine, "lora_path", None)}
+                 for c in compiled.candidate_programs]
+        return compiled, {"message": f"BetterTogether returned {steps[0]['strategy']}: the best on val of "
+                                     + ", ".join(f"{s['strategy']} {s['val_score']:.1f}" for s in steps),
+                          "steps": steps}
 
     def _compile_cd(self, program: dspy.Module, method: str) -> tuple[dspy.Module, dict]:
         from cd_dspy import ConceptDistillation
