@@ -31,8 +31,9 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     rounds = optimizer.rounds if optimizer.verify else 0  # each round revises (and screens) at most every rule
     verify = (1 + rounds) * n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred \
         if optimizer.verify else 0
-    if skipped_search_warning(len(valset), n_valset_confirm, optimizer.require_significance, optimizer.confirm_top_k,
-                              optimizer.confirm_fraction):  # only the primary subset, on every validation example
+    if optimizer.workers is None and skipped_search_warning(  # only the primary subset, on every validation example
+            len(valset), n_valset_confirm, optimizer.require_significance, optimizer.confirm_top_k,
+            optimizer.confirm_fraction):
         search, confirm = 0, (2 + n_screened) * (n_confirm + n_search) * n_pred
     else:
         trials = optimizer.num_trials + max(2, optimizer.num_trials // 2)  # the study, then its refinement trials

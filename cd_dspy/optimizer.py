@@ -209,8 +209,9 @@ class ConceptDistillation(Teleprompter):
             k: v.to_dict() for k, v in meter.snapshot().items()}})
         search, confirmation = split_valset(len(valset), result, seed=self.seed, confirm_fraction=self.confirm_fraction,
                                             alpha=self.require_significance, top_k=self.confirm_top_k)
-        skipped = skipped_search_warning(len(valset), len(confirmation), self.require_significance,
-                                         self.confirm_top_k, self.confirm_fraction)  # why there is no search
+        skipped = None if self.workers is not None else skipped_search_warning(  # why there is no search
+            len(valset), len(confirmation), self.require_significance, self.confirm_top_k, self.confirm_fraction,
+            self.confirm_on_train)  # workers wait for the search: with them it always runs
         for warning in result.warnings:  # up front when the confirmation part is too small
             log_result_warning(warning)  # logged once, never also a progress note (the CLI prints it at the end)
         try:
@@ -227,12 +228,12 @@ class ConceptDistillation(Teleprompter):
                 rules = self._induce(base, mistakes, trainset, metric, run, result, progress, bool(skipped))
                 rules = [r for r in rules if r.origin != REFINED]  # a resumed run's revisions: verify redoes them
                 rules = self.rulebook.merge(rules) if self.rulebook is not None else rules
-            progress.note(f"induce: {len(rules)} concepts ({self.carrier}) from the {result.n_solved} of "
-                          f"{result.n_mistakes_used} sampled mistakes the teacher solved")
+            progress.note(f"induce: {len(rules)} concepts ({self.carrier}); the teacher solved {result.n_solved} of "
+                          f"the {result.n_mistakes_used} mistakes given to it")
             checkpoint()
             if not rules:
-                result.message = (f"The teacher solved {result.n_solved} of the {result.n_mistakes_used} sampled "
-                                  "mistakes and no usable concept came of them; the program is returned unchanged.")
+                result.message = (f"The teacher solved {result.n_solved} of the {result.n_mistakes_used} mistakes "
+                                  "given to it and no usable concept came of them; the program is returned unchanged.")
                 return self.program_with(base)
             result.rules = rules
             if self.verify:

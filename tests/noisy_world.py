@@ -87,15 +87,16 @@ class NoisyTeacher(ScriptedEngine):
 
 
 def noisy_compile(seed: int, *, helpful: bool, flip: float = 0.25, n_train: int = 24, n_val: int = 80,
-                  set_size: int | None = None, **settings):
+                  set_size: int | None = None, teacher_engine: ScriptedEngine | None = None, **settings):
     """Compile ChainOfThought on a fresh noisy world; return (optimizer result, target engine). Concepts are rules
     unless `carrier` says otherwise (the target's blind spot yields only to the helpful rule, or with `set_size` to
-    that many exemplars of its kind together)."""
+    that many exemplars of its kind together); `teacher_engine` replaces the `NoisyTeacher`."""
     from cd_dspy import ConceptDistillation
 
     target_engine = NoisyTarget(seed, flip=flip, blind_spot=helpful, set_size=set_size)
     target = dspy.LM("simulated/noisy-target", engine=target_engine, cache=False)
-    teacher = dspy.LM("simulated/noisy-teacher", engine=NoisyTeacher(seed, helpful=helpful), cache=False)
+    teacher = dspy.LM("simulated/noisy-teacher", engine=teacher_engine or NoisyTeacher(seed, helpful=helpful),
+                      cache=False)
     trainset, valset = simulated_splits(n_train, n_val, seed=seed)
     settings = {"num_trials": 10, "max_mistakes": 10, "max_rules": 6, "progress": False, "carrier": "rules",
                 **settings}

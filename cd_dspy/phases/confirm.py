@@ -9,9 +9,9 @@
    (the best of many there is optimistic: the winner's curse) are tested on the confirmation part and the fresh
    training examples only, Bonferroni-corrected over those subsets; the first accepted in the search's order
    replaces the primary subset. A fixed sequence (a later step runs only when the earlier one rejected its null) keeps
-   the chance of accepting anything under pure noise at `alpha`. When the confirmation part is so small that a
-   search pick could pass only with a gain of `SEARCH_RESOLUTION_LIMIT` points or more, the search is skipped
-   (`skipped_search_warning`) and step 1 is the whole decision.
+   the chance of accepting anything under pure noise at `alpha`. When the confirmation part alone could tell only
+   gains of `SEARCH_RESOLUTION_LIMIT` points or more from noise, the search is skipped (`skipped_search_warning`)
+   and step 1 is the whole decision: whether the program changes is decided as with the search.
 
 A subset is accepted when it beats the baseline by more than `min_improvement` points and a one-sided exact sign
 test (McNemar's exact test for 0/1 scores) is below `alpha`. Per-rule effects are designed comparisons on the
@@ -177,24 +177,31 @@ def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, co
     return search, confirmation
 
 
-def skipped_search_warning(n_val: int, n_confirm: int, alpha: float | None, top_k: int,
-                           confirm_fraction: float) -> str | None:
-    """Why the search is skipped, or None when it runs. The search only ranks subsets that may replace a passing
-    primary subset, and each must then pass on the `n_confirm` confirmation examples (Bonferroni over `top_k`);
-    when only gains of `SEARCH_RESOLUTION_LIMIT` points or more could pass there, its trials cannot change the
-    decision in practice and cost most of a compile's target calls. With `alpha` None (the point estimate
-    decides) the search always runs."""
+def skipped_search_warning(n_val: int, n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,
+                           on_train: bool = True) -> str | None:
+    """Why the search is skipped, or None when it runs. The search never decides whether the program changes
+    (the primary subset's test does): it only ranks subsets that may replace a primary subset that passed, each
+    tested on the `n_confirm` confirmation examples (and fresh training examples) with Bonferroni over up to
+    `top_k`. When the confirmation examples alone could tell only gains of `SEARCH_RESOLUTION_LIMIT` points or more
+    from noise, that ranking rests on as few search examples and a replacement needs a far larger gain than the
+    primary subset; the trials would cost most of a compile's target calls. With `alpha` None (the point
+    estimate decides) the search always runs. The training examples are left out of this count: how many are
+    fresh depends on the pick."""
     if alpha is None:
         return None
     gain = min_detectable_gain(n_confirm, alpha, top_k)
     if gain < SEARCH_RESOLUTION_LIMIT:
         return None
     needed = math.floor(min_wins_for_significance(alpha, top_k) * 100.0 / SEARCH_RESOLUTION_LIMIT) + 1
-    return (f"So the Optuna search was skipped: its picks could only be accepted with gains of at least "
-            f"{min(gain, 100.0):.0f} points. Only the subset fixed before any score (every concept, the exemplars up "
-            f"to max_exemplars) was tested, on all {n_val} validation examples and the fresh training examples. The "
-            f"search runs from {needed} confirmation examples on (a valset of about "
-            f"{math.ceil(needed / confirm_fraction)} with confirm_fraction={confirm_fraction:g}).")
+    shown = "no gain" if gain > 100 else f"only gains of at least {gain:.0f} points"
+    training = " and the fresh training examples" if on_train else ""
+    return (f"So the Optuna search was skipped: it only ranks subsets that may replace a primary subset that passed, "
+            f"and on the {n_confirm} confirmation examples such a replacement is tested on, {shown} can be told from "
+            f"noise (the training examples it is also tested on are not counted here). Only the subset fixed before "
+            f"any score (every concept, the exemplars up to max_exemplars) was tested, on all {n_val} validation "
+            f"examples{training}: whether the program changes is decided as with the search. The search runs from "
+            f"{needed} confirmation examples on (a valset of about {math.ceil(needed / confirm_fraction)} with "
+            f"confirm_fraction={confirm_fraction:g}), and always with workers or require_significance=None.")
 
 
 def small_sample_warning(n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,

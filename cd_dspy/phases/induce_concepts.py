@@ -22,7 +22,7 @@ from cd_dspy.core.run_dir import RunDir
 from cd_dspy.core.usage import BudgetExhausted
 from cd_dspy.phases.concepts import build_concepts, with_id
 from cd_dspy.phases.induce import EXPLANATIONS_LOG, RULES_FILE, build_rules, explain_mistakes
-from cd_dspy.phases.solve import SOLUTIONS_LOG, solve_mistakes
+from cd_dspy.phases.solve import SOLUTIONS_LOG, raise_if_every_solution_failed, solve_mistakes
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,10 @@ def _solve(program, used, trainset, metric, settings: InduceSettings, run: RunDi
         batch, todo = todo[:missing], todo[missing:]
         fresh += solve_mistakes(program, batch, trainset, teacher_lm=settings.teacher_lm, metric=metric,
                                 priming=settings.priming, threshold=settings.threshold, num_threads=settings.threads,
-                                on_done=on_done)
+                                on_done=on_done, check_outage=False)  # one failed call in a batch of one is no outage
         solutions.update({s.mistake_id: s for s in fresh})
     bar.close()
+    raise_if_every_solution_failed(fresh, settings.teacher_lm)
     progress.note(f"solve: the metric accepted the teacher's solution of {sum(s.ok for s in solutions.values())} "
                   f"of {len(solutions)} mistakes" + (f" (enough for the {settings.enough} exemplars tested)"
                                                      if len(solutions) < len(used) else ""))

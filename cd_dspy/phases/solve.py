@@ -113,13 +113,14 @@ def quotes_given_answer(calls: Sequence[TeacherCall]) -> bool:
 
 def solve_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], trainset: Sequence[dspy.Example], *,
                    teacher_lm: Any, metric: ScoredMetric, priming: Priming, threshold: float, num_threads: int = 1,
-                   on_done: Callable[[Solution], None] = lambda s: None) -> list[Solution]:
+                   on_done: Callable[[Solution], None] = lambda s: None, check_outage: bool = True) -> list[Solution]:
     """A checked teacher solution (or the reason there is none) for each mistake, in the mistakes' order.
 
     Attempts: no priming, then, if that failed (the metric, or a reasoning that never reaches its answer),
     `priming`; a primed solution that quotes the answer it was shown is refused. A teacher
     call that failed is a solution with `error` set (not finished work: a rerun tries it again); a budget stop
-    raises `BudgetExhausted`, a fatal LM error (or every call failing) `LMUnavailableError`."""
+    raises `BudgetExhausted`, a fatal LM error (or every call failing, unless `check_outage` is off: a caller
+    solving in batches checks all of them with `raise_if_every_solution_failed`) `LMUnavailableError`."""
     attempts = ["none"] + ([priming] if priming_name(priming) != "none" else [])
     fatal: list[BaseException] = []
 
@@ -167,13 +168,20 @@ def solve_mistakes(program: dspy.Module, mistakes: Sequence[Mistake], trainset: 
         raise fatal[0]
     if any(s.error == "budget" for s in solutions):
         raise BudgetExhausted("teacher call budget reached while solving mistakes")
-    failed = [s for s in solutions if s.error]
-    if mistakes and len(failed) == len(mistakes):
-        raise LMUnavailableError("teacher", teacher_lm, f"every one of the {len(mistakes)} solutions failed; "
-                                 f"the last: {failed[-1].error}")
+    if check_outage:
+        raise_if_every_solution_failed(solutions, teacher_lm)
     logger.info("Solve: the metric accepted the teacher's solution of %d of %d mistakes.",
                 sum(s.ok for s in solutions), len(solutions))
     return solutions
+
+
+def raise_if_every_solution_failed(solutions: Sequence[Solution], teacher_lm: Any) -> None:
+    """`LMUnavailableError` when there are solutions and every one is a failed teacher call: an outage, not a
+    result."""
+    failed = [s for s in solutions if s.error]
+    if solutions and len(failed) == len(solutions):
+        raise LMUnavailableError("teacher", teacher_lm, f"every one of the {len(solutions)} solutions failed; "
+                                 f"the last: {failed[-1].error}")
 
 
 def exemplar_demos(solution: Solution) -> dict[str, list[dict[str, Any]]]:
