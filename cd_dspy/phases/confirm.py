@@ -193,14 +193,15 @@ def skipped_search_warning(n_val: int, n_confirm: int, alpha: float | None, top_
     if gain < SEARCH_RESOLUTION_LIMIT:
         return None
     needed = math.floor(min_wins_for_significance(alpha, top_k) * 100.0 / SEARCH_RESOLUTION_LIMIT) + 1
-    shown = "no gain" if gain > 100 else f"only gains of at least {gain:.0f} points"
+    shown = "not even a 100-point gain" if gain > 100 else f"only gains of at least {gain:.0f} points"
     training = " and the fresh training examples" if on_train else ""
-    return (f"So the Optuna search was skipped: it only ranks subsets that may replace a primary subset that passed, "
-            f"and on the {n_confirm} confirmation examples such a replacement is tested on, {shown} can be told from "
-            f"noise (the training examples it is also tested on are not counted here). Only the subset fixed before "
-            f"any score (every concept, the exemplars up to max_exemplars) was tested, on all {n_val} validation "
-            f"examples{training}: whether the program changes is decided as with the search. The search runs from "
-            f"{needed} confirmation examples on (a valset of about {math.ceil(needed / confirm_fraction)} with "
+    valset = math.ceil(needed / confirm_fraction)
+    return (f"So the Optuna search was skipped: it only ranks subsets that may replace a primary subset that "
+            f"passed, and on the {n_confirm} confirmation examples such a replacement is tested on, {shown} could "
+            "be told from noise (the training examples it is also tested on are not counted here). Only the subset "
+            "fixed before any score (every concept, the exemplars up to max_exemplars) was tested, on all "
+            f"{n_val} validation examples{training}: whether the program changes is decided as with the search. "
+            f"The search runs from {needed} confirmation examples on (a valset of about {valset} with "
             f"confirm_fraction={confirm_fraction:g}), and always with workers or require_significance=None.")
 
 
