@@ -7,7 +7,7 @@ from typing import Any
 
 import dspy
 
-from cd_dspy.phases.confirm import skipped_search_warning, split_sizes
+from cd_dspy.phases.confirm import split_sizes
 
 
 def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy.Example],
@@ -23,7 +23,6 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     n_mistakes = min(optimizer.max_mistakes, len(trainset))
     n_screened = 0 if optimizer.carrier == "exemplars" else optimizer.max_rules * n_pred  # exemplars: unscreened
     n_search, n_confirm = split_sizes(len(valset), optimizer.confirm_fraction)
-    n_valset_confirm = n_confirm
     if optimizer.confirm_on_train:  # the training examples no tested concept came from (confirm.py), at most
         left_out = n_mistakes if optimizer.carrier == "rules" else min(n_mistakes, optimizer.max_exemplars)
         n_confirm += max(0, len(trainset) - left_out)
@@ -31,9 +30,7 @@ def estimate_spend(optimizer: Any, program: dspy.Module, trainset: Sequence[dspy
     rounds = optimizer.rounds if optimizer.verify else 0  # each round revises (and screens) at most every rule
     verify = (1 + rounds) * n_screened * (optimizer.verify_max_sources + optimizer.verify_correct) * n_pred \
         if optimizer.verify else 0
-    if optimizer.workers is None and skipped_search_warning(  # only the primary subset, on every validation example
-            len(valset), n_valset_confirm, optimizer.require_significance, optimizer.confirm_top_k,
-            optimizer.confirm_fraction):
+    if optimizer.search_skipped(len(valset)):  # only the primary subset, on every validation example
         search, confirm = 0, (2 + n_screened) * (n_confirm + n_search) * n_pred
     else:
         trials = optimizer.num_trials + max(2, optimizer.num_trials // 2)  # the study, then its refinement trials

@@ -209,9 +209,7 @@ class ConceptDistillation(Teleprompter):
             k: v.to_dict() for k, v in meter.snapshot().items()}})
         search, confirmation = split_valset(len(valset), result, seed=self.seed, confirm_fraction=self.confirm_fraction,
                                             alpha=self.require_significance, top_k=self.confirm_top_k)
-        skipped = None if self.workers is not None else skipped_search_warning(  # why there is no search
-            len(valset), len(confirmation), self.require_significance, self.confirm_top_k, self.confirm_fraction,
-            self.confirm_on_train)  # workers wait for the search: with them it always runs
+        skipped = self.search_skipped(len(valset))
         for warning in result.warnings:  # up front when the confirmation part is too small
             log_result_warning(warning)  # logged once, never also a progress note (the CLI prints it at the end)
         try:
@@ -322,8 +320,7 @@ class ConceptDistillation(Teleprompter):
 
     def _induce(self, base, mistakes, trainset, metric, run: RunDir, result, progress,
                 search_skipped: bool) -> list[Rule]:
-        used = self._sampled(mistakes)
-        result.n_mistakes_used = len(used)
+        used = self._sampled(mistakes)  # induce_concepts counts those given to the teacher
         # with no search only the first max_exemplars exemplars are ever tested: solve until they pass
         enough = self.max_exemplars if search_skipped and self.carrier == "exemplars" else None
         settings = InduceSettings(
@@ -397,6 +394,12 @@ class ConceptDistillation(Teleprompter):
         return selection
 
     # -- helpers ---------------------------------------------------------------------------------
+    def search_skipped(self, n_val: int) -> str | None:
+        """Why a valset of `n_val` examples gets no search (`confirm.skipped_search_warning`), or None; with workers
+        the search always runs (they wait for it)."""
+        return None if self.workers is not None else skipped_search_warning(
+            n_val, self.require_significance, self.confirm_top_k, self.confirm_fraction, self.confirm_on_train)
+
     def program_with(self, base: dspy.Module, rules: Sequence[Rule] = ()) -> dspy.Module:
         """A copy of `base` with `rules` integrated and the target LM (if one was given) bound."""
         return with_rules(base, rules, lm=self.target_lm, conditional=self.conditional_rules)

@@ -296,6 +296,8 @@ def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int)
     mipro_trials = max(1, evals - 1)
     random_programs = max(1, evals - 3)  # random search also scores zero-shot, labeled-only and unshuffled
     no_demos = {"max_bootstrapped_demos": 0, "max_labeled_demos": 0}
+    random_search = {"max_bootstrapped_demos": 4, "max_labeled_demos": 16, "num_candidate_programs": random_programs,
+                     "num_threads": threads}
     simba = {"bsize": bsize, "num_candidates": nc, "num_threads": threads,
              "max_steps": max(1, round((budget - final) / per_step))}
     simba_budget = f"max_steps x {per_step} + {final} final target calls ~ {budget}"
@@ -310,8 +312,7 @@ def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int)
                               "budget": "none: the teacher runs the program on train until 4 traces pass the metric",
                               "changed": "max_labeled_demos 0 (default 16): the two-line recipe of DSPy's docs "
                                          "with a teacher, 4 bootstrapped demonstrations"},
-        "bootstrap_rs": {"init": {"max_bootstrapped_demos": 4, "max_labeled_demos": 16,
-                                  "num_candidate_programs": random_programs, "num_threads": threads},
+        "bootstrap_rs": {"init": random_search,
                          "budget": f"(3 fixed + {random_programs} random candidates) x {n_val} val target calls",
                          "changed": budgeted + f"num_candidate_programs {random_programs} (default 16)"},
         "miprov2_demos": {"init": mipro_init, "compile": mipro_compile, "budget": mipro_budget,
@@ -326,8 +327,7 @@ def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int)
                         "changed": budgeted + "as simba_demos; max_demos 0 (instruction-only)"},
         "miprov2_instr": {"init": {**no_demos, **mipro_init}, "compile": mipro_compile, "budget": mipro_budget,
                           "changed": budgeted + "as miprov2_demos; demos off (instruction-only, zero-shot)"},
-        "bettertogether": {"init": {"p": {"max_bootstrapped_demos": 4, "max_labeled_demos": 16,
-                                          "num_candidate_programs": random_programs, "num_threads": threads},
+        "bettertogether": {"init": {"p": random_search,
                                     "w": {"num_threads": threads, "train_kwargs": dict(BETTERTOGETHER_TRAIN)}},
                            "compile": {"strategy": "p -> w -> p", "seed": seed, "num_threads": threads},
                            "budget": f"2 prompt steps x (3 fixed + {random_programs} random candidates) x {n_val} "
@@ -336,7 +336,7 @@ def peer_configs(n_train: int, n_val: int, budget: int, threads: int, seed: int)
                            "changed": f"p = bootstrap_rs's setting (num_candidate_programs {random_programs}, "
                                       "default 16), run twice; w = BootstrapFinetune through cd_dspy's "
                                       "LocalLoraProvider (LoRA on the CPU, the sft_lora row's 1 epoch at lr 1e-3); "
-                                      "the teacher program is passed as BetterTogether's teacher"},
+                                      "the teacher reaches p as teacher_settings, w as the teacher program"},
         "gepa": {"init": {"max_metric_calls": budget, "reflection_minibatch_size": 3, "num_threads": threads,
                           "seed": seed, "track_stats": False},
                  "budget": f"max_metric_calls = {budget}", "changed": budgeted + "max_metric_calls (instructions "

@@ -173,10 +173,9 @@ class Benchmark:
             return compiled, info
         if method == "sft_lora":
             return program, sft_row(self.args, self.test, self.baseline_scores)
-        if method == "bettertogether":
-            with self._context(self.target, meter):
-                return self._compile_bettertogether(program, init, comp)
         with self._context(self.target, meter):
+            if method == "bettertogether":
+                return self._compile_bettertogether(program, init, comp)
             teacher_settings = {"lm": self.teacher}  # how DSPy's docs wire a teacher LM into bootstrapping
             if method == "bootstrap_fewshot":
                 opt = dspy.BootstrapFewShot(metric=self.task.metric, teacher_settings=teacher_settings, **init)

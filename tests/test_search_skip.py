@@ -19,12 +19,12 @@ MAIN_JOB = {"flip": 0.15, "n_train": 12, "n_val": 16, "carrier": "exemplars", "s
 
 
 def test_the_search_runs_only_where_its_picks_could_pass():
-    assert skipped_search_warning(16, 8, 0.05, 3, 0.5) is not None  # 6 wins of 8 needed: 75 points
-    text = skipped_search_warning(24, 12, 0.05, 3, 0.5)  # 6 of 12: 50 points, still at the limit
+    assert skipped_search_warning(16, 0.05, 3, 0.5) is not None  # 6 wins of 8 needed: 75 points
+    text = skipped_search_warning(24, 0.05, 3, 0.5)  # 6 of 12: 50 points, still at the limit
     assert text is not None and "from 13 confirmation examples on (a valset of about 26" in text
-    assert skipped_search_warning(26, 13, 0.05, 3, 0.5) is None  # 6 of 13: 46 points < SEARCH_RESOLUTION_LIMIT
+    assert skipped_search_warning(26, 0.05, 3, 0.5) is None  # 6 of 13: 46 points < SEARCH_RESOLUTION_LIMIT
     assert SEARCH_RESOLUTION_LIMIT == 50.0
-    assert skipped_search_warning(16, 8, None, 3, 0.5) is None  # the point estimate decides: the search may matter
+    assert skipped_search_warning(16, None, 3, 0.5) is None  # the point estimate decides: the search may matter
 
 
 @pytest.fixture(scope="module")

@@ -177,18 +177,19 @@ def split_valset(n_val: int, result: ConceptDistillationResult, *, seed: int, co
     return search, confirmation
 
 
-def skipped_search_warning(n_val: int, n_confirm: int, alpha: float | None, top_k: int, confirm_fraction: float,
+def skipped_search_warning(n_val: int, alpha: float | None, top_k: int, confirm_fraction: float,
                            on_train: bool = True) -> str | None:
     """Why the search is skipped, or None when it runs. The search never decides whether the program changes
     (the primary subset's test does): it only ranks subsets that may replace a primary subset that passed, each
-    tested on the `n_confirm` confirmation examples (and fresh training examples) with Bonferroni over up to
-    `top_k`. When the confirmation examples alone could tell only gains of `SEARCH_RESOLUTION_LIMIT` points or more
-    from noise, that ranking rests on as few search examples and a replacement needs a far larger gain than the
-    primary subset; the trials would cost most of a compile's target calls. With `alpha` None (the point
-    estimate decides) the search always runs. The training examples are left out of this count: how many are
-    fresh depends on the pick."""
+    tested on the confirmation part of the `n_val` validation examples (and fresh training examples) with
+    Bonferroni over up to `top_k`. When the confirmation examples alone could tell only gains of
+    `SEARCH_RESOLUTION_LIMIT` points or more from noise, that ranking rests on as few search examples and a
+    replacement needs a far larger gain than the primary subset; the trials would cost most of a compile's target
+    calls. With `alpha` None (the point estimate decides) the search always runs. The training examples are left
+    out of this count: how many are fresh depends on the pick."""
     if alpha is None:
         return None
+    _, n_confirm = split_sizes(n_val, confirm_fraction)
     gain = min_detectable_gain(n_confirm, alpha, top_k)
     if gain < SEARCH_RESOLUTION_LIMIT:
         return None

@@ -90,10 +90,11 @@ def _solve(program, used, trainset, metric, settings: InduceSettings, run: RunDi
         if missing <= 0:
             break
         batch, todo = todo[:missing], todo[missing:]
-        fresh += solve_mistakes(program, batch, trainset, teacher_lm=settings.teacher_lm, metric=metric,
+        solved = solve_mistakes(program, batch, trainset, teacher_lm=settings.teacher_lm, metric=metric,
                                 priming=settings.priming, threshold=settings.threshold, num_threads=settings.threads,
                                 on_done=on_done, check_outage=False)  # one failed call in a batch of one is no outage
-        solutions.update({s.mistake_id: s for s in fresh})
+        fresh += solved
+        solutions.update({s.mistake_id: s for s in solved})
     bar.close()
     raise_if_every_solution_failed(fresh, settings.teacher_lm)
     progress.note(f"solve: the metric accepted the teacher's solution of {sum(s.ok for s in solutions.values())} "

@@ -80,6 +80,11 @@ def preference(score: float, rule_ids: Sequence[str], rule_cost: float = 0.0,
     return score - rule_cost * cost_units(rule_ids, exemplar_ids), -len(rule_ids)
 
 
+def exemplar_ids(rules: Sequence[Rule]) -> frozenset[str]:
+    """The ids of the exemplar-only concepts (searched and charged as a set)."""
+    return frozenset(r.id for r in rules if is_exemplar_only(r))
+
+
 def primary_subset(rules: Sequence[Rule], max_exemplars: int | None) -> list[str]:
     """The subset fixed before any score: every concept, less the exemplar-only ones beyond the first
     `max_exemplars` (None: no cap)."""
@@ -89,8 +94,7 @@ def primary_subset(rules: Sequence[Rule], max_exemplars: int | None) -> list[str
 
 def no_search(rules: Sequence[Rule], max_exemplars: int | None) -> Selection:
     """The selection when the search is skipped: no trial, only the primary subset to test."""
-    return Selection([], exemplar_ids=frozenset(r.id for r in rules if is_exemplar_only(r)),
-                     primary=primary_subset(rules, max_exemplars))
+    return Selection([], exemplar_ids=exemplar_ids(rules), primary=primary_subset(rules, max_exemplars))
 
 
 def subset_of(params: dict, rules: Sequence[Rule]) -> list[str]:
@@ -135,7 +139,7 @@ class RuleSelector:
                  refine: bool = True, study: optuna.Study | None = None, max_exemplars: int | None = None):
         self.program_with = program_with  # rules -> the program that runs with them
         self.rules = list(rules)
-        self.exemplar_ids = frozenset(r.id for r in self.rules if is_exemplar_only(r))
+        self.exemplar_ids = exemplar_ids(self.rules)
         self.max_exemplars = max_exemplars  # None: no cap on the exemplar-only concepts in a subset
         self.evaluator = evaluator
         self.num_trials = num_trials
