@@ -23,6 +23,13 @@ AUTO_PRESETS = {
     "heavy": Preset(max_mistakes=32, max_rules=12, num_trials=48),
 }
 
+# The settings that shape a compile's result, recorded in the result and the run directory.
+RESULT_SETTINGS = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
+                   "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
+                   "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
+                   "confirm_fraction", "confirm_top_k", "conditional_rules", "carrier", "max_exemplars",
+                   "confirm_on_train", "rounds", "seed", "study_name")
+
 
 def default_threads(*lms: Any) -> int:
     """DSPy's `num_threads` for remote LMs; 1 when an LM runs in this process (an embedded model gains

@@ -25,6 +25,7 @@ from dspy.teleprompt import Teleprompter
 
 from cd_dspy.config import (
     AUTO_PRESETS,
+    RESULT_SETTINGS,
     ConceptSettings,
     ConfirmationSettings,
     Preset,
@@ -141,12 +142,7 @@ class ConceptDistillation(Teleprompter):
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape the result (recorded in the result and the run directory)."""
-        keys = ("auto", "num_trials", "max_mistakes", "max_rules", "mistake_threshold", "priming", "consolidate",
-                "filter_specific_rules", "minibatch_size", "valset_fraction", "min_improvement",
-                "require_significance", "samples_per_mistake", "verify", "verify_correct", "verify_max_sources",
-                "confirm_fraction", "confirm_top_k", "conditional_rules", "carrier", "max_exemplars",
-                "confirm_on_train", "rounds", "seed", "study_name")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in RESULT_SETTINGS}
 
     # -- estimate --------------------------------------------------------------------------------
     def dry_run(self, program: dspy.Module, trainset: Sequence[dspy.Example],
@@ -175,8 +171,7 @@ class ConceptDistillation(Teleprompter):
         started = time.perf_counter()
         run = RunDir(self.run_dir)
         phase_keys = keys.phase_keys(self, self.program_with(student), trainset, valset)
-        run.refresh(phase_keys, PHASE_ARTIFACTS,
-                    resume=self.resume)
+        run.refresh(phase_keys, PHASE_ARTIFACTS, resume=self.resume)
         meter = UsageMeter(self.teacher_lm, self.budget)
         result = ConceptDistillationResult(n_train=len(trainset), n_val=len(valset), settings=self.settings())
         if run.exists("progress.json"):  # calls and phase times add up over the invocations of one run
@@ -257,13 +252,11 @@ class ConceptDistillation(Teleprompter):
                     selection = self._select(base, candidates, evaluator, search, run, select_key, result, progress,
                                              checkpoint)
             with self._phase("confirm", result, progress):
+                training = self._fresh_training(mistakes, rules, selection, trainset, metric, run, meter, result)
                 decision = confirm(selection, candidates, evaluator, confirmation,
                                    program_with=lambda chosen: self.program_with(base, chosen),
-                                   top_k=self.confirm_top_k,
-                                   alpha=self.require_significance, min_improvement=self.min_improvement,
-                                   training=self._fresh_training(mistakes, rules, selection, trainset, metric, run,
-                                                                 meter, result),
-                                   search=search)
+                                   top_k=self.confirm_top_k, alpha=self.require_significance,
+                                   min_improvement=self.min_improvement, training=training, search=search)
         except BudgetExhausted as exc:
             result.stopped_early = meter.exhausted or str(exc)  # the cap that refused the call
             result.message = (f"Stopped early: {result.stopped_early}. No rules were selected; the program is "

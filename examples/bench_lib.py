@@ -260,8 +260,9 @@ def target_budget(n_train: int, n_val: int, trials: int) -> int:
 
 
 def measured_budget(methods: dict[str, dict]) -> int | None:
-    """CD's measured compile-time target calls (cache hits included), or None before CD has run."""
-    rec = methods.get("cd")
+    """CD's measured compile-time target calls (cache hits included), or None before CD has run: the `cd` row, or
+    `cd_exemplars` (the default carrier measured under its own name)."""
+    rec = methods.get("cd") or methods.get("cd_exemplars")
     return calls_made(rec, "compile", "target") if rec and rec.get("status") == "ok" else None
 
 

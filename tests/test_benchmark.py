@@ -184,6 +184,7 @@ def test_peers_get_cds_measured_budget():
     cd = {"status": "ok", "usage": {"compile": {"target": {"calls": 150, "cached_calls": 30}}}}
     assert measured_budget({"cd": cd}) == 180
     assert measured_budget({"cd": {**cd, "status": "error"}}) is None
+    assert measured_budget({"cd_exemplars": cd, "cd_rules": {**cd, "usage": {}}}) == 180  # the default carrier's row
 
 
 def test_methods_at_the_same_place_on_the_plot_share_one_label():
