@@ -15,19 +15,21 @@ import json
 import sys
 from pathlib import Path
 
+from cd_dspy.cli.main import build_parser
 from cd_dspy.core.loading import adapter_context
 from cd_dspy.core.scoring import score_examples
-from cd_dspy.core.stats import paired_difference, score_interval
+from cd_dspy.core.stats import Comparison, paired_difference, score_interval
 from cd_dspy.lms import local_lm
 from cd_dspy.phases.integrate import load_program
 from cd_dspy.programs import get_task
 
-MAIN_JOB_SIZES = {"train": 12, "val": 16, "test": 16}  # `cd-dspy compile`'s defaults, seed 0
+_MAIN_JOB = build_parser().parse_args(["compile"])  # `cd-dspy compile` with no arguments: its sizes and seed
+MAIN_JOB_SIZES = {"train": _MAIN_JOB.train, "val": _MAIN_JOB.val, "test": _MAIN_JOB.test}
 
 
 def fresh_problems(task, n: int, seed: int) -> list:
     """The first `n` problems of a seeded pool that are in none of the main job's splits."""
-    main = task.load_splits(seed=0, sizes=MAIN_JOB_SIZES, path=None)
+    main = task.load_splits(seed=_MAIN_JOB.seed, sizes=MAIN_JOB_SIZES, path=None)
     seen = {ex.question for split in main.values() for ex in split}
     extra = sum(MAIN_JOB_SIZES.values())  # at most this many can be the main job's
     pool = task.load_splits(seed=seed, sizes={"train": 0, "val": 0, "test": n + extra}, path=None)["test"]
@@ -55,16 +57,18 @@ def main(argv: list[str] | None = None) -> None:
     with adapter_context(task.adapter):
         before = score_examples(baseline, problems, task.metric, 1).scores
         after = score_examples(compiled, problems, task.metric, 1).scores
-    cmp = paired_difference(after, before)
-    result = {"n": cmp.n, "seed": args.seed, "program": args.load, "before": cmp.before, "after": cmp.after,
-              "before_interval": list(score_interval(before)), "after_interval": list(score_interval(after)),
-              "difference": cmp.difference, "difference_interval": [cmp.low, cmp.high], "fixed": cmp.wins,
-              "broken": cmp.losses, "p_two_sided": cmp.p_two_sided, "before_scores": before, "after_scores": after,
-              "command": " ".join(["python", "examples/main_job_heldout.py", *(argv or sys.argv[1:])])}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{cmp.n} held-out problems: before {cmp.before:.1f} -> after {cmp.after:.1f}; difference "
-          f"{cmp.difference:+.1f} [{cmp.low:+.1f}, {cmp.high:+.1f}], {cmp.wins} fixed, {cmp.losses} broken, "
-          f"sign test p = {cmp.p_two_sided:.3g}")
+    comparison = paired_difference(after, before)
+    record = heldout_record(comparison, before, after)
+    record.update(seed=args.seed, program=args.load,
+                  command=" ".join(["python", "examples/main_job_heldout.py", *(argv or sys.argv[1:])]))
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"held-out problems: {comparison.describe()}")
+
+
+def heldout_record(comparison: Comparison, before: list[float], after: list[float]) -> dict:
+    """The paired comparison (`Comparison.to_dict`), each program's score interval and the per-problem scores."""
+    return {**comparison.to_dict(), "before_interval": list(score_interval(before)),
+            "after_interval": list(score_interval(after)), "before_scores": before, "after_scores": after}
 
 
 if __name__ == "__main__":
