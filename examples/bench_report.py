@@ -51,9 +51,20 @@ def prompt_tokens(name: str, rec: dict, methods: dict[str, dict]) -> tuple[float
     if rec.get("prompt_tokens_per_call") is not None:
         return rec["prompt_tokens_per_call"], ""
     base = methods.get("baseline", {})
-    if name in SAME_PROMPTS or program_unchanged(rec, base):
-        return base.get("prompt_tokens_per_call"), " (baseline's prompts)"
+    if name == "baseline" or name in SAME_PROMPTS or program_unchanged(rec, base):
+        count = base.get("prompt_tokens_per_call") or counted_on_baseline_prompts(methods)
+        return count, "" if name == "baseline" or count is None else " (baseline's prompts)"
     return None, ""
+
+
+def counted_on_baseline_prompts(methods: dict[str, dict]) -> float | None:
+    """The prompt tokens per test request counted by a row that sent the baseline's prompts (its program returned
+    unchanged), for a baseline measured before prompt tokens were counted; None if no such row."""
+    base = methods.get("baseline", {})
+    counts = [rec["prompt_tokens_per_call"] for rec in methods.values()
+              if rec.get("prompt_tokens_per_call") is not None and rec.get("program_unchanged")
+              and program_unchanged(rec, base)]
+    return counts[0] if counts else None
 
 
 def _p(p: float, prefix: str = "p") -> str:

@@ -50,7 +50,10 @@ class PlainChatAdapter(dspy.Adapter):
 
     def format(self, signature: type[dspy.Signature], demos: list[dict[str, Any]],
                inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """[user, assistant]* per complete demo, then the user message for `inputs`."""
+        """[user, assistant]* per complete demo, then the user message for `inputs` (`fallback`'s messages for a
+        signature this adapter does not handle)."""
+        if not self.handles(signature):
+            return self.fallback.format(signature, demos, inputs)
         output = next(iter(signature.output_fields))
         messages: list[dict[str, Any]] = []
         for demo in demos:
@@ -59,6 +62,13 @@ class PlainChatAdapter(dspy.Adapter):
                 messages.append({"role": "assistant", "content": str(demo[output])})
         messages.append({"role": "user", "content": self.user_message(signature, inputs)})
         return messages
+
+    def format_assistant_message_content(self, signature: type[dspy.Signature], outputs: dict[str, Any],
+                                         missing_field_message: str | None = None) -> str:
+        """The reply a demo or a fine-tuning record shows: the output field's text, as the model would write it."""
+        if not self.handles(signature):
+            return self.fallback.format_assistant_message_content(signature, outputs, missing_field_message)
+        return str(outputs.get(next(iter(signature.output_fields)), missing_field_message or ""))
 
     def user_message(self, signature: type[dspy.Signature], values: dict[str, Any]) -> str:
         """The instructions, a blank line, and the input values (bare when there is one input field)."""

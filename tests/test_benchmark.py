@@ -11,7 +11,7 @@ from conftest import EXAMPLES, load_example
 sys.path.insert(0, str(EXAMPLES))
 
 from bench_lib import held_out_record, measured_budget, peer_configs, target_budget  # noqa: E402
-from bench_report import gap_closed, label_groups, program_unchanged  # noqa: E402
+from bench_report import gap_closed, label_groups, program_unchanged, prompt_tokens  # noqa: E402
 
 bench = load_example("benchmark")
 TINY = ["--task", "simulated", "--train", "8", "--val", "32", "--test", "12", "--trials", "4", "--seed", "0"]
@@ -138,6 +138,21 @@ def test_a_method_that_returned_the_program_unchanged_reads_as_the_baseline():
     assert program_unchanged({**baseline, **test_calls(0, 12)}, baseline)
     assert not program_unchanged({**baseline, **test_calls(12, 0)}, baseline)  # new prompts: demos changed
     assert not program_unchanged({"instructions": {"generate": "Other."}, **test_calls(0, 12)}, baseline)
+
+
+def test_a_baseline_measured_before_token_counts_takes_them_from_a_row_that_sent_its_prompts():
+    """Prompt tokens per test call for every row: an old baseline record borrows the count of an unchanged program."""
+    baseline = {"instructions": {"generate": "Solve it."}}
+    methods = {"baseline": baseline,
+               "demos": {"instructions": baseline["instructions"], "program_unchanged": False,
+                         "prompt_tokens_per_call": 900.0},
+               "unchanged": {**baseline, "program_unchanged": True, "prompt_tokens_per_call": 181.0},
+               "teacher": {}}
+    assert prompt_tokens("baseline", baseline, methods) == (181.0, "")
+    assert prompt_tokens("teacher", {}, methods) == (181.0, " (baseline's prompts)")
+    assert prompt_tokens("demos", methods["demos"], methods) == (900.0, "")
+    del methods["unchanged"]  # only a changed program counted: the baseline's count stays unknown
+    assert prompt_tokens("baseline", baseline, methods) == (None, "")
 
 
 def test_a_peer_that_assigns_signature_instructions_changes_no_other_program():

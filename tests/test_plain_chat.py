@@ -91,6 +91,19 @@ def test_demos_become_earlier_turns():
     assert messages[1]["content"] == demo["code"] and messages[2]["content"].endswith("def g():\n")
 
 
+def test_fine_tuning_records_show_the_reply_as_the_model_writes_it():
+    """A distillation record (`chat_messages`) is the request and the bare reply; other signatures: ChatAdapter's."""
+    from cd_dspy.distill.data import chat_messages
+
+    reply = "```python\ndef g():\n    return 2\n```"
+    messages = chat_messages(PlainChatAdapter(), CompleteFunction, [], {"prompt": "def g():\n"}, {"code": reply})
+    assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == reply
+    qa = dspy.Signature("question -> answer")
+    other = chat_messages(PlainChatAdapter(), qa, [], {"question": "2+2?"}, {"answer": "4"})
+    assert other == chat_messages(dspy.ChatAdapter(), qa, [], {"question": "2+2?"}, {"answer": "4"})
+    assert "[[ ## answer ## ]]" in other[-1]["content"]
+
+
 def test_other_signatures_go_to_the_fallback_adapter():
     """A teacher's or multi-output signature is formatted by ChatAdapter, so the adapter can be set for a compile."""
     lm, engine = reply_lm("[[ ## reasoning ## ]]\nr\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]")
