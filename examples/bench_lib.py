@@ -281,6 +281,9 @@ CARRIERS = {"baseline": "none", "teacher": "none (the teacher runs)", "cd": "exe
             "bootstrap_fewshot": "demos", "bootstrap_rs": "demos", "miprov2_demos": "instructions + demos",
             "simba_demos": "instructions + demos", "sft_lora": "weights",
             "bfs_then_cd": "demos, then CD's concepts", "bettertogether": "demos + weights (LoRA)"}
+# Carriers whose program is the base program with other instructions (no demos, no weights): what --count-prompts
+# can rebuild from a row's recorded instructions.
+INSTRUCTION_ONLY = ("none", "instructions", "rules (CD)")
 # Rows also compared with another row on the same problems (the recipe against its first step alone).
 REFERENCES = {"bfs_then_cd": "bootstrap_fewshot"}
 

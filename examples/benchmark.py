@@ -50,12 +50,14 @@ from pathlib import Path
 import dspy
 
 from cd_dspy.core.scoring import score_examples
-from cd_dspy.core.usage import TARGET, TEACHER, PromptTokenCounter
+from cd_dspy.core.usage import TARGET, TEACHER, PromptTokenCounter, prompt_tokens
 from cd_dspy.programs import ADAPTERS, get_task, make_adapter
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lib import (  # noqa: E402
+    CARRIERS,
+    INSTRUCTION_ONLY,
     RENAMED,
     SIMULATED,
     BenchMeter,
@@ -104,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sft-results", default=None,
                    help="sft_lora: a distill_compare.json on the same split (examples/distill_compare.py)")
     p.add_argument("--sft-row", default="sft", help="sft_lora: which of its rows (default: its main SFT adapter)")
+    p.add_argument("--count-prompts", action="store_true",
+                   help="fill in prompt tokens per test call for recorded instruction-only rows measured before they "
+                        "were counted: each test request formatted from the recorded instructions, nothing sent")
     args = p.parse_args(argv)
     args.methods = [RENAMED.get(m.strip(), m.strip()) for m in args.methods.split(",") if m.strip()]
     args.rerun = {RENAMED.get(m.strip(), m.strip()) for m in args.rerun.split(",") if m.strip()}
@@ -252,6 +257,20 @@ class Benchmark:
                           "selected_rules": [x.text for x in r.selected_rules], "n_rules": len(r.rules),
                           "n_mistakes": r.n_mistakes}
 
+    def count_prompts(self, rec: dict) -> float | None:
+        """Prompt tokens per test request of a recorded instruction-only row: its recorded instructions on a fresh
+        one-predictor program (no demos), each test request formatted by the adapter and counted, no LM call."""
+        program = self.task.make_program()
+        predictors = program.named_predictors()
+        if len(predictors) != 1 or set(rec.get("instructions", {})) != {predictors[0][0]}:
+            raise ValueError("--count-prompts needs a one-predictor program and the row's recorded instructions; "
+                             "rerun the row (--rerun) to count its prompts instead.")
+        name, predictor = predictors[0]
+        signature = predictor.signature.with_instructions(rec["instructions"][name])
+        adapter = self.adapter()
+        counts = [prompt_tokens(self.target, adapter.format(signature, [], example.inputs())) for example in self.test]
+        return None if None in counts else sum(counts) / len(counts)
+
     # -- one method ------------------------------------------------------------------------------
     def run(self, method: str) -> dict:
         rec: dict = {"method": method, "status": "ok", "config": self.peers.get(method, {})}
@@ -314,16 +333,22 @@ def main(argv: list[str] | None = None) -> dict:
     command = shlex.join(["python", "examples/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     data = load_previous(bench.out, {**settings, "_splits": splits}, args.fresh) or {"methods": {}}
     commands = data.get("commands") or ([data["command"]] if data.get("command") else [])
+    if "peer_budget" in data.get("settings", {}):  # kept until a peer runs again
+        settings["peer_budget"] = data["settings"]["peer_budget"]
     data.update(settings=settings, splits=splits, command=command, commands=list(dict.fromkeys([*commands, command])),
                 planned=list(dict.fromkeys([*data.get("planned", []), *args.methods])))
     for method in args.methods:
         bench.peer_budget = args.peer_budget or measured_budget(data["methods"]) or bench.peer_budget
-        data["settings"]["peer_budget"] = bench.peer_budget
         prev = data["methods"].get(method)
+        if args.count_prompts and prev and prev.get("status") == "ok" and prev.get("prompt_tokens_per_call") is None:
+            if CARRIERS.get(method) in INSTRUCTION_ONLY:
+                prev["prompt_tokens_per_call"] = bench.count_prompts(prev)
+                prev["prompt_tokens_counted"] = "formatted from the recorded instructions (--count-prompts)"
         if prev is not None and method not in args.rerun and (prev.get("status") == "ok" or not args.retry_errors):
             print(f"[benchmark] {method}: already in {with_ext(bench.out, '.json')}, skipped")
             continue
         print(f"[benchmark] {method}: running")
+        data["settings"]["peer_budget"] = bench.peer_budget  # the budget of the latest peers run (rows keep theirs)
         bench.baseline_scores = (data["methods"].get("baseline", {}).get("test") or {}).get("scores")
         rec = bench.run(method)
         rec["command"] = command  # the invocation that measured this row (a benchmark may take several)

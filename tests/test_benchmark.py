@@ -293,3 +293,18 @@ def test_bootstrap_fewshot_then_cd_keeps_the_demos_and_is_compared_with_bootstra
     md = (tmp_path / "sim.md").read_text()
     assert "bfs_then_cd against bootstrap_fewshot on the same problems" in md
     assert (tmp_path / "sim" / "bfs_then_cd_run" / "result.json").exists()
+
+
+def test_prompt_tokens_of_an_instruction_only_row_are_recounted_without_running_it(tmp_path):
+    """--count-prompts rebuilds the request from the recorded instructions: the same count the run measured."""
+    measured = _run(tmp_path, "baseline,inferrules_instr")["methods"]
+    path = tmp_path / "sim.json"
+    saved = json.loads(path.read_text())
+    for rec in saved["methods"].values():
+        del rec["prompt_tokens_per_call"]
+    path.write_text(json.dumps(saved))
+    recounted = _run(tmp_path, "baseline,inferrules_instr", "--count-prompts")["methods"]
+    for method in ("baseline", "inferrules_instr"):
+        assert recounted[method]["prompt_tokens_per_call"] == pytest.approx(measured[method]["prompt_tokens_per_call"])
+        assert recounted[method]["usage"] == measured[method]["usage"]  # nothing was run again
+    assert measured["inferrules_instr"]["prompt_tokens_per_call"] != measured["baseline"]["prompt_tokens_per_call"]
