@@ -49,7 +49,7 @@ def prompt_tokens(name: str, rec: dict, methods: dict[str, dict]) -> tuple[float
     """Prompt tokens per test request and where the figure comes from: counted on the method's own test calls, or
     the baseline's count for a method that sends the baseline's prompts (unchanged program, teacher, weights)."""
     if rec.get("prompt_tokens_per_call") is not None:
-        return rec["prompt_tokens_per_call"], ""
+        return rec["prompt_tokens_per_call"], " (recounted)" if rec.get("prompt_tokens_counted") else ""
     base = methods.get("baseline", {})
     if name == "baseline" or name in SAME_PROMPTS or program_unchanged(rec, base):
         count = base.get("prompt_tokens_per_call") or counted_on_baseline_prompts(methods)

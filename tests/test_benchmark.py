@@ -308,3 +308,4 @@ def test_prompt_tokens_of_an_instruction_only_row_are_recounted_without_running_
         assert recounted[method]["prompt_tokens_per_call"] == pytest.approx(measured[method]["prompt_tokens_per_call"])
         assert recounted[method]["usage"] == measured[method]["usage"]  # nothing was run again
     assert measured["inferrules_instr"]["prompt_tokens_per_call"] != measured["baseline"]["prompt_tokens_per_call"]
+    assert "(recounted) |" in (tmp_path / "sim.md").read_text()  # the table says where the figure comes from
