@@ -52,8 +52,14 @@ def prompt_tokens(name: str, rec: dict, methods: dict[str, dict]) -> tuple[float
         return rec["prompt_tokens_per_call"], " (recounted)" if rec.get("prompt_tokens_counted") else ""
     base = methods.get("baseline", {})
     if name == "baseline" or name in SAME_PROMPTS or program_unchanged(rec, base):
-        count = base.get("prompt_tokens_per_call") or counted_on_baseline_prompts(methods)
-        return count, "" if name == "baseline" or count is None else " (baseline's prompts)"
+        own = base.get("prompt_tokens_per_call")
+        count = own or counted_on_baseline_prompts(methods)
+        if count is None:
+            return None, ""
+        if name != "baseline":
+            return count, " (baseline's prompts)"
+        return count, " (counted on an unchanged row)" if not own else \
+            " (recounted)" if base.get("prompt_tokens_counted") else ""
     return None, ""
 
 
@@ -61,9 +67,9 @@ def counted_on_baseline_prompts(methods: dict[str, dict]) -> float | None:
     """The prompt tokens per test request counted by a row that sent the baseline's prompts (its program returned
     unchanged), for a baseline measured before prompt tokens were counted; None if no such row."""
     base = methods.get("baseline", {})
-    counts = [rec["prompt_tokens_per_call"] for rec in methods.values()
-              if rec.get("prompt_tokens_per_call") is not None and rec.get("program_unchanged")
-              and program_unchanged(rec, base)]
+    counts = [rec["prompt_tokens_per_call"] for name, rec in methods.items()
+              if name not in SAME_PROMPTS and rec.get("prompt_tokens_per_call") is not None  # another model's count
+              and rec.get("program_unchanged") and program_unchanged(rec, base)]
     return counts[0] if counts else None
 
 

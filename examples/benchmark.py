@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[benchmark] {method}: already in {with_ext(bench.out, '.json')}, skipped")
             continue
         print(f"[benchmark] {method}: running")
-        data["settings"]["peer_budget"] = bench.peer_budget  # the budget of the latest peers run (rows keep theirs)
+        if method in bench.peers:  # the budget of the latest peer run (each row keeps its own in its config)
+            data["settings"]["peer_budget"] = bench.peer_budget
         bench.baseline_scores = (data["methods"].get("baseline", {}).get("test") or {}).get("scores")
         rec = bench.run(method)
         rec["command"] = command  # the invocation that measured this row (a benchmark may take several)

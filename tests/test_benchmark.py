@@ -144,13 +144,14 @@ def test_a_baseline_measured_before_token_counts_takes_them_from_a_row_that_sent
     """Prompt tokens per test call for every row: an old baseline record borrows the count of an unchanged program."""
     baseline = {"instructions": {"generate": "Solve it."}}
     methods = {"baseline": baseline,
+               "teacher": {**baseline, "program_unchanged": True, "prompt_tokens_per_call": 150.0},  # its tokenizer
                "demos": {"instructions": baseline["instructions"], "program_unchanged": False,
                          "prompt_tokens_per_call": 900.0},
-               "unchanged": {**baseline, "program_unchanged": True, "prompt_tokens_per_call": 181.0},
-               "teacher": {}}
-    assert prompt_tokens("baseline", baseline, methods) == (181.0, "")
-    assert prompt_tokens("teacher", {}, methods) == (181.0, " (baseline's prompts)")
+               "unchanged": {**baseline, "program_unchanged": True, "prompt_tokens_per_call": 181.0}}
+    assert prompt_tokens("baseline", baseline, methods) == (181.0, " (counted on an unchanged row)")
+    assert prompt_tokens("teacher", methods["teacher"], methods) == (150.0, "")  # counted on its own calls
     assert prompt_tokens("demos", methods["demos"], methods) == (900.0, "")
+    assert prompt_tokens("gepa", {**baseline, "program_unchanged": True}, methods) == (181.0, " (baseline's prompts)")
     del methods["unchanged"]  # only a changed program counted: the baseline's count stays unknown
     assert prompt_tokens("baseline", baseline, methods) == (None, "")
 
@@ -309,3 +310,9 @@ def test_prompt_tokens_of_an_instruction_only_row_are_recounted_without_running_
         assert recounted[method]["usage"] == measured[method]["usage"]  # nothing was run again
     assert measured["inferrules_instr"]["prompt_tokens_per_call"] != measured["baseline"]["prompt_tokens_per_call"]
     assert "(recounted) |" in (tmp_path / "sim.md").read_text()  # the table says where the figure comes from
+
+
+def test_the_recorded_peer_budget_changes_only_when_a_peer_runs(tmp_path):
+    """Each peer row keeps its budget in its config; the settings' figure is the last peer run's, not a rerun's."""
+    assert _run(tmp_path, "baseline,gepa", "--peer-budget", "60")["settings"]["peer_budget"] == 60
+    assert _run(tmp_path, "baseline,gepa,teacher", "--peer-budget", "90")["settings"]["peer_budget"] == 60
