@@ -51,15 +51,12 @@ def prompt_tokens(name: str, rec: dict, methods: dict[str, dict]) -> tuple[float
     if rec.get("prompt_tokens_per_call") is not None:
         return rec["prompt_tokens_per_call"], " (recounted)" if rec.get("prompt_tokens_counted") else ""
     base = methods.get("baseline", {})
-    if name == "baseline" or name in SAME_PROMPTS or program_unchanged(rec, base):
-        own = base.get("prompt_tokens_per_call")
-        count = own or counted_on_baseline_prompts(methods)
-        if count is None:
-            return None, ""
-        if name != "baseline":
-            return count, " (baseline's prompts)"
-        return count, " (counted on an unchanged row)" if not own else \
-            " (recounted)" if base.get("prompt_tokens_counted") else ""
+    if name == "baseline":  # no count of its own (it returned above): one from a row that sent its prompts
+        count = counted_on_baseline_prompts(methods)
+        return count, " (counted on an unchanged row)" if count is not None else ""
+    if name in SAME_PROMPTS or program_unchanged(rec, base):
+        count = base.get("prompt_tokens_per_call") or counted_on_baseline_prompts(methods)
+        return count, " (baseline's prompts)" if count is not None else ""
     return None, ""
 
 

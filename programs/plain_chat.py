@@ -58,8 +58,9 @@ class PlainChatAdapter(dspy.Adapter):
         messages: list[dict[str, Any]] = []
         for demo in demos:
             if output in demo and all(name in demo for name in signature.input_fields):
+                reply = self.format_assistant_message_content(signature, demo)
                 messages.append({"role": "user", "content": self.user_message(signature, demo)})
-                messages.append({"role": "assistant", "content": str(demo[output])})
+                messages.append({"role": "assistant", "content": reply})
         messages.append({"role": "user", "content": self.user_message(signature, inputs)})
         return messages
 
