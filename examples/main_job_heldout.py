@@ -1,17 +1,22 @@
-"""More held-out problems for the main job: its compiled program and the unoptimized program, scored on math-basic
-problems that are in none of the main job's splits, paired (exact two-sided sign test).
+"""More held-out problems: compiled programs and the unoptimized program, scored on math-basic problems that are in
+none of a run's splits, paired (exact two-sided sign test).
 
-The main job (`cd-dspy compile`) scores its program on 16 held-out problems, too few to resolve less than about
+The main job (`cd-dspy compile`) scores its program on a few held-out problems, too few to resolve less than about
 40 points. This scores the same compiled program (its run directory's `program.json`) on N more:
 
     python examples/main_job_heldout.py --load runs/math-basic/program.json --n 48 \
         --out examples/results/main_job/heldout_more.json
+
+`--splits` names other seed-0 splits to stay out of (a benchmark's), and `--also NAME=PATH` scores more saved
+programs on the same problems, each paired against the baseline and against `--load`: a replicate of a benchmark
+comparison on problems none of its methods saw.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,42 +32,97 @@ _MAIN_JOB = build_parser().parse_args(["compile"])  # `cd-dspy compile` with no 
 MAIN_JOB_SIZES = {"train": _MAIN_JOB.train, "val": _MAIN_JOB.val, "test": _MAIN_JOB.test}
 
 
-def fresh_problems(task, n: int, seed: int) -> list:
-    """The first `n` problems of a seeded pool that are in none of the main job's splits."""
-    main = task.load_splits(seed=_MAIN_JOB.seed, sizes=MAIN_JOB_SIZES, path=None)
+def fresh_problems(task, n: int, seed: int, sizes: dict[str, int] | None = None) -> list:
+    """The first `n` problems of a seeded pool that are in none of the seed-0 splits of `sizes` (the main job's)."""
+    sizes = sizes or MAIN_JOB_SIZES
+    main = task.load_splits(seed=_MAIN_JOB.seed, sizes=sizes, path=None)
     seen = {ex.question for split in main.values() for ex in split}
-    extra = sum(MAIN_JOB_SIZES.values())  # at most this many can be the main job's
+    extra = sum(sizes.values())  # at most this many can be the run's
     pool = task.load_splits(seed=seed, sizes={"train": 0, "val": 0, "test": n + extra}, path=None)["test"]
     fresh = [ex for ex in pool if ex.question not in seen][:n]
     if len(fresh) < n:
-        raise SystemExit(f"only {len(fresh)} problems outside the main job's splits; ask for fewer (--n).")
+        raise SystemExit(f"only {len(fresh)} problems outside the run's splits; ask for fewer (--n).")
     return fresh
+
+
+def parse_sizes(text: str) -> dict[str, int]:
+    """"24,40,80" -> {"train": 24, "val": 40, "test": 80}."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"--splits takes TRAIN,VAL,TEST sizes such as 24,40,80, got {text!r}")
+    return dict(zip(("train", "val", "test"), map(int, parts), strict=True))
+
+
+def parse_named(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--also takes NAME=PATH (a saved program.json), got {text!r}")
+    return name, path
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--load", required=True, help="the main job's program.json")
+    p.add_argument("--load", required=True, help="a compiled program.json (the main job's)")
+    p.add_argument("--also", type=parse_named, action="append", default=[], metavar="NAME=PATH",
+                   help="another saved program to score on the same problems (repeatable)")
+    p.add_argument("--splits", type=parse_sizes, default=MAIN_JOB_SIZES, metavar="TRAIN,VAL,TEST",
+                   help="the seed-0 math-basic splits to stay out of (default: the main job's)")
     p.add_argument("--n", type=int, default=48, help="held-out problems to score")
-    p.add_argument("--seed", type=int, default=1, help="seed of the problem pool (the main job's is 0)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the problem pool (the runs' is 0)")
     p.add_argument("--target", default="qwen2.5-coder-0.5b")
-    p.add_argument("--out", required=True, help="JSON with both programs' scores and the paired comparison")
+    p.add_argument("--out", required=True, help="JSON with the programs' scores and the paired comparisons")
+    p.add_argument("--recount", action="store_true",
+                   help="no LM call: add the per-kind counts to an existing --out from its recorded scores")
     args = p.parse_args(argv)
     task = get_task("math-basic")
-    problems = fresh_problems(task, args.n, args.seed)
+    problems = fresh_problems(task, args.n, args.seed, args.splits)
+    if args.recount:
+        record = json.loads(Path(args.out).read_text())
+        record["by_kind"] = kind_counts(problems, recorded_scores(record))
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        return
     target = local_lm(args.target)
-    baseline = task.make_program()
-    baseline.set_lm(target)
-    compiled = load_program(task.make_program(), args.load, allow_unsafe_lm_state=True)  # the main job's own file
-    compiled.set_lm(target)
+    programs = {"before": task.make_program(), "after": None, **dict.fromkeys(name for name, _ in args.also)}
+    for name, path in [("after", args.load), *args.also]:
+        programs[name] = load_program(task.make_program(), path, allow_unsafe_lm_state=True)  # the runs' own files
+    scores = {}
     with adapter_context(task.adapter):
-        before = score_examples(baseline, problems, task.metric, 1).scores
-        after = score_examples(compiled, problems, task.metric, 1).scores
+        for name, program in programs.items():
+            program.set_lm(target)
+            scores[name] = score_examples(program, problems, task.metric, 1).scores
+    before, after = scores["before"], scores["after"]
     comparison = paired_difference(after, before)
     record = heldout_record(comparison, before, after)
-    record.update(seed=args.seed, program=args.load,
-                  command=" ".join(["python", "examples/main_job_heldout.py", *(argv or sys.argv[1:])]))
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    record.update(seed=args.seed, program=args.load, splits_avoided=args.splits,
+                  command=shlex.join(["python", "examples/main_job_heldout.py", *(argv or sys.argv[1:])]))
     print(f"held-out problems: {comparison.describe()}")
+    for name, path in args.also:
+        record.setdefault("also", {})[name] = {
+            "program": path, "scores": scores[name], "interval": list(score_interval(scores[name])),
+            "vs_before": paired_difference(scores[name], before).to_dict(),
+            "after_vs_this": paired_difference(after, scores[name]).to_dict()}
+        print(f"{name} against the baseline: {paired_difference(scores[name], before).describe()}")
+        print(f"{args.load} against {name}: {paired_difference(after, scores[name]).describe()}")
+    record["by_kind"] = kind_counts(problems, scores)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def recorded_scores(record: dict) -> dict[str, list[float]]:
+    """Every program's per-problem scores in a record this script wrote."""
+    also = {name: entry["scores"] for name, entry in record.get("also", {}).items()}
+    return {"before": record["before_scores"], "after": record["after_scores"], **also}
+
+
+def kind_counts(problems: list, scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per kind of problem (the generator's label, read only for this report): how many, and each program's
+    number right."""
+    counts: dict[str, dict[str, float]] = {}
+    for i, example in enumerate(problems):
+        row = counts.setdefault(example.kind, {"n": 0, **dict.fromkeys(scores, 0.0)})
+        row["n"] += 1
+        for name, values in scores.items():
+            row[name] += values[i]
+    return counts
 
 
 def heldout_record(comparison: Comparison, before: list[float], after: list[float]) -> dict:

@@ -26,6 +26,7 @@ def test_compile_prints_scores_and_writes_artifacts(compiled_run):
     assert "confirmation score (" in out and ": baseline" in out
     assert "search score (20 examples, the optimistic best of the search)" in out
     assert "held-out test (12 examples): before" in out and "95% CI" in out and "sign test p" in out
+    assert "held-out verdict: a gain of +" in out
     scores = json.loads((run_dir / "test_scores.json").read_text())
     assert scores["after"] > scores["before"] and scores["n"] == 12
     assert scores["before_interval"][0] <= scores["before"] <= scores["before_interval"][1]
@@ -104,3 +105,17 @@ def test_per_example_scores_count_every_unparseable_reply_as_zero():
             raise AdapterParseError("no [[ ## answer ## ]] field in the reply")
 
     assert per_example_scores(Rambling(), examples, lambda e, p, t=None: 1.0, 1) == [0.0] * 15
+
+
+def test_heldout_verdict_says_why_no_gain_is_shown():
+    from cd_dspy.cli.main import heldout_verdict
+    from cd_dspy.core.stats import paired_difference
+
+    small = heldout_verdict(paired_difference([1, 1, 0, 0] + [1] * 12, [0, 0, 1, 0] + [1] * 12))  # 2 fixed, 1 broken
+    assert "no change shown" in small and "On 16 paired examples" in small
+    assert "at least 38 points (6 examples fixed and none broken)" in small and "--test" in small
+    worse = heldout_verdict(paired_difference([0] * 8 + [1] * 8, [1] * 16))
+    assert worse.startswith("held-out verdict: a loss of -50.0 points")
+    # six fixed and none broken is the least that a two-sided sign test at 0.05 accepts, as the sentence says
+    assert "a gain" in heldout_verdict(paired_difference([1] * 6 + [0] * 10, [0] * 16))
+    assert "no change shown" in heldout_verdict(paired_difference([1] * 5 + [0] * 11, [0] * 16))

@@ -96,6 +96,7 @@ def cmd_compile(args) -> int:
                      f"difference {comparison.difference:+.1f} [95% CI {comparison.low:+.1f}, {comparison.high:+.1f}], "
                      f"{comparison.wins} fixed, {comparison.losses} broken, sign test p = {comparison.p_two_sided:.3g}")
         lines += [f"held-out {line}" for line in [failures_line(runs)] if line]
+        lines.append(heldout_verdict(comparison))
         scores = {"n": comparison.n, "before": comparison.before, "after": comparison.after,
                   "before_interval": list(low), "after_interval": list(high),
                   "difference_interval": [comparison.low, comparison.high], "fixed": comparison.wins,
@@ -114,6 +115,21 @@ def cmd_compile(args) -> int:
     lines.append(f"compiled program: {run_dir / 'program.json'}   report: {run_dir / 'report.md'}")
     print("\n".join(lines))
     return 0
+
+
+def heldout_verdict(comparison) -> str:
+    """One plain sentence on the held-out comparison: a gain, a loss, or why none can be shown on this many."""
+    from cd_dspy.core.stats import min_detectable_gain, min_wins_for_significance
+
+    p = comparison.p_two_sided
+    if p < 0.05:
+        side = "a gain" if comparison.difference > 0 else "a loss"
+        return f"held-out verdict: {side} of {comparison.difference:+.1f} points (sign test p = {p:.3g} < 0.05)"
+    wins = min_wins_for_significance(0.025)  # a two-sided sign test at 0.05: 0.5**w < 0.025
+    return (f"held-out verdict: no change shown (p = {p:.2g}). On {comparison.n} paired examples only a change of "
+            f"at least {min_detectable_gain(comparison.n, 0.025):.0f} points ({wins} examples fixed and none "
+            "broken) can be told from noise; score both programs on more held-out examples (a larger --test) to "
+            "resolve a smaller one")
 
 
 def cmd_evaluate(args) -> int:

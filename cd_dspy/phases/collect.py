@@ -160,7 +160,8 @@ def word_similarity(a: Mistake, b: Mistake, word_sets: dict[str, frozenset[str]]
 
 
 def sample_mistakes(mistakes: list[Mistake], limit: int, seed: int) -> list[Mistake]:
-    """Up to `limit` mistakes, seeded, as different from each other as possible.
+    """Up to `limit` mistakes, seeded, as different from each other as possible, returned in trainset order (the
+    order the teacher solves them in).
 
     Greedy farthest-first on the inputs' words (numbers left out), a format failure counting as
     unlike a wrong answer, so the teacher sees each kind of question and failure before a second of
