@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recount", action="store_true",
                    help="no LM call: add the per-kind counts to an existing --out from its recorded scores")
     args = p.parse_args(argv)
+    names = [name for name, _ in args.also]
+    if len(set(names)) < len(names) or {"before", "after"} & set(names):
+        p.error(f"--also names must differ from each other and from 'before' and 'after', got {names}")
     task = get_task("math-basic")
     problems = fresh_problems(task, args.n, args.seed, args.splits)
     if args.recount:

@@ -53,3 +53,9 @@ def test_kind_counts_add_up_per_program():
     assert sum(row["after"] for row in counts.values()) == 6 and all(row["before"] == 0 for row in counts.values())
     record = {"before_scores": [0.0], "after_scores": [1.0], "also": {"bfs": {"scores": [0.5]}}}
     assert heldout.recorded_scores(record) == {"before": [0.0], "after": [1.0], "bfs": [0.5]}
+
+
+def test_also_names_that_would_overwrite_a_program_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        heldout.main(["--load", "x.json", "--also", "after=y.json", "--out", "o.json"])
+    assert "--also names must differ" in capsys.readouterr().err
