@@ -61,10 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         name, _, path = spec.partition("=")
         program = load_program(task.make_program(), path, allow_unsafe_lm_state=True)
         for turn in exemplar_turns(program, make_adapter(task.adapter)):
-            scored = scorer.score(turn["messages"], turn["reply"])
-            rows.append({"program": name, "predictor": turn["predictor"], "inputs": turn["inputs"],
-                         **fit_row(scored.token_logprobs)})
-            print(f"{name}: {fit_row(scored.token_logprobs)}  {json.dumps(turn['inputs'])[:70]}")
+            fit = fit_row(scorer.score(turn["messages"], turn["reply"]).token_logprobs)
+            rows.append({"program": name, "predictor": turn["predictor"], "inputs": turn["inputs"], **fit})
+            print(f"{name}: {fit}  {json.dumps(turn['inputs'])[:70]}")
     command = shlex.join(["python", "examples/exemplar_fit.py", *(argv or sys.argv[1:])])
     Path(args.out).write_text(json.dumps({"target": args.target, "rows": rows, "command": command}, indent=2) + "\n")
 

@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
         return
     target = local_lm(args.target)
-    programs = {"before": task.make_program(), "after": None, **dict.fromkeys(name for name, _ in args.also)}
-    for name, path in [("after", args.load), *args.also]:
-        programs[name] = load_program(task.make_program(), path, allow_unsafe_lm_state=True)  # the runs' own files
+    programs = {"before": task.make_program(), **{  # the runs' own files
+        name: load_program(task.make_program(), path, allow_unsafe_lm_state=True)
+        for name, path in [("after", args.load), *args.also]}}
     scores = {}
     with adapter_context(task.adapter):
         for name, program in programs.items():
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> None:
                   command=shlex.join(["python", "examples/main_job_heldout.py", *(argv or sys.argv[1:])]))
     print(f"held-out problems: {comparison.describe()}")
     for name, path in args.also:
+        vs_before, after_vs_this = paired_difference(scores[name], before), paired_difference(after, scores[name])
         record.setdefault("also", {})[name] = {
             "program": path, "scores": scores[name], "interval": list(score_interval(scores[name])),
-            "vs_before": paired_difference(scores[name], before).to_dict(),
-            "after_vs_this": paired_difference(after, scores[name]).to_dict()}
-        print(f"{name} against the baseline: {paired_difference(scores[name], before).describe()}")
-        print(f"{args.load} against {name}: {paired_difference(after, scores[name]).describe()}")
+            "vs_before": vs_before.to_dict(), "after_vs_this": after_vs_this.to_dict()}
+        print(f"{name} against the baseline: {vs_before.describe()}")
+        print(f"{args.load} against {name}: {after_vs_this.describe()}")
     record["by_kind"] = kind_counts(problems, scores)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cd_dspy.cli.common import add_cd_arguments, cd_settings, console_logging, failures_line
 from cd_dspy.config import grouped
@@ -31,6 +32,9 @@ from cd_dspy.core.loading import (
     resolve_lm,
 )
 from cd_dspy.core.scoring import score_examples
+
+if TYPE_CHECKING:
+    from cd_dspy.core.stats import Comparison
 
 # --- commands ---------------------------------------------------------------------------------
 
@@ -117,7 +121,7 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def heldout_verdict(comparison) -> str:
+def heldout_verdict(comparison: Comparison) -> str:
     """One plain sentence on the held-out comparison: a gain, a loss, or why none can be shown on this many."""
     from cd_dspy.core.stats import min_detectable_gain, min_wins_for_significance
 
